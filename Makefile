@@ -1,0 +1,49 @@
+# LandSeg. `make demo` sets everything up and runs the main job; `make test` runs the tests.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := qgis python3-qgis xvfb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= out/demo
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: setup apt venv demo test lint bench model package clean
+
+setup: apt venv
+
+# Debian bookworm's QGIS 3.22 (plugin tests, qgis_process). Skipped when already installed.
+apt:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+# The engine's venv is built on Debian's /usr/bin/python3 with system site-packages, so the same
+# interpreter sees both qgis and the engine's wheels (constraints: see constraints.txt).
+$(VENV)/.installed: requirements.txt constraints.txt
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m engine landcover --input data/sample/urban_river_rgb.tif --out $(DEMO_OUT)
+	@echo "Open $(DEMO_OUT)/landcover.gpkg and $(DEMO_OUT)/landcover_classes.tif in QGIS (styles load automatically)."
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: venv
+	$(PY) bench/engine_bench.py
+
+# Rebuild the bundled default model from its definition in export/baseline.py.
+model: venv
+	$(PY) -m export baseline --out models/rgb_index_baseline.onnx
+
+clean:
+	rm -rf out build dist tests/artifacts

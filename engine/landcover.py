@@ -1,0 +1,150 @@
+"""The land-cover job: rasters + model -> class map, confidence map, polygons, styles.
+
+This is the single entry point that the CLI, the QGIS panel and the Processing algorithms call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rasterio
+
+from .errors import InputError, LandSegError
+from .model_package import load_model_package
+from .outputs import OutputSet, PredictionWriter
+from .polygonize import PolygonizeOptions, polygonize
+from .predict import predict_blocks
+from .raster_input import AlignedInputs, BandSource
+from .runtime import OnnxRuntime, RuntimeOptions
+from .styles import class_raster_qml, confidence_qml, polygon_qml
+from .tiling import TileGrid, fit_overlap
+
+# GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
+GDAL_CACHE_MB = 64
+
+
+@dataclass
+class LandcoverParams:
+    inputs: list[Path]
+    model: Path
+    out_dir: Path
+    name: str = "landcover"
+    modalities: dict[str, BandSource] = field(default_factory=dict)  # empty: default mapping
+    tile: int | None = None  # None: the model's recommended tile size
+    overlap: int | None = None  # None: the model's recommended overlap
+    batch: int = 4
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    polygons: PolygonizeOptions = field(default_factory=PolygonizeOptions)
+    overwrite: bool = True
+
+
+@dataclass
+class LandcoverResult:
+    class_map: Path
+    confidence: Path
+    polygons: Path
+    layer: str
+    n_polygons: int
+    class_pixels: dict[str, int]
+    device: str
+    tile: int
+    overlap: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return json.dumps(d)
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+def run_landcover(
+    params: LandcoverParams,
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> LandcoverResult:
+    t0 = time.perf_counter()
+    messages: list[str] = []
+
+    def say(msg: str) -> None:
+        messages.append(msg)
+        if notify:
+            notify(msg)
+
+    def stage(lo: float, hi: float) -> ProgressFn | None:
+        return (lambda f, m: progress(lo + (hi - lo) * f, m)) if progress else None
+
+    package = load_model_package(params.model)
+    meta = package.meta
+    if meta.task != "landcover":
+        raise InputError(f"model '{meta.name}' is a {meta.task} model, not a landcover model")
+    tile = params.tile or meta.tile_size
+    overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
+    if params.overlap is not None and overlap != params.overlap:
+        say(f"overlap raised from {params.overlap} to {overlap} so the stride is a multiple of 16")
+    if params.batch < 1:
+        raise InputError(f"batch size must be at least 1, not {params.batch}")
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
+        # Validate inputs before the output folder is touched: bad input leaves nothing behind.
+        with AlignedInputs(params.inputs, meta, params.modalities or None) as inputs:
+            outputs = OutputSet(params.out_dir, params.overwrite)
+            runtime = OnnxRuntime(package.path, meta.output_name, params.runtime, notify=say)
+            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
+            class_path = outputs.temp_for(f"{params.name}_classes.tif")
+            conf_path = outputs.temp_for(f"{params.name}_confidence.tif")
+            gpkg_path = outputs.temp_for(f"{params.name}.gpkg")
+            try:
+                t_infer = time.perf_counter()
+                writer = PredictionWriter(class_path, conf_path, inputs.grid, meta.classes, grid.rows.stride)
+                try:
+                    for b in predict_blocks(inputs, runtime.run, meta, grid, params.batch, stage(0.0, 0.85), cancelled):
+                        writer.write(b.row, b.col, b.probs, b.valid)
+                finally:
+                    writer.close()
+                t_poly = time.perf_counter()
+                n_poly = polygonize(
+                    class_path, conf_path, gpkg_path, meta.classes, params.polygons, stage(0.85, 1.0), cancelled
+                )
+                for stem, qml in (
+                    (f"{params.name}_classes", class_raster_qml(meta.classes)),
+                    (f"{params.name}_confidence", confidence_qml()),
+                    (params.name, polygon_qml(meta.classes)),
+                ):
+                    outputs.temp_for(f"{stem}.qml").write_text(qml, encoding="utf-8")
+                finals = outputs.commit()
+                timings = {
+                    "inference": round(t_poly - t_infer, 3),
+                    "polygonize": round(time.perf_counter() - t_poly, 3),
+                }
+            except BaseException as exc:
+                outputs.discard()
+                if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
+                    from .errors import OutputError
+
+                    raise OutputError(f"writing outputs in {params.out_dir} failed: {exc}") from None
+                raise
+    if progress:
+        progress(1.0, "done")
+    return LandcoverResult(
+        class_map=finals[0],
+        confidence=finals[1],
+        polygons=finals[2],
+        layer=params.polygons.layer,
+        n_polygons=n_poly,
+        class_pixels={c.name: int(n) for c, n in zip(meta.classes, writer.counts, strict=False)},
+        device=runtime.device_label,
+        tile=tile,
+        overlap=overlap,
+        seconds=round(time.perf_counter() - t0, 3),
+        timings=timings,
+        messages=messages,
+    )

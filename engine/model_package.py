@@ -1,0 +1,321 @@
+"""The LandSeg model package: an ONNX graph plus metadata describing how to feed and read it.
+
+Metadata lives in the ONNX file's ``metadata_props`` under the key ``landseg`` (a JSON document), so a
+single ``.onnx`` file is a complete package. A sidecar ``<model>.json`` next to the file, when present,
+takes precedence: it lets users describe third-party ONNX files without rewriting them.
+
+Schema (``format: landseg-model/1``)::
+
+    {
+      "format": "landseg-model/1",
+      "name": "rgb-indices-baseline",
+      "task": "landcover",
+      "inputs": [
+        {"name": "rgb", "modality": "rgb", "bands": ["red", "green", "blue"],
+         "normalization": {"type": "scale_offset", "scale": 0.00392157, "offset": 0.0}}
+      ],
+      "output": {"name": "scores", "kind": "logits"},
+      "classes": [{"id": 0, "name": "woodland", "color": "#2e7d32", "description": "trees"}],
+      "tile_size": 512, "overlap": 64, "pixel_size_m": 0.1
+    }
+
+``normalization`` is either ``scale_offset`` (x*scale + offset) or ``mean_std`` ((x - mean) / std), each
+value a number or one number per band. Nothing assumes 8-bit data: a uint16 model says so here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+
+FORMAT = "landseg-model/1"
+METADATA_KEY = "landseg"
+TASKS = ("landcover", "change", "treecrowns")
+MODALITIES = ("rgb", "nir", "ndsm", "dsm", "sar", "multispectral", "any")
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-band affine normalisation applied to raw raster values before they reach the model."""
+
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], n_bands: int, where: str) -> Normalization:
+        kind = d.get("type")
+
+        def per_band(key: str) -> tuple[float, ...]:
+            if key not in d:
+                raise ModelError(f"{where}: normalization of type {kind!r} needs {key!r}")
+            v = d[key]
+            vals = [float(v)] * n_bands if isinstance(v, (int, float)) else [float(x) for x in v]
+            if len(vals) != n_bands:
+                raise ModelError(f"{where}: normalization {key!r} has {len(vals)} values for {n_bands} bands")
+            return tuple(vals)
+
+        if kind == "scale_offset":
+            return cls(per_band("scale"), per_band("offset"))
+        if kind == "mean_std":
+            mean, std = per_band("mean"), per_band("std")
+            if any(s == 0 for s in std):
+                raise ModelError(f"{where}: normalization std must not be 0")
+            return cls(tuple(1.0 / s for s in std), tuple(-m / s for m, s in zip(mean, std, strict=False)))
+        raise ModelError(f"{where}: normalization type must be 'scale_offset' or 'mean_std', not {kind!r}")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(bands, h, w) raw values -> float32 model input."""
+        scale = np.asarray(self.scale, dtype=np.float32)[:, None, None]
+        offset = np.asarray(self.offset, dtype=np.float32)[:, None, None]
+        return x.astype(np.float32) * scale + offset
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    modality: str
+    bands: tuple[str, ...]
+    normalization: Normalization
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    color: str
+    description: str = ""
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return tuple(int(self.color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    name: str
+    task: str
+    inputs: tuple[ModelInput, ...]
+    output_name: str
+    output_kind: str  # "logits" or "probabilities"
+    classes: tuple[ClassInfo, ...]
+    tile_size: int
+    overlap: int
+    pixel_size_m: float | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def class_by_id(self, cid: int) -> ClassInfo:
+        for c in self.classes:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+
+def _require(d: dict[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise ModelError(f"{where}: missing required field {key!r}")
+    return d[key]
+
+
+def parse_metadata(doc: dict[str, Any], where: str = "model metadata") -> ModelMeta:
+    """Validate a metadata document; every problem is reported with the field it concerns."""
+    if not isinstance(doc, dict):
+        raise ModelError(f"{where}: must be a JSON object")
+    fmt = doc.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise ModelError(f"{where}: unsupported format {fmt!r} (expected {FORMAT!r})")
+    task = _require(doc, "task", where)
+    if task not in TASKS:
+        raise ModelError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+
+    raw_inputs = _require(doc, "inputs", where)
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ModelError(f"{where}: 'inputs' must be a non-empty list")
+    inputs = []
+    for i, ri in enumerate(raw_inputs):
+        w = f"{where}: inputs[{i}]"
+        name = str(_require(ri, "name", w))
+        modality = str(ri.get("modality", name))
+        if modality not in MODALITIES:
+            raise ModelError(f"{w}: modality {modality!r} is not one of {', '.join(MODALITIES)}")
+        bands = tuple(str(b) for b in _require(ri, "bands", w))
+        if not bands:
+            raise ModelError(f"{w}: 'bands' must list at least one band")
+        norm = Normalization.from_dict(_require(ri, "normalization", w), len(bands), w)
+        inputs.append(ModelInput(name, modality, bands, norm))
+    if len({i.modality for i in inputs}) != len(inputs):
+        raise ModelError(f"{where}: two inputs share one modality")
+
+    out = _require(doc, "output", where)
+    output_name = str(_require(out, "name", f"{where}: output"))
+    output_kind = out.get("kind", "logits")
+    if output_kind not in ("logits", "probabilities"):
+        raise ModelError(f"{where}: output kind must be 'logits' or 'probabilities'")
+
+    raw_classes = _require(doc, "classes", where)
+    if not isinstance(raw_classes, list) or not raw_classes:
+        raise ModelError(f"{where}: 'classes' must be a non-empty list")
+    classes = []
+    for i, rc in enumerate(raw_classes):
+        w = f"{where}: classes[{i}]"
+        color = str(rc.get("color", "#808080"))
+        if not _COLOR.match(color):
+            raise ModelError(f"{w}: color {color!r} is not #rrggbb")
+        cid = int(rc.get("id", i))
+        if cid != i:
+            # Class ids are output channel indices: the engine relies on id == channel.
+            raise ModelError(f"{w}: id {cid} must equal its position {i} (output channel)")
+        classes.append(ClassInfo(cid, str(_require(rc, "name", w)), color, str(rc.get("description", ""))))
+    if len(classes) > 254:
+        raise ModelError(f"{where}: at most 254 classes (255 is the class-map nodata value)")
+
+    tile = int(doc.get("tile_size", 512))
+    overlap = int(doc.get("overlap", tile // 8))
+    if tile < 32 or not 0 <= overlap <= tile // 2:
+        raise ModelError(f"{where}: tile_size must be >= 32 and 0 <= overlap <= tile_size/2")
+    known = {
+        "format",
+        "name",
+        "task",
+        "inputs",
+        "output",
+        "classes",
+        "tile_size",
+        "overlap",
+        "pixel_size_m",
+        "description",
+    }
+    return ModelMeta(
+        name=str(doc.get("name", "unnamed")),
+        task=task,
+        inputs=tuple(inputs),
+        output_name=output_name,
+        output_kind=output_kind,
+        classes=tuple(classes),
+        tile_size=tile,
+        overlap=overlap,
+        pixel_size_m=float(doc["pixel_size_m"]) if doc.get("pixel_size_m") is not None else None,
+        description=str(doc.get("description", "")),
+        extra={k: v for k, v in doc.items() if k not in known},
+    )
+
+
+def meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
+    """Inverse of parse_metadata (normalisation written as scale/offset)."""
+    return {
+        "format": FORMAT,
+        "name": meta.name,
+        "task": meta.task,
+        "description": meta.description,
+        "inputs": [
+            {
+                "name": i.name,
+                "modality": i.modality,
+                "bands": list(i.bands),
+                "normalization": {
+                    "type": "scale_offset",
+                    "scale": list(i.normalization.scale),
+                    "offset": list(i.normalization.offset),
+                },
+            }
+            for i in meta.inputs
+        ],
+        "output": {"name": meta.output_name, "kind": meta.output_kind},
+        "classes": [asdict(c) for c in meta.classes],
+        "tile_size": meta.tile_size,
+        "overlap": meta.overlap,
+        "pixel_size_m": meta.pixel_size_m,
+        **meta.extra,
+    }
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    path: Path
+    meta: ModelMeta
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def load_model_package(path: str | Path) -> ModelPackage:
+    """Load and validate an ONNX model and its metadata; check metadata against the graph's I/O."""
+    import onnx  # local: importing onnx is slow and only needed here
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.suffix.lower() != ".onnx":
+        raise ModelError(f"model file must be an .onnx file: {path}")
+    try:
+        # load_external_data=False: we only need the graph signature and metadata here.
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... on corrupt files
+        raise ModelError(f"model file is not a valid ONNX model: {path} ({type(exc).__name__})") from None
+    if not proto.graph.node:
+        raise ModelError(f"model file is not a valid ONNX model (empty graph): {path}")
+
+    side = sidecar_path(path)
+    if side.exists():
+        where = str(side)
+        try:
+            doc = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model metadata {side} is not valid JSON: {exc}") from None
+    else:
+        where = f"{path} metadata"
+        props = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_KEY not in props:
+            raise ModelError(
+                f"model {path} has no LandSeg metadata (no '{METADATA_KEY}' entry in its ONNX metadata "
+                f"and no sidecar {side.name}); export it with `python -m export`"
+            )
+        try:
+            doc = json.loads(props[METADATA_KEY])
+        except ValueError as exc:
+            raise ModelError(f"{where}: not valid JSON: {exc}") from None
+    meta = parse_metadata(doc, where)
+
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    initializers = {i.name for i in proto.graph.initializer}
+    real_inputs = {n for n in graph_inputs if n not in initializers}
+    for mi in meta.inputs:
+        if mi.name not in real_inputs:
+            raise ModelError(f"{where}: input {mi.name!r} is not an input of the ONNX graph ({sorted(real_inputs)})")
+        dims = graph_inputs[mi.name].type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value != mi.n_bands:
+            raise ModelError(
+                f"{where}: input {mi.name!r} lists {mi.n_bands} bands but the graph takes {dims[1].dim_value} channels"
+            )
+    extra_inputs = real_inputs - {mi.name for mi in meta.inputs}
+    if extra_inputs:
+        raise ModelError(f"{where}: graph inputs {sorted(extra_inputs)} are not described in the metadata")
+    outputs = [o.name for o in proto.graph.output]
+    if meta.output_name not in outputs:
+        raise ModelError(f"{where}: output {meta.output_name!r} is not an output of the graph ({outputs})")
+    return ModelPackage(path, meta)
+
+
+def embed_metadata(model_proto: Any, meta: ModelMeta | dict[str, Any]) -> None:
+    """Write the metadata into an onnx.ModelProto in place (validating it first)."""
+    doc = meta_to_dict(meta) if isinstance(meta, ModelMeta) else meta
+    parse_metadata(doc)
+    for p in list(model_proto.metadata_props):
+        if p.key == METADATA_KEY:
+            model_proto.metadata_props.remove(p)
+    entry = model_proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(doc)

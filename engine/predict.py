@@ -1,0 +1,149 @@
+"""Streaming tiled prediction: batches of tiles through a runtime, blended, yielded block by block.
+
+State kept between tiles is bounded by the tile size and the raster *width*: one tile's accumulator, the
+right-hand overlap of the previous tile, and the bottom overlap (O rows x width) carried to the next tile row.
+Nothing grows with the number of rows, and outputs go to disk as soon as a block is final.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import Cancelled, ModelError
+from .model_package import ModelMeta
+from .raster_input import AlignedInputs
+from .tiling import TileGrid
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class Block:
+    """A final piece of the output: rows [row, row+h), cols [col, col+w)."""
+
+    row: int
+    col: int
+    probs: np.ndarray  # (classes, h, w) float32, blended probabilities
+    valid: np.ndarray  # (h, w) bool
+
+
+def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """In place (x must be float32 and writable): this runs on every tile, allocations show."""
+    np.subtract(x, x.max(axis=axis, keepdims=True), out=x)
+    np.exp(x, out=x)
+    x *= np.reciprocal(x.sum(axis=axis, keepdims=True))
+    return x
+
+
+def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int, prefetch: int = 2):
+    """Read batches of tiles in a background thread so disk I/O and decoding (GDAL releases the GIL)
+    overlap with inference."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            buf: list = []
+
+            def flush() -> None:
+                # Stack here, off the inference thread: (batch, bands, T, T) per model input.
+                feeds = {name: np.stack([b[2][name] for b in buf]) for name in buf[0][2]}
+                q.put(([(i, j, valid) for i, j, _f, valid in buf], feeds))
+                buf.clear()
+
+            for i, j, window in grid.tiles():
+                if stop.is_set():
+                    return
+                feeds, valid = inputs.read(window)
+                buf.append((i, j, feeds, valid))
+                if len(buf) == batch:
+                    flush()
+            if buf:
+                flush()
+            q.put(None)
+        except BaseException as exc:  # hand errors to the consumer
+            q.put(exc)
+
+    t = threading.Thread(target=reader, name="landseg-reader", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+def predict_blocks(
+    inputs: AlignedInputs,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    meta: ModelMeta,
+    grid: TileGrid,
+    batch: int = 4,
+    progress: ProgressFn | None = None,
+    cancelled: CancelFn | None = None,
+) -> Iterator[Block]:
+    n_cls = len(meta.classes)
+    rows, cols = grid.rows, grid.cols
+    T, S, O = grid.tile, rows.stride, grid.overlap  # noqa: E741 (tile, stride, overlap as in the docs)
+    wsum_r = rows.weight_sum().astype(np.float32)
+    wsum_c = cols.weight_sum().astype(np.float32)
+    # Bottom overlap of the current tile row, waiting for the next one (width of the padded tile grid).
+    carry = np.zeros((n_cls, O, cols.start(cols.n - 1) + T), dtype=np.float32)
+    pending = np.zeros((n_cls, T, O), dtype=np.float32)  # right overlap of the previous tile in this row
+    done, total = 0, len(grid)
+    # Tiles differ in their weights only by being first/middle/last along each axis: 9 arrays at most.
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def weights(i: int, j: int) -> np.ndarray:
+        key = (min(i, 1) + (i == rows.n - 1) * 2, min(j, 1) + (j == cols.n - 1) * 2)
+        if key not in cache:
+            cache[key] = grid.weights(i, j)
+        return cache[key]
+
+    for group, feeds in _batches(grid, inputs, max(1, batch)):
+        if cancelled and cancelled():
+            raise Cancelled("cancelled by the user")
+        out = np.require(run(feeds), dtype=np.float32, requirements=["W", "C"])
+        if out.ndim != 4 or out.shape[0] != len(group) or out.shape[2:] != (T, T):
+            raise ModelError(
+                f"model output has shape {tuple(out.shape)}; expected (batch={len(group)}, classes, {T}, {T})"
+            )
+        if out.shape[1] != n_cls:
+            raise ModelError(f"model output has {out.shape[1]} channels but its metadata lists {n_cls} classes")
+        if meta.output_kind == "logits":
+            out = softmax(out)
+        for (i, j, valid), probs in zip(group, out, strict=False):
+            acc = probs  # a view into `out`, which we own: weight it in place
+            acc *= weights(i, j)
+            if j > 0 and O:
+                acc[:, :, :O] += pending
+            if j < cols.n - 1 and O:
+                pending = acc[:, :, S:].copy()
+            r0, r1 = rows.block(i)
+            c0, c1 = cols.block(j)
+            h, w = r1 - r0, c1 - c0
+            if i > 0 and O:
+                acc[:, :O, :w] += carry[:, :, c0:c1]
+            if i < rows.n - 1 and O:
+                # Columns beyond this block get the next tile's share through `pending` first.
+                carry_w = w if j < cols.n - 1 else T
+                carry[:, :, c0 : c0 + carry_w] = acc[:, S:, :carry_w]
+            block = acc[:, :h, :w]
+            block /= wsum_r[r0:r1, None] * wsum_c[None, c0:c1]
+            yield Block(r0, c0, block, valid[:h, :w])
+        done += len(group)
+        if progress:
+            progress(done / total, f"tile {done}/{total}")

@@ -1,0 +1,77 @@
+"""QGIS styles (QML) for the outputs, generated from the model's class list: the one source of colours.
+
+Written as sidecars (``name.qml`` beside ``name.gpkg`` / ``name.tif``), which QGIS applies automatically when
+the file is opened, in the plugin and by hand alike. Plain XML text: no qgis import. The ``<prop>`` form
+of symbol-layer properties is used because QGIS 3.22 (our minimum) reads it and later versions still do.
+"""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import quoteattr
+
+from .model_package import ClassInfo
+
+_HEADER = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+
+
+def polygon_qml(classes: tuple[ClassInfo, ...], field: str = "class_id") -> str:
+    cats = "\n".join(
+        f'      <category symbol="{c.id}" value="{c.id}" label={quoteattr(c.name)} render="true"/>' for c in classes
+    )
+    symbols = "\n".join(
+        f"""      <symbol type="fill" name="{c.id}" alpha="1" clip_to_extent="1" force_rhr="0">
+        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+          <prop k="color" v="{",".join(map(str, c.rgb))},255"/>
+          <prop k="outline_color" v="35,35,35,255"/>
+          <prop k="outline_style" v="solid"/>
+          <prop k="outline_width" v="0.1"/>
+          <prop k="outline_width_unit" v="MM"/>
+          <prop k="style" v="solid"/>
+        </layer>
+      </symbol>"""
+        for c in classes
+    )
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology|Labeling">
+  <renderer-v2 type="categorizedSymbol" attr="{field}" forceraster="0" symbollevels="0" enableorderby="0">
+    <categories>
+{cats}
+    </categories>
+    <symbols>
+{symbols}
+    </symbols>
+  </renderer-v2>
+  <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""
+
+
+def class_raster_qml(classes: tuple[ClassInfo, ...]) -> str:
+    entries = "\n".join(
+        f'        <paletteEntry value="{c.id}" color="{c.color}" label={quoteattr(c.name)} alpha="255"/>'
+        for c in classes
+    )
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+
+
+def confidence_qml() -> str:
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="singlebandgray" grayBand="1" gradient="BlackToWhite" opacity="1" alphaBand="-1">
+      <contrastEnhancement>
+        <minValue>0</minValue>
+        <maxValue>1</maxValue>
+        <algorithm>StretchToMinimumMaximum</algorithm>
+      </contrastEnhancement>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""

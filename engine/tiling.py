@@ -1,0 +1,119 @@
+"""The overlapping tile grid and its blending weights.
+
+Tiles of size T start every S = T - O pixels (O: overlap). Each tile's prediction is multiplied by a
+separable window that ramps up (raised cosine) over the overlap and is flat in the middle; the blended
+value is sum(w * p) / sum(w). Because the grid is a product of row and column positions and the window is
+separable, sum(w) at a pixel is the product of two 1-D sums, which we precompute instead of accumulating a
+weight raster.
+
+Every pixel belongs to exactly one output *block*: block (i, j) spans rows [i*S, i*S + S) (to the raster
+edge for the last row) and likewise columns. Block (i, j) is final as soon as tile (i, j) has been added,
+when tiles are visited row by row: that is what lets the predictor stream results to disk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from .errors import InputError
+
+# GeoTIFF tiles must be multiples of 16; output blocks are written as whole GeoTIFF tiles.
+BLOCK_MULTIPLE = 16
+
+
+def fit_overlap(tile: int, overlap: int) -> int:
+    """Smallest overlap >= the requested one that makes the stride a multiple of 16."""
+    if tile < 2 * BLOCK_MULTIPLE:
+        raise InputError(f"tile size {tile} is too small (minimum {2 * BLOCK_MULTIPLE})")
+    stride = (tile - overlap) // BLOCK_MULTIPLE * BLOCK_MULTIPLE
+    # Blending assumes at most two tiles share a pixel along each axis: overlap <= stride.
+    if overlap < 0 or tile - stride > stride:
+        raise InputError(f"overlap {overlap} must be >= 0 and at most half the tile size ({tile})")
+    return tile - stride
+
+
+def ramp_window(length: int, overlap: int, taper_start: bool, taper_end: bool) -> np.ndarray:
+    """1-D blending weights: raised-cosine ramps over ``overlap`` pixels, 1 in between, never 0."""
+    w = np.ones(length, dtype=np.float64)
+    if overlap > 0:
+        t = (np.arange(overlap) + 0.5) / overlap
+        ramp = 0.5 - 0.5 * np.cos(np.pi * t)
+        if taper_start:
+            w[:overlap] = ramp
+        if taper_end:
+            w[length - overlap :] = ramp[::-1]
+    return w
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Tile positions along one axis."""
+
+    size: int  # raster size along the axis
+    tile: int
+    overlap: int
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def n(self) -> int:
+        return max(1, math.ceil((self.size - self.tile) / self.stride) + 1) if self.size > self.tile else 1
+
+    def start(self, i: int) -> int:
+        return i * self.stride
+
+    def window(self, i: int) -> np.ndarray:
+        # No taper on the raster's outer edges: no neighbour shares those pixels.
+        return ramp_window(self.tile, self.overlap, taper_start=i > 0, taper_end=i < self.n - 1)
+
+    def block(self, i: int) -> tuple[int, int]:
+        """[start, stop) of the output block owned by tile i."""
+        start = self.start(i)
+        stop = self.size if i == self.n - 1 else start + self.stride
+        return start, stop
+
+    def weight_sum(self) -> np.ndarray:
+        """sum of window weights at each position 0..size-1."""
+        total = np.zeros(self.start(self.n - 1) + self.tile, dtype=np.float64)
+        for i in range(self.n):
+            total[self.start(i) : self.start(i) + self.tile] += self.window(i)
+        return total[: self.size]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.overlap != fit_overlap(self.tile, self.overlap):
+            raise InputError(f"stride {self.tile - self.overlap} must be a multiple of {BLOCK_MULTIPLE}")
+
+    @property
+    def rows(self) -> Axis:
+        return Axis(self.height, self.tile, self.overlap)
+
+    @property
+    def cols(self) -> Axis:
+        return Axis(self.width, self.tile, self.overlap)
+
+    def __len__(self) -> int:
+        return self.rows.n * self.cols.n
+
+    def tiles(self):
+        """(i, j, read window) in row-major order."""
+        rows, cols = self.rows, self.cols
+        for i in range(rows.n):
+            for j in range(cols.n):
+                yield i, j, Window(cols.start(j), rows.start(i), self.tile, self.tile)
+
+    def weights(self, i: int, j: int) -> np.ndarray:
+        return np.outer(self.rows.window(i), self.cols.window(j)).astype(np.float32)

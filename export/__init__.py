@@ -1,0 +1,1 @@
+"""LandSeg export toolchain: build ONNX model packages (graph + LandSeg metadata)."""

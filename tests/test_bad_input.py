@@ -1,0 +1,137 @@
+"""Bad input through the CLI: one-line error naming the problem, exit code != 0, no partial output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from rasterio.transform import from_origin
+
+from conftest import DEFAULT_MODEL, ROOT, SJER, write_raster
+from export.graph_builder import GraphBuilder
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "--progress", "none", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def assert_clean_failure(proc, code: int, *fragments: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("landseg: error: ")
+    assert "Traceback" not in proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+def assert_no_output(out) -> None:
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_missing_file(tmp_path):
+    out = tmp_path / "out"
+    p = run_cli("-i", str(tmp_path / "nope.tif"), "-o", str(out))
+    assert_clean_failure(p, 2, "not found", "nope.tif")
+    assert_no_output(out)
+
+
+def test_not_a_raster(tmp_path):
+    fake = tmp_path / "notes.tif"
+    fake.write_text("this is not an image\n")
+    out = tmp_path / "out"
+    p = run_cli("-i", str(fake), "-o", str(out))
+    assert_clean_failure(p, 2, "not a raster", "notes.tif")
+    assert_no_output(out)
+
+
+def test_crs_mismatch_without_overlap(tmp_path):
+    far = write_raster(
+        tmp_path / "far.tif",
+        np.zeros((1, 50, 50), np.uint8),
+        crs="EPSG:32633",
+        transform=from_origin(300000, 6000000, 1, 1),
+    )
+    out = tmp_path / "out"
+    p = run_cli("-i", str(SJER), "-i", str(far), "-m", "rgb=1:1,2,3", "-m", "nir=2:1", "-o", str(out))
+    # The default model has no nir input: that must be reported before anything else is attempted...
+    assert_clean_failure(p, 2)
+    # ...so use a model that takes both rasters.
+    from conftest import multimodal_model
+
+    mm = multimodal_model(tmp_path / "mm.onnx")
+    p = run_cli("-i", str(SJER), "-i", str(far), "-i", str(far), "--model", str(mm), "-o", str(out))
+    assert_clean_failure(p, 2, "does not overlap", "far.tif", "EPSG:32633")
+    assert_no_output(out)
+
+
+def test_wrong_band_count_for_model(tmp_path):
+    one_band = write_raster(tmp_path / "gray.tif", np.zeros((1, 40, 40), np.uint8))
+    out = tmp_path / "out"
+    p = run_cli("-i", str(one_band), "-o", str(out))
+    assert_clean_failure(p, 2, "1 band(s)", "takes 3", "rgb")
+    p = run_cli("-i", str(SJER), "-m", "rgb=1,2,4", "-o", str(out))
+    assert_clean_failure(p, 2, "band 4", "3 band(s)")
+    assert_no_output(out)
+
+
+def test_corrupt_model_file(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(DEFAULT_MODEL.read_bytes()[:700] + os.urandom(300))
+    out = tmp_path / "out"
+    p = run_cli("-i", str(SJER), "--model", str(bad), "-o", str(out))
+    assert_clean_failure(p, 3, "broken.onnx")
+    assert_no_output(out)
+
+
+def test_model_without_metadata(tmp_path):
+    g = GraphBuilder("bare")
+    g.output("out", g.input("rgb", 3), 3)
+    path = tmp_path / "plain.onnx"
+    onnx.save(g.model(), str(path))
+    p = run_cli("-i", str(SJER), "--model", str(path), "-o", str(tmp_path / "out"))
+    assert_clean_failure(p, 3, "no LandSeg metadata", "plain.onnx")
+
+
+def test_output_folder_is_a_file(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    p = run_cli("-i", str(SJER), "-o", str(blocker / "sub"))
+    assert_clean_failure(p, 4, "cannot create output folder", "taken")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_output_folder_not_writable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        p = run_cli("-i", str(SJER), "-o", str(ro))
+        assert_clean_failure(p, 4, "not writable", "ro")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_bad_modality_syntax(tmp_path):
+    p = run_cli("-i", str(SJER), "-m", "rgb", "-o", str(tmp_path))
+    assert p.returncode == 2 and "NAME=[RASTER:]BANDS" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_success_exit_code_and_summary(tmp_path):
+    p = run_cli("-i", str(SJER), "-o", str(tmp_path), "--json")
+    assert p.returncode == 0, p.stderr
+    import json
+
+    res = json.loads(p.stdout)
+    assert res["n_polygons"] > 0 and res["class_map"].endswith("landcover_classes.tif")
