@@ -45,5 +45,16 @@ bench: venv
 model: venv
 	$(PY) -m export baseline --out models/rgb_index_baseline.onnx
 
+# Installable plugin zip (Plugins > Install from ZIP) with the engine, default model and requirements inside.
+PKG := build/landseg_plugin
+package:
+	rm -rf build dist && mkdir -p $(PKG) dist
+	cp -rL landseg_plugin/. $(PKG)/
+	cp -r engine models $(PKG)/
+	cp requirements.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
+	find $(PKG) -name __pycache__ -prune -exec rm -rf {} +
+	cd build && /usr/bin/python3 -m zipfile -c ../dist/landseg_plugin.zip landseg_plugin
+	@echo "dist/landseg_plugin.zip"
+
 clean:
 	rm -rf out build dist tests/artifacts

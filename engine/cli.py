@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="map bands to a model input, e.g. rgb=1,2,3  nir=1:4  ndsm=2:1 (numbers start at 1)",
     )
     lc.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model package (default: %(default)s)")
-    lc.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    lc.add_argument("--out", "-o", type=Path, help="output folder (or give all three --out-* paths)")
+    lc.add_argument("--out-classes", type=Path, help="class-map GeoTIFF path (default: OUT/NAME_classes.tif)")
+    lc.add_argument("--out-confidence", type=Path, help="confidence GeoTIFF path (default: OUT/NAME_confidence.tif)")
+    lc.add_argument("--out-polygons", type=Path, help="polygon GeoPackage path (default: OUT/NAME.gpkg)")
     lc.add_argument("--name", default="landcover", help="output base name (default: %(default)s)")
     lc.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     lc.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
@@ -69,7 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
     lc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     lc.add_argument("--json", action="store_true", help="print the result as JSON")
+    ds = sub.add_parser("describe", help="validate a model package and print its metadata as JSON")
+    ds.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     return parser
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .model_package import load_model_package, meta_to_dict
+
+    print(json.dumps(meta_to_dict(load_model_package(args.model).meta)))
+    return 0
 
 
 def _landcover(args: argparse.Namespace) -> int:
@@ -80,10 +92,16 @@ def _landcover(args: argparse.Namespace) -> int:
         if name in modalities:
             raise InputError(f"modality {name!r} is mapped twice")
         modalities[name] = src
+    explicit = (args.out_classes, args.out_confidence, args.out_polygons)
+    if args.out is None and not all(explicit):
+        raise InputError("give an output folder (--out) or all of --out-classes, --out-confidence, --out-polygons")
     params = LandcoverParams(
         inputs=args.input,
         model=args.model,
-        out_dir=args.out,
+        out_dir=args.out or Path("."),
+        class_map_path=args.out_classes,
+        confidence_path=args.out_confidence,
+        polygons_path=args.out_polygons,
         name=args.name,
         modalities=modalities,
         tile=args.tile,
@@ -137,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "landcover":
             return _landcover(args)
+        if args.command == "describe":
+            return _describe(args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

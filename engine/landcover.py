@@ -13,7 +13,7 @@ from pathlib import Path
 
 import rasterio
 
-from .errors import InputError, LandSegError
+from .errors import InputError, LandSegError, OutputError
 from .model_package import load_model_package
 from .outputs import OutputSet, PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
@@ -40,6 +40,18 @@ class LandcoverParams:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     polygons: PolygonizeOptions = field(default_factory=PolygonizeOptions)
     overwrite: bool = True
+    # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
+    class_map_path: Path | None = None
+    confidence_path: Path | None = None
+    polygons_path: Path | None = None
+
+    def output_paths(self) -> tuple[Path, Path, Path]:
+        out = Path(self.out_dir)
+        return (
+            Path(self.class_map_path or out / f"{self.name}_classes.tif"),
+            Path(self.confidence_path or out / f"{self.name}_confidence.tif"),
+            Path(self.polygons_path or out / f"{self.name}.gpkg"),
+        )
 
 
 @dataclass
@@ -96,12 +108,19 @@ def run_landcover(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
         with AlignedInputs(params.inputs, meta, params.modalities or None) as inputs:
-            outputs = OutputSet(params.out_dir, params.overwrite)
+            outputs = OutputSet(params.overwrite)
+            final_paths = params.output_paths()
+            for p, kind, suffixes in zip(
+                final_paths,
+                ("class map", "confidence", "polygons"),
+                ((".tif", ".tiff"), (".tif", ".tiff"), (".gpkg",)),
+                strict=True,
+            ):
+                if p.suffix.lower() not in suffixes:
+                    raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
+            class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
             runtime = OnnxRuntime(package.path, meta.output_name, params.runtime, notify=say)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
-            class_path = outputs.temp_for(f"{params.name}_classes.tif")
-            conf_path = outputs.temp_for(f"{params.name}_confidence.tif")
-            gpkg_path = outputs.temp_for(f"{params.name}.gpkg")
             try:
                 t_infer = time.perf_counter()
                 writer = PredictionWriter(class_path, conf_path, inputs.grid, meta.classes, grid.rows.stride)
@@ -114,12 +133,9 @@ def run_landcover(
                 n_poly = polygonize(
                     class_path, conf_path, gpkg_path, meta.classes, params.polygons, stage(0.85, 1.0), cancelled
                 )
-                for stem, qml in (
-                    (f"{params.name}_classes", class_raster_qml(meta.classes)),
-                    (f"{params.name}_confidence", confidence_qml()),
-                    (params.name, polygon_qml(meta.classes)),
-                ):
-                    outputs.temp_for(f"{stem}.qml").write_text(qml, encoding="utf-8")
+                styles = (class_raster_qml(meta.classes), confidence_qml(), polygon_qml(meta.classes))
+                for final, qml in zip(final_paths, styles, strict=True):
+                    outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
                 finals = outputs.commit()
                 timings = {
                     "inference": round(t_poly - t_infer, 3),
@@ -128,8 +144,6 @@ def run_landcover(
             except BaseException as exc:
                 outputs.discard()
                 if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
-                    from .errors import OutputError
-
                     raise OutputError(f"writing outputs in {params.out_dir} failed: {exc}") from None
                 raise
     if progress:

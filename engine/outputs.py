@@ -26,23 +26,23 @@ CONFIDENCE_NODATA = -1.0
 class OutputSet:
     """Temporary paths for a run's outputs, renamed together on success."""
 
-    def __init__(self, out_dir: str | Path, overwrite: bool = True) -> None:
-        self.out_dir = Path(out_dir)
+    def __init__(self, overwrite: bool = True) -> None:
         self.overwrite = overwrite
         self._pending: list[tuple[Path, Path]] = []
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create output folder {self.out_dir}: {exc.strerror}") from None
-        if not os.access(self.out_dir, os.W_OK | os.X_OK):
-            raise OutputError(f"output folder is not writable: {self.out_dir}")
 
-    def temp_for(self, name: str) -> Path:
-        final = self.out_dir / name
+    def temp_for(self, final: str | Path) -> Path:
+        final = Path(final)
+        folder = final.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {folder}: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder is not writable: {folder}")
         if final.exists() and not self.overwrite:
             raise OutputError(f"output exists and overwrite is off: {final}")
         # Same folder as the final file so the rename is atomic; hidden so QGIS/file browsers skip it.
-        tmp = self.out_dir / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}"
+        tmp = folder / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}"
         self._pending.append((tmp, final))
         return tmp
 

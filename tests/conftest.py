@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +122,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def test_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
 @pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch, tmp_path):
-    # Keep QGIS / GDAL from writing into the real home.
-    monkeypatch.setenv("HOME", os.environ.get("LANDSEG_TEST_HOME", str(tmp_path)))
+def _quiet_env(monkeypatch, test_home):
+    # Keep QGIS, GDAL and caches out of the real home and out of the tests' output folders.
+    monkeypatch.setenv("HOME", str(test_home))

@@ -1,0 +1,269 @@
+"""The LandSeg dock panel: pick layers and map their bands to the model's inputs, choose model, device and
+tiling, press Run. It only collects parameters; the engine does the work (see task.py)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsRasterLayer
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .engine_process import EngineError, default_model, describe_model, installed_models, landcover_args
+from .settings import DEVICES, models_dir_setting, python_setting
+from .task import EngineTask
+
+TASKS = [("landcover", "Land cover")]
+
+
+class LandSegDock(QgsDockWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("LandSeg", parent)
+        self.setObjectName("LandSegDock")
+        self.task: EngineTask | None = None
+        self.last_group = None
+        self.last_error: str | None = None
+        self._meta: dict[str, Any] | None = None
+        self._build()
+        self._load_models()
+
+    # ---- layout -------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        root = QWidget()
+        lay = QVBoxLayout(root)
+
+        form = QFormLayout()
+        self.task_combo = QComboBox()
+        for key, label in TASKS:
+            self.task_combo.addItem(label, key)
+        form.addRow("Task", self.task_combo)
+        model_row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        browse = QPushButton("…")
+        browse.setToolTip("Add a model file (.onnx with LandSeg metadata)")
+        browse.clicked.connect(self._browse_model)
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(browse)
+        form.addRow("Model", model_row)
+        self.prompts = QLineEdit()
+        self.prompts.setPlaceholderText("woodland, water, buildings")
+        self.prompts.setToolTip("Class prompts are matched to model classes once a text-prompt model is installed")
+        self.prompts.setEnabled(False)
+        form.addRow("Class prompts", self.prompts)
+        lay.addLayout(form)
+
+        inputs_box = QGroupBox("Inputs: layer and bands for each model input")
+        ib = QVBoxLayout(inputs_box)
+        self.inputs_table = QTableWidget(0, 3)
+        self.inputs_table.setHorizontalHeaderLabels(["Model input", "Layer", "Bands"])
+        self.inputs_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        self.inputs_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        self.inputs_table.setMaximumHeight(140)
+        self.inputs_table.verticalHeader().setVisible(False)
+        ib.addWidget(self.inputs_table)
+        lay.addWidget(inputs_box)
+
+        opts = QFormLayout()
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        opts.addRow("Device", self.device_combo)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setSpecialValueText("model default")
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(-1, 1024)
+        self.overlap_spin.setValue(-1)
+        self.overlap_spin.setSpecialValueText("model default")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setValue(4)
+        tiling = QHBoxLayout()
+        for label, w in (("tile", self.tile_spin), ("overlap", self.overlap_spin), ("batch", self.batch_spin)):
+            tiling.addWidget(QLabel(label))
+            tiling.addWidget(w)
+        opts.addRow("Tiling", tiling)
+        self.out_widget = QgsFileWidget()
+        self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.out_widget.lineEdit().setPlaceholderText("[temporary folder]")
+        opts.addRow("Output folder", self.out_widget)
+        lay.addLayout(opts)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.start_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_run)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        lay.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        lay.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self.setWidget(root)
+
+    # ---- models -------------------------------------------------------------------------------------------
+    def _load_models(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for path in installed_models(models_dir_setting()):
+            self.model_combo.addItem(path.stem, str(path))
+        default = self.model_combo.findData(str(default_model()))
+        self.model_combo.setCurrentIndex(max(default, 0))
+        self.model_combo.blockSignals(False)
+        self._model_changed()
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "LandSeg model", "", "ONNX models (*.onnx)")
+        if path:
+            self.add_model(path)
+
+    def add_model(self, path: str) -> None:
+        idx = self.model_combo.findData(path)
+        if idx < 0:
+            self.model_combo.addItem(Path(path).stem, path)
+            idx = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(idx)
+
+    def _model_changed(self) -> None:
+        model = self.model_combo.currentData()
+        self._meta = None
+        self.inputs_table.setRowCount(0)
+        if not model:
+            self._set_status("No model installed: add one with …")
+            return
+        try:
+            self._meta = describe_model(model, python_setting())
+        except EngineError as exc:
+            self._set_status(f"Model: {exc}")
+            return
+        self._set_status(self._meta.get("description", ""))
+        self._fill_inputs(self._meta["inputs"])
+
+    def _fill_inputs(self, inputs: list[dict[str, Any]]) -> None:
+        self.inputs_table.setRowCount(len(inputs))
+        band = 1
+        for row, mi in enumerate(inputs):
+            label = QLabel(f"{mi['modality']}: {', '.join(mi['bands'])}")
+            label.setToolTip(f"model input '{mi['name']}'")
+            combo = QgsMapLayerComboBox()
+            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+            combo.setAllowEmptyLayer(True)
+            # One raster feeding several inputs (e.g. RGBN): continue its band numbering by default.
+            bands = QLineEdit(",".join(str(b) for b in range(band, band + len(mi["bands"]))))
+            band += len(mi["bands"])
+            bands.setToolTip("band numbers of the chosen layer, starting at 1, in the model's band order")
+            self.inputs_table.setCellWidget(row, 0, label)
+            self.inputs_table.setCellWidget(row, 1, combo)
+            self.inputs_table.setCellWidget(row, 2, bands)
+
+    # ---- run ----------------------------------------------------------------------------------------------
+    def set_input(self, row: int, layer: QgsRasterLayer, bands: str | None = None) -> None:
+        self.inputs_table.cellWidget(row, 1).setLayer(layer)
+        if bands is not None:
+            self.inputs_table.cellWidget(row, 2).setText(bands)
+
+    def collect(self) -> tuple[list[str], str]:
+        """(raster paths, band mapping) from the inputs table; raises EngineError with a readable message."""
+        if self._meta is None:
+            raise EngineError("choose a valid model first")
+        paths: list[str] = []
+        mapping: list[str] = []
+        for row, mi in enumerate(self._meta["inputs"]):
+            layer = self.inputs_table.cellWidget(row, 1).currentLayer()
+            if layer is None:
+                raise EngineError(f"choose a layer for the model input '{mi['modality']}'")
+            if layer.providerType() != "gdal":
+                raise EngineError(f"layer '{layer.name()}' is not a raster file; save it as a GeoTIFF first")
+            source = layer.source().split("|")[0]
+            if source not in paths:
+                paths.append(source)
+            bands = self.inputs_table.cellWidget(row, 2).text().strip()
+            if not bands:
+                raise EngineError(f"no bands mapped to the model input '{mi['modality']}'")
+            mapping.append(f"{mi['modality']}={paths.index(source) + 1}:{bands}")
+        return paths, "; ".join(mapping)
+
+    def start_run(self) -> None:
+        self.last_error = None
+        try:
+            paths, mapping = self.collect()
+        except EngineError as exc:
+            self._fail(str(exc))
+            return
+        out_dir = self.out_widget.filePath() or tempfile.mkdtemp(prefix="landseg_")
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        base = Path(out_dir) / f"landcover_{stamp}"
+        args = landcover_args(
+            inputs=paths,
+            out_classes=f"{base}_classes.tif",
+            out_confidence=f"{base}_confidence.tif",
+            out_polygons=f"{base}.gpkg",
+            model=self.model_combo.currentData(),
+            band_mapping=mapping,
+            device=self.device_combo.currentText(),
+            tile=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(),
+            batch=self.batch_spin.value(),
+        )
+        group_name = f"LandSeg land cover {time.strftime('%H:%M:%S')} ({self.model_combo.currentText()})"
+        self.task = EngineTask(f"LandSeg: {group_name}", args, group_name, python_setting())
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.progress_message.connect(self._set_status)
+        self.task.done.connect(self._done)
+        self.task.failed.connect(self._fail)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self._set_status("running…")
+        QgsApplication.taskManager().addTask(self.task)
+
+    def cancel_run(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _done(self, group) -> None:
+        self.last_group = group
+        self.progress.setValue(100)
+        self._set_status(f"done: layers added to '{group.name()}'")
+        self._idle()
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        self._set_status(f"<span style='color:#b00020'>{message}</span>")
+        self._idle()
+
+    def _idle(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.task = None
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    def is_running(self) -> bool:
+        return self.task is not None

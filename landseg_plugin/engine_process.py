@@ -1,0 +1,197 @@
+"""Run the LandSeg engine in its own Python, as a subprocess, and follow its JSON-lines progress.
+
+Why a subprocess: inside QGIS (desktop and qgis_process) the rasterio/shapely wheels can bind to the GDAL/GEOS
+that QGIS itself loaded and crash or misbehave; a separate interpreter (the engine's venv) keeps the libraries
+apart, keeps QGIS responsive and makes Cancel a plain SIGTERM (the engine then removes its temporary files).
+This module imports no qgis, so it is tested on its own as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+# Environment variables of the QGIS process that would point the engine's own GDAL/PROJ at QGIS's data files.
+_DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "GDAL_DATA", "GDAL_DRIVER_PATH", "PROJ_LIB", "PROJ_DATA", "GDAL_SKIP")
+
+
+class EngineError(Exception):
+    """The engine failed; the message is its one-line error, meant for the user."""
+
+
+class EngineCancelled(EngineError):
+    pass
+
+
+def engine_root() -> Path:
+    """Folder that contains the `engine` package: the plugin itself when packaged, the checkout in development."""
+    if (PLUGIN_DIR / "engine").is_dir():
+        return PLUGIN_DIR
+    return PLUGIN_DIR.parent
+
+
+def default_model() -> Path:
+    return engine_root() / "models" / "rgb_index_baseline.onnx"
+
+
+def installed_models(extra_dir: str | None = None) -> list[Path]:
+    folders = [engine_root() / "models"] + ([Path(extra_dir)] if extra_dir else [])
+    found: list[Path] = []
+    for folder in folders:
+        if folder.is_dir():
+            found.extend(sorted(folder.glob("*.onnx")))
+    return found
+
+
+def engine_python(configured: str | None = None) -> str:
+    """The Python that has the engine's dependencies.
+
+    Order: LANDSEG_PYTHON, the plugin setting, then a `.venv` next to the engine (what `make setup` creates).
+    QGIS's own sys.executable is not it (it is the qgis binary, or Python without the engine's wheels).
+    """
+    candidates = [os.environ.get("LANDSEG_PYTHON"), configured]
+    candidates += [str(p / ".venv" / "bin" / "python") for p in (engine_root(), PLUGIN_DIR)]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return c
+    raise EngineError(
+        "LandSeg cannot find its engine's Python environment: run `make setup` in "
+        f"{engine_root()} or set LANDSEG_PYTHON (or Settings > LandSeg > Python) to a Python with the engine's "
+        "requirements installed"
+    )
+
+
+def engine_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
+    env["PYTHONPATH"] = str(engine_root())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def describe_model(model: str | Path, python: str | None = None) -> dict[str, Any]:
+    """The model's metadata (validated by the engine)."""
+    proc = subprocess.run(
+        [engine_python(python), "-m", "engine", "describe", "--model", str(model)],
+        capture_output=True,
+        text=True,
+        cwd=engine_root(),
+        env=engine_env(),
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise EngineError(_last_error(proc.stderr) or f"engine exited with code {proc.returncode}")
+    return json.loads(proc.stdout)
+
+
+def _last_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("landseg:"):
+            return ln.removeprefix("landseg: error: ").removeprefix("landseg: ")
+    return lines[-1] if lines else ""
+
+
+def run_engine(
+    args: list[str],
+    progress: Callable[[float, str], None] | None = None,
+    message: Callable[[str], None] | None = None,
+    is_cancelled: Callable[[], bool] | None = None,
+    python: str | None = None,
+) -> dict[str, Any]:
+    """Run `python -m engine <args> --progress jsonl`; returns the engine's result object."""
+    cmd = [engine_python(python), "-m", "engine", *args, "--progress", "jsonl"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=engine_root(), env=engine_env()
+    )
+    lines: queue.Queue = queue.Queue()
+    stderr_parts: list[str] = []
+
+    def pump_stdout() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)
+
+    def pump_stderr() -> None:
+        stderr_parts.append(proc.stderr.read())  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (pump_stdout, pump_stderr)]
+    for t in threads:
+        t.start()
+    result: dict[str, Any] | None = None
+    cancelled = False
+    while True:
+        if not cancelled and is_cancelled and is_cancelled():
+            cancelled = True
+            proc.send_signal(signal.SIGTERM)
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a library printed something; not ours
+        if "progress" in event and progress:
+            progress(float(event["progress"]), str(event.get("message", "")))
+        elif "message" in event and message:
+            message(str(event["message"]))
+        elif "result" in event:
+            result = event["result"]
+    code = proc.wait()
+    for t in threads:
+        t.join(5)
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    if cancelled or code == 130:
+        raise EngineCancelled("cancelled")
+    if code != 0 or result is None:
+        raise EngineError(_last_error("".join(stderr_parts)) or f"engine exited with code {code}")
+    return result
+
+
+def landcover_args(
+    inputs: list[str],
+    out_classes: str,
+    out_confidence: str,
+    out_polygons: str,
+    model: str | None = None,
+    band_mapping: str = "",
+    device: str = "auto",
+    tile: int = 0,
+    overlap: int = -1,
+    batch: int = 4,
+    min_area: float = -1,
+) -> list[str]:
+    """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
+    args = ["landcover"]
+    for path in inputs:
+        args += ["--input", path]
+    for item in parse_band_mapping(band_mapping):
+        args += ["--modality", item]
+    if model:
+        args += ["--model", model]
+    args += ["--out-classes", out_classes, "--out-confidence", out_confidence, "--out-polygons", out_polygons]
+    args += ["--device", device, "--batch", str(batch)]
+    if tile > 0:
+        args += ["--tile", str(tile)]
+    if overlap >= 0:
+        args += ["--overlap", str(overlap)]
+    if min_area >= 0:
+        args += ["--min-area", str(min_area)]
+    return args
+
+
+def parse_band_mapping(text: str) -> list[str]:
+    """'rgb=1:1,2,3; nir=1:4' -> ['rgb=1:1,2,3', 'nir=1:4'] (checked by the engine)."""
+    items = [t.strip() for t in text.replace("\n", ";").split(";")]
+    return [t for t in items if t]

@@ -1,0 +1,106 @@
+"""Background run of the engine as a QgsTask, and the result layers it adds to the project."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsLayerTreeGroup,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterLayer,
+    QgsTask,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import pyqtSignal
+
+from .engine_process import EngineCancelled, EngineError, run_engine
+
+LOG_TAG = "LandSeg"
+
+
+def add_result_layers(result: dict[str, Any], group_name: str, project: QgsProject | None = None) -> QgsLayerTreeGroup:
+    """Polygons, class map and confidence in a new group at the top of the layer tree, styled from the QML
+    sidecars the engine wrote (the one source of class colours)."""
+    project = project or QgsProject.instance()
+    group = project.layerTreeRoot().insertGroup(0, group_name)
+    polygons = QgsVectorLayer(f"{result['polygons']}|layername={result['layer']}", "land cover polygons", "ogr")
+    classes = QgsRasterLayer(result["class_map"], "class map")
+    confidence = QgsRasterLayer(result["confidence"], "confidence")
+    for layer, path in (
+        (polygons, result["polygons"]),
+        (classes, result["class_map"]),
+        (confidence, result["confidence"]),
+    ):
+        if not layer.isValid():
+            raise EngineError(f"QGIS cannot open the result {path}")
+        qml = Path(path).with_suffix(".qml")
+        if qml.exists():
+            layer.loadNamedStyle(str(qml))
+        project.addMapLayer(layer, False)
+        group.addLayer(layer)
+    confidence_node = group.findLayer(confidence.id())
+    if confidence_node is not None:
+        confidence_node.setItemVisibilityChecked(False)  # on top of the class map it would hide it
+    return group
+
+
+class EngineTask(QgsTask):
+    """Runs the engine subprocess off the GUI thread; QGIS stays responsive, Cancel stops the engine."""
+
+    progress_message = pyqtSignal(str)
+    done = pyqtSignal(object)  # the group added, or None
+    failed = pyqtSignal(str)
+
+    def __init__(self, description: str, args: list[str], group_name: str, python: str | None = None) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.args = args
+        self.group_name = group_name
+        self.python = python
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.group: QgsLayerTreeGroup | None = None
+        self._last_message = 0.0
+
+    def run(self) -> bool:  # worker thread: no GUI calls here
+        def progress(frac: float, msg: str) -> None:
+            self.setProgress(100.0 * frac)
+            now = time.monotonic()
+            if now - self._last_message > 0.2:
+                self._last_message = now
+                self.progress_message.emit(msg)
+
+        try:
+            self.result = run_engine(
+                self.args,
+                progress=progress,
+                message=self.progress_message.emit,
+                is_cancelled=self.isCanceled,
+                python=self.python,
+            )
+            return True
+        except EngineCancelled:
+            self.error = "cancelled: no output was written"
+        except EngineError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # keep QGIS alive whatever happens in the worker
+            self.error = f"{type(exc).__name__}: {exc}"
+        return False
+
+    def finished(self, ok: bool) -> None:  # GUI thread
+        if ok and self.result is not None:
+            try:
+                self.group = add_result_layers(self.result, self.group_name)
+            except EngineError as exc:
+                self.error = str(exc)
+                ok = False
+        if ok:
+            QgsMessageLog.logMessage(f"{self.group_name}: {self.result['n_polygons']} polygons", LOG_TAG, Qgis.Info)
+            self.done.emit(self.group)
+        else:
+            message = self.error or "cancelled: no output was written"
+            QgsMessageLog.logMessage(f"{self.group_name}: {message}", LOG_TAG, Qgis.Warning)
+            self.failed.emit(message)

@@ -1,0 +1,218 @@
+"""The QGIS plugin under pytest-qgis (offscreen): loading, the dock panel, its background run, Processing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+qgis_core = pytest.importorskip("qgis.core")
+
+from qgis.core import (  # noqa: E402
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from conftest import DEFAULT_MODEL, ROOT, SJER, URBAN  # noqa: E402
+from export.baseline import CLASSES  # noqa: E402
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def wait_for(dock, qgis_app, timeout: float = 180.0) -> None:
+    t0 = time.monotonic()
+    while dock.is_running():
+        qgis_app.processEvents()
+        time.sleep(0.02)
+        assert time.monotonic() - t0 < timeout, "LandSeg task did not finish"
+    qgis_app.processEvents()
+
+
+@pytest.fixture
+def plugin(qgis_iface):
+    import landseg_plugin
+
+    p = landseg_plugin.classFactory(qgis_iface)
+    p.initGui()
+    yield p
+    p.unload()
+
+
+@pytest.fixture
+def dock(qgis_new_project):
+    from landseg_plugin.dock import LandSegDock
+
+    d = LandSegDock()
+    yield d
+    if d.task is not None:
+        d.task.cancel()
+    d.deleteLater()
+
+
+def test_plugin_loads_registers_provider_and_dock(plugin, qgis_iface):
+    reg = QgsApplication.processingRegistry()
+    assert reg.providerById("landseg") is not None
+    assert reg.algorithmById("landseg:landcover") is not None
+    plugin.action.setChecked(True)
+    assert plugin.dock is not None and plugin.dock.isVisible() is not None
+    assert plugin.dock.model_combo.count() >= 1
+    assert plugin.dock.inputs_table.rowCount() == 1  # the default model takes one input: rgb
+
+
+def test_plugin_unload_removes_provider(qgis_iface):
+    import landseg_plugin
+
+    p = landseg_plugin.classFactory(qgis_iface)
+    p.initGui()
+    p.unload()
+    assert QgsApplication.processingRegistry().providerById("landseg") is None
+
+
+def test_dock_run_adds_styled_layers(dock, qgis_app, tmp_path):
+    layer = QgsRasterLayer(str(SJER), "sjer")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    dock.set_input(0, layer)
+    dock.out_widget.setFilePath(str(tmp_path))
+    dock.start_run()
+    assert dock.is_running()
+    assert not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    wait_for(dock, qgis_app)
+    assert dock.last_error is None, dock.last_error
+    group = dock.last_group
+    assert group is not None and group.name().startswith("LandSeg land cover")
+    layers = {n.layer().name(): n.layer() for n in group.findLayers()}
+    assert set(layers) == {"land cover polygons", "class map", "confidence"}
+
+    polygons = layers["land cover polygons"]
+    assert isinstance(polygons, QgsVectorLayer) and 50 <= polygons.featureCount() <= 400
+    assert {f.name() for f in polygons.fields()} >= {"class_id", "class_name", "area_m2", "mean_conf"}
+    renderer = polygons.renderer()
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "class_id"
+    colours = {c.label(): c.symbol().color().name() for c in renderer.categories()}
+    assert colours == {c["name"]: c["color"] for c in CLASSES}
+
+    class_map = layers["class map"]
+    assert class_map.renderer().type() == "paletted"
+    assert {c.label for c in class_map.renderer().classes()} == {c["name"] for c in CLASSES}
+    assert class_map.crs() == layer.crs() and class_map.extent() == layer.extent()
+    assert layers["confidence"].renderer().type() == "singlebandgray"
+    assert dock.progress.value() == 100 and dock.run_button.isEnabled()
+
+
+def test_dock_cancel_leaves_no_layers_or_files(dock, qgis_app, tmp_path):
+    layer = QgsRasterLayer(str(URBAN), "urban")
+    QgsProject.instance().addMapLayer(layer)
+    dock.set_input(0, layer)
+    dock.tile_spin.setValue(64)  # many small tiles: long enough to cancel mid-run
+    dock.overlap_spin.setValue(16)
+    dock.batch_spin.setValue(1)
+    dock.out_widget.setFilePath(str(tmp_path))
+    n_layers = len(QgsProject.instance().mapLayers())
+    dock.start_run()
+    time.sleep(1.0)
+    dock.cancel_run()
+    wait_for(dock, qgis_app)
+    assert dock.last_error and "cancelled" in dock.last_error
+    assert len(QgsProject.instance().mapLayers()) == n_layers
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dock_reports_missing_layer(dock):
+    dock.start_run()
+    assert not dock.is_running()
+    assert "choose a layer for the model input 'rgb'" in dock.last_error
+
+
+def test_dock_screenshot(dock, qgis_app):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    layer = QgsRasterLayer(str(SJER), "neon_sjer_rgb")
+    QgsProject.instance().addMapLayer(layer)
+    dock.set_input(0, layer)
+    dock.resize(460, 620)
+    dock.show()
+    qgis_app.processEvents()
+    out = ARTIFACTS / "dock_panel.png"
+    assert dock.grab().save(str(out))
+    assert out.stat().st_size > 2000
+
+
+def _run_alg(params: dict):
+    from landseg_plugin.processing_provider import LandcoverAlgorithm
+
+    alg = LandcoverAlgorithm()
+    alg.initAlgorithm()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    return alg.processAlgorithm(params, context, feedback)
+
+
+def test_processing_algorithm_in_process(qgis_new_project, tmp_path):
+    out = {
+        k: str(tmp_path / v)
+        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
+    }
+    res = _run_alg(
+        {
+            "INPUT": [str(SJER)],
+            "MODEL": str(DEFAULT_MODEL),
+            "DEVICE": 0,
+            "TILE": 256,
+            "OVERLAP": 32,
+            "BATCH": 2,
+            "MIN_AREA": -1,
+            "BANDS": "rgb=1:1,2,3",
+            **out,
+        }
+    )
+    assert Path(res["OUTPUT"]).exists() and Path(res["OUTPUT_CLASSES"]).exists()
+    assert QgsVectorLayer(res["OUTPUT"], "p", "ogr").featureCount() > 10
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"INPUT": "VECTOR"}, "is not a raster layer"),
+        ({"BANDS": "rgb="}, "expected NAME=[RASTER:]BANDS"),
+        ({"BANDS": "nir=1:1"}, "modality 'nir' is not an input"),
+        ({"MODEL": "/nowhere/unknown.onnx"}, "model file not found: /nowhere/unknown.onnx"),
+    ],
+)
+def test_processing_bad_input_is_a_clear_error(qgis_new_project, tmp_path, params, message):
+    vec = QgsVectorLayer("Polygon?crs=EPSG:4326", "not a raster", "memory")
+    QgsProject.instance().addMapLayer(vec)
+    base = {
+        "INPUT": [str(SJER)],
+        "MODEL": str(DEFAULT_MODEL),
+        "DEVICE": 0,
+        "TILE": 0,
+        "OVERLAP": -1,
+        "BATCH": 4,
+        "MIN_AREA": -1,
+        "BANDS": "",
+        "OUTPUT": str(tmp_path / "p.gpkg"),
+        "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
+        "OUTPUT_CONFIDENCE": str(tmp_path / "f.tif"),
+    }
+    base.update(params)
+    if base["INPUT"] == "VECTOR":
+        base["INPUT"] = [vec]
+    with pytest.raises(QgsProcessingException) as err:
+        _run_alg(base)
+    assert message in str(err.value)
+    assert "Traceback" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plugin_and_engine_agree_on_devices():
+    from engine.runtime import DEVICES
+    from landseg_plugin.settings import DEVICES as PLUGIN_DEVICES
+
+    assert PLUGIN_DEVICES == DEVICES

@@ -1,0 +1,122 @@
+"""End to end through headless qgis_process in a clean QGIS profile (temporary HOME).
+
+This is the test that catches library clashes inside QGIS's own Python, which plain pytest cannot see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import fiona
+import pytest
+import rasterio
+
+from conftest import ROOT, SJER
+
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # the `qgis_process` wrapper fails on bookworm (--noversioncheck)
+pytestmark = pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="QGIS (qgis_process) is not installed")
+
+
+@pytest.fixture(scope="module")
+def qgis_env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("qgis_home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGIS_") and k != "PYTHONPATH"}
+    env.update(HOME=str(home), QT_QPA_PLATFORM="offscreen", QGIS_PLUGINPATH=str(ROOT), XDG_RUNTIME_DIR=str(home))
+    proc = subprocess.run(
+        [QGIS_PROCESS, "plugins", "enable", "landseg_plugin"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return env
+
+
+def qgis_process(env, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def outputs(tmp_path: Path) -> list[str]:
+    return [
+        f"--OUTPUT={tmp_path / 'polygons.gpkg'}",
+        f"--OUTPUT_CLASSES={tmp_path / 'classes.tif'}",
+        f"--OUTPUT_CONFIDENCE={tmp_path / 'confidence.tif'}",
+    ]
+
+
+def test_algorithm_is_listed(qgis_env):
+    proc = qgis_process(qgis_env, "list")
+    assert "landseg:landcover" in proc.stdout
+
+
+def test_landcover_headless(qgis_env, tmp_path):
+    proc = qgis_process(
+        qgis_env, "run", "landseg:landcover", f"--INPUT={SJER}", "--TILE=256", "--OVERLAP=32", *outputs(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    with fiona.open(tmp_path / "polygons.gpkg") as layer:
+        feats = list(layer)
+        assert layer.crs.to_epsg() == 32611
+    assert len(feats) > 10
+    assert {f["properties"]["class_name"] for f in feats} >= {"vegetation", "impervious"}
+    with rasterio.open(tmp_path / "classes.tif") as out, rasterio.open(SJER) as src:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+    assert (tmp_path / "polygons.qml").exists()
+
+
+def test_landcover_headless_json(qgis_env, tmp_path):
+    proc = qgis_process(qgis_env, "--json", "run", "landseg:landcover", f"--INPUT={SJER}", *outputs(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert Path(doc["results"]["OUTPUT"]).exists()
+    assert doc["results"]["OUTPUT_CLASSES"].endswith("classes.tif")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--MODEL=/nowhere/unknown.onnx"], "model file not found: /nowhere/unknown.onnx"),
+        (["--BANDS=nir=1:1"], "modality 'nir' is not an input of model 'rgb-index-baseline'"),
+        (["--BANDS=rgb="], "expected NAME=[RASTER:]BANDS"),
+    ],
+)
+def test_bad_input_is_reported_in_the_log(qgis_env, tmp_path, args, message):
+    proc = qgis_process(qgis_env, "run", "landseg:landcover", f"--INPUT={SJER}", *args, *outputs(tmp_path))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in log and "Traceback" not in log
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_non_raster_input_is_rejected(qgis_env, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a raster")
+    out = tmp_path / "out"
+    proc = qgis_process(qgis_env, "run", "landseg:landcover", f"--INPUT={text}", *outputs(out))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "INPUT" in log and "Traceback" not in log
+    assert not out.exists()
+
+
+def test_packaged_plugin_zip_runs_headless(qgis_env, tmp_path):
+    """`make package` -> unzip into a fresh plugins folder -> qgis_process runs the engine inside it."""
+    import sys
+    import zipfile
+
+    proc = subprocess.run(["make", "package"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plugins = tmp_path / "plugins"
+    with zipfile.ZipFile(ROOT / "dist" / "landseg_plugin.zip") as zf:
+        names = zf.namelist()
+        zf.extractall(plugins)
+    assert "landseg_plugin/engine/predict.py" in names and "landseg_plugin/metadata.txt" in names
+    assert "landseg_plugin/models/rgb_index_baseline.onnx" in names
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(qgis_env, HOME=str(home), QGIS_PLUGINPATH=str(plugins), LANDSEG_PYTHON=sys.executable)
+    assert qgis_process(env, "plugins", "enable", "landseg_plugin").returncode == 0
+    out = tmp_path / "out"
+    proc = qgis_process(env, "run", "landseg:landcover", f"--INPUT={SJER}", *outputs(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "polygons.gpkg").exists()
