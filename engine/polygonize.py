@@ -72,6 +72,39 @@ def _components(cls: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray
     return labels, np.asarray(label_class, dtype=np.int32)
 
 
+@dataclass
+class Part:
+    """A region (or the part of one seen so far) with what its mean confidence needs."""
+
+    geom: shapely.Geometry
+    conf_sum: float
+    count: int
+    touches_bottom: bool = False
+
+
+def _carried(part: Part) -> Part:
+    """The part as seen from the next strip: "touches bottom" is relative to the strip it was found in."""
+    part.touches_bottom = False
+    return part
+
+
+def _merge(parts: list[Part], snap: float) -> list[Part]:
+    """Union same-class parts that share edges across a seam; sums and flags follow the parts."""
+    if len(parts) == 1:
+        return parts
+    merged = shapely.union_all([p.geom for p in parts], grid_size=snap)
+    pieces = [Part(g, 0.0, 0) for g in getattr(merged, "geoms", [merged])]
+    tree = shapely.STRtree([p.geom for p in pieces])
+    for part in parts:
+        hit = tree.query(part.geom.representative_point(), predicate="intersects")
+        if len(hit):
+            piece = pieces[int(hit[0])]
+            piece.conf_sum += part.conf_sum
+            piece.count += part.count
+            piece.touches_bottom |= part.touches_bottom
+    return pieces
+
+
 def polygonize(
     class_path: Path,
     conf_path: Path,
@@ -91,8 +124,7 @@ def polygonize(
         if min_area is None:
             min_area = 9 * area_of(shapely.box(0, 0, abs(cds.transform.a), abs(cds.transform.e)))
         tolerance = options.simplify_px * abs(cds.transform.a)
-        # Seam parts per class: (polygon, confidence sum, pixel count).
-        seam_parts: dict[int, list[tuple[shapely.Geometry, float, int]]] = defaultdict(list)
+        snap = px_area**0.5 / 1000  # strips' edges come from different window transforms: snap before union
         n_written = 0
 
         def emit(sink, geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
@@ -115,7 +147,11 @@ def polygonize(
             )
             n_written += 1
 
-        with fiona.open(
+        # Regions cut by the seam above the current strip, per class: (polygon, confidence sum, pixel count).
+        # Only one seam's worth is ever held, so memory depends on the raster's width, not its height.
+        open_parts: dict[int, list[Part]] = defaultdict(list)
+        # GDAL >= 3.6 builds the GeoPackage R-tree in a thread fed from memory; off, it is built on close.
+        with fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"), fiona.open(
             gpkg_path, "w", driver="GPKG", layer=options.layer, schema=SCHEMA, crs=crs.to_wkt() if crs else None
         ) as sink:
             for r0 in range(0, height, options.strip_rows):
@@ -129,34 +165,28 @@ def polygonize(
                 n_lab = len(label_class)
                 counts = np.bincount(labels.ravel(), minlength=n_lab)
                 conf_sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64), minlength=n_lab)
-                seam = set()
-                if r0 > 0:
-                    seam.update(np.unique(labels[0]).tolist())
-                if r1 < height:
-                    seam.update(np.unique(labels[-1]).tolist())
+                top = set(np.unique(labels[0]).tolist()) if r0 > 0 else set()
+                bottom = set(np.unique(labels[-1]).tolist()) if r1 < height else set()
+                joining: dict[int, list[Part]] = defaultdict(list)  # touch the seam above: join open parts
+                next_open: dict[int, list[Part]] = defaultdict(list)
                 transform = cds.window_transform(win)
                 for geom, lab in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
                     lab = int(lab)
-                    poly = shape(geom)
                     cid = int(label_class[lab])
-                    if lab in seam:
-                        seam_parts[cid].append((poly, conf_sums[lab], int(counts[lab])))
+                    part = Part(shape(geom), float(conf_sums[lab]), int(counts[lab]), lab in bottom)
+                    if lab in top:
+                        joining[cid].append(part)
+                    elif part.touches_bottom:
+                        next_open[cid].append(_carried(part))
                     else:
-                        emit(sink, poly, cid, conf_sums[lab] / counts[lab])
+                        emit(sink, part.geom, cid, part.conf_sum / part.count)
+                for cid in set(open_parts) | set(joining):
+                    for piece in _merge(open_parts.get(cid, []) + joining.get(cid, []), snap):
+                        if piece.touches_bottom:
+                            next_open[cid].append(_carried(piece))
+                        elif piece.geom.geom_type == "Polygon" and piece.count > 0:
+                            emit(sink, piece.geom, cid, piece.conf_sum / piece.count)
+                open_parts = next_open
                 if progress:
                     progress(r1 / height, f"polygonizing rows {r1}/{height}")
-            for cid, parts in seam_parts.items():
-                merged = shapely.union_all([p for p, _, _ in parts], grid_size=px_area**0.5 / 1000)
-                pieces = list(getattr(merged, "geoms", [merged]))
-                sums = np.zeros(len(pieces))
-                cnts = np.zeros(len(pieces))
-                tree = shapely.STRtree(pieces)
-                for poly, s, n in parts:
-                    hit = tree.query(poly.representative_point(), predicate="intersects")
-                    if len(hit):
-                        sums[hit[0]] += s
-                        cnts[hit[0]] += n
-                for k, piece in enumerate(pieces):
-                    if piece.geom_type == "Polygon" and cnts[k] > 0:
-                        emit(sink, piece, cid, sums[k] / cnts[k])
     return n_written
