@@ -151,9 +151,12 @@ def polygonize(
         # Only one seam's worth is ever held, so memory depends on the raster's width, not its height.
         open_parts: dict[int, list[Part]] = defaultdict(list)
         # GDAL >= 3.6 builds the GeoPackage R-tree in a thread fed from memory; off, it is built on close.
-        with fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"), fiona.open(
-            gpkg_path, "w", driver="GPKG", layer=options.layer, schema=SCHEMA, crs=crs.to_wkt() if crs else None
-        ) as sink:
+        with (
+            fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
+            fiona.open(
+                gpkg_path, "w", driver="GPKG", layer=options.layer, schema=SCHEMA, crs=crs.to_wkt() if crs else None
+            ) as sink,
+        ):
             for r0 in range(0, height, options.strip_rows):
                 if cancelled and cancelled():
                     raise Cancelled("cancelled by the user")
