@@ -20,9 +20,9 @@ apt:
 
 # The engine's venv is built on Debian's /usr/bin/python3 with system site-packages, so the same
 # interpreter sees both qgis and the engine's wheels (constraints: see constraints.txt).
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-export.txt constraints.txt
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-export.txt
 	touch $@
 
 venv: $(VENV)/.installed

@@ -19,7 +19,7 @@ from .outputs import OutputSet, PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource
-from .runtime import OnnxRuntime, RuntimeOptions
+from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
 from .tiling import TileGrid, fit_overlap
 
@@ -119,7 +119,7 @@ def run_landcover(
                 if p.suffix.lower() not in suffixes:
                     raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
             class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
-            runtime = OnnxRuntime(package.path, meta.output_name, params.runtime, notify=say)
+            runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             try:
                 t_infer = time.perf_counter()

@@ -258,8 +258,12 @@ def load_model_package(path: str | Path) -> ModelPackage:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
+    if path.suffix.lower() in (".engine", ".plan"):
+        from .trt_runtime import read_sidecar  # a TensorRT engine: metadata only in its sidecar
+
+        return ModelPackage(path, parse_metadata(read_sidecar(path), str(sidecar_path(path))))
     if path.suffix.lower() != ".onnx":
-        raise ModelError(f"model file must be an .onnx file: {path}")
+        raise ModelError(f"model file must be an .onnx file (or a TensorRT .engine/.plan): {path}")
     try:
         # load_external_data=False: we only need the graph signature and metadata here.
         proto = onnx.load(str(path), load_external_data=False)

@@ -26,6 +26,9 @@ from .errors import Cancelled
 from .model_package import ClassInfo
 from .outputs import CLASS_NODATA
 
+# Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~120 MB.
+STRIP_PIXELS = 1 << 22
+
 SCHEMA = {
     "geometry": "Polygon",
     "properties": {"class_id": "int32", "class_name": "str", "area_m2": "float", "mean_conf": "float"},
@@ -36,7 +39,10 @@ SCHEMA = {
 class PolygonizeOptions:
     min_area_m2: float | None = None  # None: 9 pixels' area, i.e. drop specks smaller than 3x3 pixels
     simplify_px: float = 1.0  # Douglas-Peucker tolerance in pixels; removes the pixel staircase
-    strip_rows: int = 1024
+    strip_rows: int | None = None  # None: as many rows as make STRIP_PIXELS (memory independent of width)
+    # A region still growing past a seam is closed (cut at that seam) once it holds this many pixels, so one
+    # huge connected region (a whole-scene background) cannot make memory grow with the raster.
+    max_region_pixels: int = STRIP_PIXELS
     layer: str = "landcover"
 
 
@@ -124,6 +130,7 @@ def polygonize(
         if min_area is None:
             min_area = 9 * area_of(shapely.box(0, 0, abs(cds.transform.a), abs(cds.transform.e)))
         tolerance = options.simplify_px * abs(cds.transform.a)
+        strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
         snap = px_area**0.5 / 1000  # strips' edges come from different window transforms: snap before union
         n_written = 0
 
@@ -157,10 +164,10 @@ def polygonize(
                 gpkg_path, "w", driver="GPKG", layer=options.layer, schema=SCHEMA, crs=crs.to_wkt() if crs else None
             ) as sink,
         ):
-            for r0 in range(0, height, options.strip_rows):
+            for r0 in range(0, height, strip_rows):
                 if cancelled and cancelled():
                     raise Cancelled("cancelled by the user")
-                r1 = min(height, r0 + options.strip_rows)
+                r1 = min(height, r0 + strip_rows)
                 win = Window(0, r0, width, r1 - r0)
                 cls = cds.read(1, window=win)
                 conf = fds.read(1, window=win)
@@ -179,13 +186,13 @@ def polygonize(
                     part = Part(shape(geom), float(conf_sums[lab]), int(counts[lab]), lab in bottom)
                     if lab in top:
                         joining[cid].append(part)
-                    elif part.touches_bottom:
+                    elif part.touches_bottom and part.count <= options.max_region_pixels:
                         next_open[cid].append(_carried(part))
                     else:
                         emit(sink, part.geom, cid, part.conf_sum / part.count)
                 for cid in set(open_parts) | set(joining):
                     for piece in _merge(open_parts.get(cid, []) + joining.get(cid, []), snap):
-                        if piece.touches_bottom:
+                        if piece.touches_bottom and piece.count <= options.max_region_pixels:
                             next_open[cid].append(_carried(piece))
                         elif piece.geom.geom_type == "Polygon" and piece.count > 0:
                             emit(sink, piece.geom, cid, piece.conf_sum / piece.count)

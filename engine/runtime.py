@@ -96,3 +96,12 @@ class OnnxRuntime:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.output_name], feeds)[0]
+
+
+def make_runtime(model_path: Path, output_name: str, options: RuntimeOptions, notify=None):
+    """onnxruntime for .onnx files, the native TensorRT runtime for .engine/.plan files."""
+    if Path(model_path).suffix.lower() in (".engine", ".plan"):
+        from .trt_runtime import TensorRTRuntime
+
+        return TensorRTRuntime(model_path, output_name, notify)
+    return OnnxRuntime(model_path, output_name, options, notify)

@@ -1,22 +1,128 @@
-"""python -m export baseline --out models/rgb_index_baseline.onnx"""
+"""LandSeg export toolchain.
+
+  python -m export onnx --entry mypkg.models:build --checkpoint best.pt --meta meta.json --out model.onnx \\
+      [--real ortho.tif] [--opset 17] [--exporter torchscript|dynamo] [--simplify] [--ort-optimize]
+  python -m export tensorrt --onnx model.onnx [--fp16] [--max-batch 8] [--out model.engine]
+  python -m export sam --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --out-dir models/sam_vit_b
+  python -m export baseline --out models/rgb_index_baseline.onnx
+
+Exit codes: 0 ok, 5 export/parity/tool error (one line on stderr), 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+from pathlib import Path
+
+from engine.errors import LandSegError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    o = sub.add_parser("onnx", help="PyTorch model -> ONNX model package with metadata and a parity check")
+    o.add_argument("--entry", help="package.module:factory returning a torch.nn.Module")
+    o.add_argument("--torchscript", type=Path, help="TorchScript file (instead of --entry)")
+    o.add_argument("--checkpoint", type=Path, help="state_dict to load into the --entry module")
+    o.add_argument("--meta", type=Path, required=True, help="LandSeg metadata JSON (see engine/model_package.py)")
+    o.add_argument("--out", type=Path, required=True)
+    o.add_argument("--opset", type=int, default=17)
+    o.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    o.add_argument("--simplify", action="store_true", help="run onnxsim")
+    o.add_argument("--ort-optimize", action="store_true", help="save onnxruntime's basic-optimised graph")
+    o.add_argument("--real", type=Path, action="append", default=[], help="raster(s) for the parity check")
+    o.add_argument("--tolerance", type=float, default=1e-3, help="max |torch - onnxruntime| (default 1e-3)")
+    o.add_argument("--min-agreement", type=float, default=0.999, help="argmax agreement (default 0.999)")
+
+    t = sub.add_parser("tensorrt", help="ONNX model package -> native TensorRT engine (+ sidecar metadata)")
+    t.add_argument("--onnx", type=Path, required=True)
+    t.add_argument("--out", type=Path)
+    t.add_argument("--fp16", action="store_true")
+    t.add_argument("--max-batch", type=int, default=8)
+    t.add_argument("--opt-batch", type=int, default=4)
+    t.add_argument("--tile", type=int)
+    t.add_argument("--cache-dir", type=Path)
+
+    s = sub.add_parser("sam", help="segment-anything encoder + prompt decoder -> ONNX")
+    s.add_argument("--model-type", default="vit_b", choices=("vit_b", "vit_l", "vit_h", "tiny"))
+    s.add_argument("--checkpoint", type=Path, help="official SAM checkpoint (.pth); without it: random weights")
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.add_argument("--opset", type=int, default=17)
+
     b = sub.add_parser("baseline", help="write the physically based RGB index baseline model")
-    b.add_argument("--out", default="models/rgb_index_baseline.onnx")
-    args = parser.parse_args(argv)
-    if args.command == "baseline":
+    b.add_argument("--out", type=Path, default=Path("models/rgb_index_baseline.onnx"))
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "onnx":
+        from .torch_export import ExportParams, export_package
+
+        path, _report = export_package(
+            ExportParams(
+                meta=args.meta,
+                out=args.out,
+                entry=args.entry,
+                torchscript=args.torchscript,
+                checkpoint=args.checkpoint,
+                opset=args.opset,
+                exporter=args.exporter,
+                simplify=args.simplify,
+                ort_optimize=args.ort_optimize,
+                tolerance=args.tolerance,
+                min_agreement=args.min_agreement,
+                real_inputs=args.real,
+            )
+        )
+        print(path)
+    elif args.command == "tensorrt":
+        from .tensorrt_build import TensorRTParams, build_engine
+
+        params = TensorRTParams(
+            onnx=args.onnx,
+            out=args.out,
+            fp16=args.fp16,
+            max_batch=args.max_batch,
+            opt_batch=args.opt_batch,
+            tile=args.tile,
+        )
+        if args.cache_dir:
+            params.cache_dir = args.cache_dir
+        print(build_engine(params))
+    elif args.command == "sam":
+        from .sam_export import SamExportParams, export_sam
+
+        if args.checkpoint is None and args.model_type != "tiny":
+            print("warning: no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
+        export_sam(SamExportParams(args.model_type, args.out_dir, args.checkpoint, args.opset))
+    elif args.command == "baseline":
         from .baseline import write
 
         print(write(args.out))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except LandSegError as exc:
+        print(f"landseg-export: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:
+        if os.environ.get("LANDSEG_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"landseg-export: internal error: {type(exc).__name__}: {exc} (set LANDSEG_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -131,3 +131,20 @@ def test_home(tmp_path_factory) -> Path:
 def _quiet_env(monkeypatch, test_home):
     # Keep QGIS, GDAL and caches out of the real home and out of the tests' output folders.
     monkeypatch.setenv("HOME", str(test_home))
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if any("gpu" in item.keywords for item in items) and not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

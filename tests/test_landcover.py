@@ -193,3 +193,28 @@ def test_requested_gpu_falls_back_to_cpu_with_a_message(tmp_path):
     )
     assert res.device == "CPU"
     assert any("device 'cuda' requested" in m and "running on CPU" in m for m in msgs)
+
+
+def test_huge_region_is_cut_at_seams_with_exact_areas(tmp_path):
+    # One class everywhere: a single region as large as the raster. With a region cap it is closed at strip
+    # seams (bounded memory) and the pieces still add up to the whole area.
+    data = np.full((3, 200, 120), 90, dtype=np.uint8)
+    data[1] = 200  # green: vegetation everywhere
+    raster = write_raster(tmp_path / "green.tif", data)
+    res = run_landcover(
+        LandcoverParams(inputs=[raster], model=DEFAULT_MODEL, out_dir=tmp_path / "o", tile=64, overlap=16)
+    )
+    out = tmp_path / "cut.gpkg"
+    n = polygonize(
+        res.class_map,
+        res.confidence,
+        out,
+        load_model_package(DEFAULT_MODEL).meta.classes,
+        PolygonizeOptions(strip_rows=50, max_region_pixels=120 * 100, min_area_m2=0, simplify_px=0),
+    )
+    with fiona.open(out) as layer:
+        areas = [f["properties"]["area_m2"] for f in layer]
+    assert n == len(areas) == 2  # closed once past 12000 px (after 150 rows), then the last 50 rows
+    assert sum(areas) == pytest.approx(200 * 120)
+    with fiona.open(res.polygons) as layer:
+        assert len(layer) == 1  # default cap (4M px) keeps it whole

@@ -211,6 +211,30 @@ def test_processing_bad_input_is_a_clear_error(qgis_new_project, tmp_path, param
     assert list(tmp_path.iterdir()) == []
 
 
+def test_processing_reports_model_input_without_bands(qgis_new_project, tmp_path):
+    from conftest import multimodal_model
+
+    model = multimodal_model(tmp_path / "mm.onnx")
+    out = tmp_path / "out"
+    params = {
+        "INPUT": [str(SJER)],
+        "MODEL": str(model),
+        "DEVICE": 0,
+        "TILE": 0,
+        "OVERLAP": -1,
+        "BATCH": 4,
+        "MIN_AREA": -1,
+        "BANDS": "rgb=1:1,2,3",
+        "OUTPUT": str(out / "p.gpkg"),
+        "OUTPUT_CLASSES": str(out / "c.tif"),
+        "OUTPUT_CONFIDENCE": str(out / "f.tif"),
+    }
+    with pytest.raises(QgsProcessingException) as err:
+        _run_alg(params)
+    assert "model input 'nir' (nir) has no bands mapped to it" in str(err.value)
+    assert not out.exists()
+
+
 def test_plugin_and_engine_agree_on_devices():
     from engine.runtime import DEVICES
     from landseg_plugin.settings import DEVICES as PLUGIN_DEVICES
