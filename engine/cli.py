@@ -36,6 +36,78 @@ def _modality(text: str) -> tuple[str, BandSource]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per inference batch (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default: %(default)s")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--fp16", action="store_true", help="FP16 with onnxruntime's TensorRT provider")
+    p.add_argument("--trt-cache", type=Path, help="engine/timing cache folder for onnxruntime's TensorRT provider")
+    p.add_argument("--min-area", type=float, help="drop polygons smaller than this, in m2 (default: 9 pixels)")
+    p.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
+    p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeOptions:
+    return RuntimeOptions(device=args.device, threads=args.threads, fp16=args.fp16, cache_dir=args.trt_cache)
+
+
+def _modalities(args: argparse.Namespace) -> dict[str, BandSource]:
+    modalities: dict[str, BandSource] = {}
+    for name, src in args.modality:
+        if name in modalities:
+            raise InputError(f"modality {name!r} is mapped twice")
+        modalities[name] = src
+    return modalities
+
+
+class Reporter:
+    """Progress and messages for the terminal (tqdm bar) or for the plugin (JSON lines on stdout)."""
+
+    def __init__(self, mode: str, desc: str) -> None:
+        self.jsonl = mode == "jsonl"
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=100,
+                desc=desc,
+                file=sys.stderr,
+                leave=False,
+                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
+            )
+
+    def notify(self, msg: str) -> None:
+        if self.jsonl:
+            print(json.dumps({"message": msg}), flush=True)
+        else:
+            print(f"landseg: {msg}", file=sys.stderr)
+
+    def progress(self, frac: float, msg: str) -> None:
+        if self.jsonl:
+            print(json.dumps({"progress": round(frac, 4), "message": msg}), flush=True)
+        elif self.bar is not None:
+            self.bar.n = round(100 * frac, 1)
+            self.bar.set_postfix_str(msg, refresh=True)
+
+    def result(self, result, as_json: bool, lines: list[str]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.jsonl:
+            print(json.dumps({"result": json.loads(result.to_json())}), flush=True)
+        elif as_json:
+            print(result.to_json())
+        else:
+            print("\n".join(lines))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landseg", description="LandSeg inference engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,15 +135,43 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--out-confidence", type=Path, help="confidence GeoTIFF path (default: OUT/NAME_confidence.tif)")
     lc.add_argument("--out-polygons", type=Path, help="polygon GeoPackage path (default: OUT/NAME.gpkg)")
     lc.add_argument("--name", default="landcover", help="output base name (default: %(default)s)")
-    lc.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    lc.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
-    lc.add_argument("--batch", type=int, default=4, help="tiles per inference batch (default: %(default)s)")
-    lc.add_argument("--device", choices=DEVICES, default="auto", help="default: %(default)s")
-    lc.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    lc.add_argument("--min-area", type=float, help="drop polygons smaller than this, in m2 (default: 9 pixels)")
-    lc.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
-    lc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
-    lc.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common_options(lc)
+    ch = sub.add_parser("change", help="change between a 'before' and an 'after' raster")
+    ch.add_argument("--before", action="append", required=True, type=Path, help="raster of the first date")
+    ch.add_argument("--after", action="append", required=True, type=Path, help="raster of the second date")
+    ch.add_argument(
+        "--method",
+        choices=("postclass", "direct"),
+        default="postclass",
+        help="postclass: land-cover model on both dates; direct: a bi-temporal change model",
+    )
+    ch.add_argument("--modality", "-m", action="append", type=_modality, default=[], metavar="NAME=[RASTER:]BANDS")
+    ch.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ch.add_argument("--out", "-o", type=Path, help="output folder")
+    ch.add_argument("--name", default="change")
+    ch.add_argument("--out-map", type=Path, help="change raster path (default: OUT/NAME_map.tif)")
+    ch.add_argument("--out-polygons", type=Path, help="change polygons path (default: OUT/NAME.gpkg)")
+    ch.add_argument("--out-matrix", type=Path, help="transition matrix CSV (default: OUT/NAME_transitions.csv)")
+    ch.add_argument("--threshold", type=float, default=0.5, help="direct method: change probability threshold")
+    _common_options(ch)
+
+    tc = sub.add_parser("treecrowns", help="individual tree crowns from an RGB image (+ optional CHM/nDSM)")
+    tc.add_argument("--input", "-i", required=True, type=Path, help="RGB image")
+    tc.add_argument("--chm", type=Path, help="canopy height model / nDSM in metres (same CRS as the image)")
+    tc.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="land-cover model for the vegetation mask")
+    tc.add_argument("--vegetation-class", help="class of the model to use as vegetation (default: by name)")
+    tc.add_argument("--sam", type=Path, help="SAM folder from `python -m export sam` (default: watershed)")
+    tc.add_argument("--modality", "-m", action="append", type=_modality, default=[], metavar="NAME=[RASTER:]BANDS")
+    tc.add_argument("--out", "-o", type=Path, help="output folder")
+    tc.add_argument("--name", default="treecrowns")
+    tc.add_argument("--out-crowns", type=Path, help="crowns GeoPackage path (default: OUT/NAME.gpkg)")
+    tc.add_argument("--min-height", type=float, default=2.0, help="CHM: lowest tree, m (default: 2)")
+    tc.add_argument("--min-distance", type=float, default=3.0, help="between tree tops, m (default: 3)")
+    tc.add_argument("--min-area", type=float, default=2.0, help="smallest crown, m2 (default: 2)")
+    tc.add_argument("--device", choices=DEVICES, default="auto")
+    tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    tc.add_argument("--json", action="store_true")
+
     ds = sub.add_parser("describe", help="validate a model package and print its metadata as JSON")
     ds.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     return parser
@@ -87,11 +187,6 @@ def _describe(args: argparse.Namespace) -> int:
 def _landcover(args: argparse.Namespace) -> int:
     from .landcover import LandcoverParams, run_landcover
 
-    modalities: dict[str, BandSource] = {}
-    for name, src in args.modality:
-        if name in modalities:
-            raise InputError(f"modality {name!r} is mapped twice")
-        modalities[name] = src
     explicit = (args.out_classes, args.out_confidence, args.out_polygons)
     if args.out is None and not all(explicit):
         raise InputError("give an output folder (--out) or all of --out-classes, --out-confidence, --out-polygons")
@@ -103,48 +198,106 @@ def _landcover(args: argparse.Namespace) -> int:
         confidence_path=args.out_confidence,
         polygons_path=args.out_polygons,
         name=args.name,
-        modalities=modalities,
+        modalities=_modalities(args),
         tile=args.tile,
         overlap=args.overlap,
         batch=args.batch,
-        runtime=RuntimeOptions(device=args.device, threads=args.threads),
+        runtime=_runtime(args),
         polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify),
     )
-    jsonl = args.progress == "jsonl"
-
-    def notify(msg: str) -> None:
-        if jsonl:
-            print(json.dumps({"message": msg}), flush=True)
-        else:
-            print(f"landseg: {msg}", file=sys.stderr)
-
-    bar = None
-    if args.progress == "bar":
-        from tqdm import tqdm
-
-        bar = tqdm(total=1000, unit="‰", desc="landcover", file=sys.stderr, leave=False)
-
-    def progress(frac: float, msg: str) -> None:
-        if jsonl:
-            print(json.dumps({"progress": round(frac, 4), "message": msg}), flush=True)
-        elif bar is not None:
-            bar.n = int(frac * 1000)
-            bar.set_postfix_str(msg, refresh=True)
-
+    rep = Reporter(args.progress, "landcover")
     try:
-        result = run_landcover(params, progress=progress, notify=notify)
+        result = run_landcover(params, progress=rep.progress, notify=rep.notify)
     finally:
-        if bar is not None:
-            bar.close()
-    if jsonl:
-        print(json.dumps({"result": json.loads(result.to_json())}), flush=True)
-    elif args.json:
-        print(result.to_json())
-    else:
-        print(f"class map:   {result.class_map}")
-        print(f"confidence:  {result.confidence}")
-        print(f"polygons:    {result.polygons} (layer '{result.layer}', {result.n_polygons} features)")
-        print(f"device: {result.device}, tile {result.tile}, overlap {result.overlap}, {result.seconds:.1f} s")
+        rep.close()
+    rep.result(
+        result,
+        args.json,
+        [
+            f"class map:   {result.class_map}",
+            f"confidence:  {result.confidence}",
+            f"polygons:    {result.polygons} (layer '{result.layer}', {result.n_polygons} features)",
+            f"device: {result.device}, tile {result.tile}, overlap {result.overlap}, {result.seconds:.1f} s",
+        ],
+    )
+    return 0
+
+
+def _change(args: argparse.Namespace) -> int:
+    from .change import ChangeParams, run_change
+
+    if args.out is None and not all((args.out_map, args.out_polygons, args.out_matrix)):
+        raise InputError("give an output folder (--out) or all of --out-map, --out-polygons, --out-matrix")
+    params = ChangeParams(
+        before=args.before,
+        after=args.after,
+        model=args.model,
+        out_dir=args.out or Path("."),
+        name=args.name,
+        method=args.method,
+        modalities=_modalities(args),
+        threshold=args.threshold,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        runtime=_runtime(args),
+        polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify, layer="change"),
+        change_map_path=args.out_map,
+        polygons_path=args.out_polygons,
+        matrix_path=args.out_matrix,
+    )
+    rep = Reporter(args.progress, "change")
+    try:
+        result = run_change(params, progress=rep.progress, notify=rep.notify)
+    finally:
+        rep.close()
+    rep.result(
+        result,
+        args.json,
+        [
+            f"change map:  {result.change_map}",
+            f"polygons:    {result.polygons} (layer '{result.layer}', {result.n_polygons} features)",
+            f"transitions: {result.matrix}",
+            result.matrix_text(),
+            f"changed: {result.changed_m2:.1f} m2, device {result.device}, {result.seconds:.1f} s",
+        ],
+    )
+    return 0
+
+
+def _treecrowns(args: argparse.Namespace) -> int:
+    from .treecrowns import TreeCrownParams, run_treecrowns
+
+    if args.out is None and args.out_crowns is None:
+        raise InputError("give an output folder (--out) or --out-crowns")
+    params = TreeCrownParams(
+        image=args.input,
+        out_dir=args.out or Path("."),
+        chm=args.chm,
+        model=args.model,
+        vegetation_class=args.vegetation_class,
+        sam=args.sam,
+        modalities=_modalities(args),
+        name=args.name,
+        crowns_path=args.out_crowns,
+        min_height_m=args.min_height,
+        min_distance_m=args.min_distance,
+        min_area_m2=args.min_area,
+        runtime=RuntimeOptions(device=args.device),
+    )
+    rep = Reporter(args.progress, "treecrowns")
+    try:
+        result = run_treecrowns(params, progress=rep.progress, notify=rep.notify)
+    finally:
+        rep.close()
+    rep.result(
+        result,
+        args.json,
+        [
+            f"crowns: {result.crowns} (layer '{result.layer}', {result.n_crowns} crowns, "
+            f"{result.method}), {result.seconds:.1f} s"
+        ],
+    )
     return 0
 
 
@@ -155,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "landcover":
             return _landcover(args)
+        if args.command == "change":
+            return _change(args)
+        if args.command == "treecrowns":
+            return _treecrowns(args)
         if args.command == "describe":
             return _describe(args)
     except LandSegError as exc:

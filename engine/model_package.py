@@ -84,6 +84,7 @@ class ModelInput:
     modality: str
     bands: tuple[str, ...]
     normalization: Normalization
+    date: str | None = None  # change models: "before" or "after"
 
     @property
     def n_bands(self) -> int:
@@ -154,9 +155,14 @@ def parse_metadata(doc: dict[str, Any], where: str = "model metadata") -> ModelM
         if not bands:
             raise ModelError(f"{w}: 'bands' must list at least one band")
         norm = Normalization.from_dict(_require(ri, "normalization", w), len(bands), w)
-        inputs.append(ModelInput(name, modality, bands, norm))
-    if len({i.modality for i in inputs}) != len(inputs):
-        raise ModelError(f"{where}: two inputs share one modality")
+        date = ri.get("date")
+        if date not in (None, "before", "after"):
+            raise ModelError(f"{w}: date must be 'before' or 'after', not {date!r}")
+        inputs.append(ModelInput(name, modality, bands, norm, date))
+    if len({(i.modality, i.date) for i in inputs}) != len(inputs):
+        raise ModelError(f"{where}: two inputs share one modality (and date)")
+    if task == "change" and {i.date for i in inputs} != {"before", "after"}:
+        raise ModelError(f"{where}: a change model needs inputs with date 'before' and inputs with date 'after'")
 
     out = _require(doc, "output", where)
     output_name = str(_require(out, "name", f"{where}: output"))
@@ -229,6 +235,7 @@ def meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
                     "scale": list(i.normalization.scale),
                     "offset": list(i.normalization.offset),
                 },
+                **({"date": i.date} if i.date else {}),
             }
             for i in meta.inputs
         ],

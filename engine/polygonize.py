@@ -24,15 +24,9 @@ from shapely.geometry import mapping, shape
 
 from .errors import Cancelled
 from .model_package import ClassInfo
-from .outputs import CLASS_NODATA
 
-# Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~120 MB.
-STRIP_PIXELS = 1 << 22
-
-SCHEMA = {
-    "geometry": "Polygon",
-    "properties": {"class_id": "int32", "class_name": "str", "area_m2": "float", "mean_conf": "float"},
-}
+# Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~30 MB.
+STRIP_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -65,12 +59,12 @@ class AreaCalculator:
         return geom.area * self.factor
 
 
-def _components(cls: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label 4-connected same-class regions; returns (labels int32, class of each label (index 0 unused))."""
+def _components(cls: np.ndarray, wanted: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Label 4-connected same-value regions; returns (labels int32, value of each label (index 0 unused))."""
     labels = np.zeros(cls.shape, dtype=np.int32)
     label_class = [0]
     for c in np.unique(cls):
-        if c == CLASS_NODATA or c >= n_classes:
+        if int(c) not in wanted:
             continue
         lab, n = ndimage.label(cls == c)
         labels[lab > 0] = lab[lab > 0] + (len(label_class) - 1)
@@ -120,8 +114,36 @@ def polygonize(
     progress: Callable[[float, str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> int:
-    """Write polygons to ``gpkg_path`` (layer ``options.layer``); returns the number of features."""
-    n_classes = len(classes)
+    """Land-cover polygons (class_id, class_name, area_m2, mean_conf); returns the number of features."""
+    props = {c.id: {"class_id": c.id, "class_name": c.name} for c in classes}
+    return polygonize_values(
+        class_path,
+        conf_path,
+        gpkg_path,
+        props,
+        {"class_id": "int32", "class_name": "str"},
+        options,
+        progress,
+        cancelled,
+    )
+
+
+def polygonize_values(
+    value_path: Path,
+    conf_path: Path,
+    gpkg_path: Path,
+    value_props: dict[int, dict],
+    schema_props: dict[str, str],
+    options: PolygonizeOptions = PolygonizeOptions(),
+    progress: Callable[[float, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    conf_field: str = "mean_conf",
+) -> int:
+    """Polygons of the regions of ``value_path`` whose value is a key of ``value_props``; each feature gets
+    those properties plus area (m2) and mean confidence. Returns the number of features."""
+    wanted = set(value_props)
+    schema = {"geometry": "Polygon", "properties": {**schema_props, "area_m2": "float", conf_field: "float"}}
+    class_path = value_path
     with rasterio.open(class_path) as cds, rasterio.open(conf_path) as fds:
         height, width, crs = cds.height, cds.width, cds.crs
         px_area = abs(cds.transform.a * cds.transform.e)
@@ -144,12 +166,7 @@ def polygonize(
             sink.write(
                 {
                     "geometry": mapping(geom),
-                    "properties": {
-                        "class_id": cid,
-                        "class_name": classes[cid].name,
-                        "area_m2": round(area, 3),
-                        "mean_conf": round(conf_mean, 4),
-                    },
+                    "properties": {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)},
                 }
             )
             n_written += 1
@@ -161,7 +178,7 @@ def polygonize(
         with (
             fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
             fiona.open(
-                gpkg_path, "w", driver="GPKG", layer=options.layer, schema=SCHEMA, crs=crs.to_wkt() if crs else None
+                gpkg_path, "w", driver="GPKG", layer=options.layer, schema=schema, crs=crs.to_wkt() if crs else None
             ) as sink,
         ):
             for r0 in range(0, height, strip_rows):
@@ -171,7 +188,7 @@ def polygonize(
                 win = Window(0, r0, width, r1 - r0)
                 cls = cds.read(1, window=win)
                 conf = fds.read(1, window=win)
-                labels, label_class = _components(cls, n_classes)
+                labels, label_class = _components(cls, wanted)
                 n_lab = len(label_class)
                 counts = np.bincount(labels.ravel(), minlength=n_lab)
                 conf_sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64), minlength=n_lab)

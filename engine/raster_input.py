@@ -58,6 +58,38 @@ class Grid:
     def pixel_size(self) -> tuple[float, float]:
         return abs(self.transform.a), abs(self.transform.e)
 
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top)"""
+        return rasterio.windows.bounds(Window(0, 0, self.width, self.height), self.transform)
+
+
+def bounds_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """(left, bottom, right, top) boxes share some area."""
+    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def overlap_grid(path_a: Path, path_b: Path, label_a: str = "before", label_b: str = "after") -> Grid:
+    """The part of raster A's grid that raster B covers: the common grid of a bi-temporal pair."""
+    a = _open(Path(path_a), f"{label_a} raster")
+    b = _open(Path(path_b), f"{label_b} raster")
+    with a, b:
+        if a.crs is None or b.crs is None:
+            if a.crs != b.crs or a.transform != b.transform:
+                raise InputError(f"{label_a} ({path_a}) and {label_b} ({path_b}) lack a CRS and differ in grid")
+            return Grid(a.crs, a.transform, a.width, a.height)
+        bb = transform_bounds(b.crs, a.crs, *b.bounds)
+        if not bounds_overlap(bb, tuple(a.bounds)):
+            raise InputError(
+                f"{label_a} ({path_a}, {a.crs.to_string()}) and {label_b} ({path_b}, "
+                f"{b.crs.to_string()}) do not overlap"
+            )
+        win = rasterio.windows.from_bounds(*bb, transform=a.transform).round_offsets().round_lengths()
+        win = win.intersection(Window(0, 0, a.width, a.height))
+        if win.width < 1 or win.height < 1:
+            raise InputError(f"{label_a} ({path_a}) and {label_b} ({path_b}) overlap by less than a pixel")
+        return Grid(a.crs, a.window_transform(win), int(win.width), int(win.height))
+
 
 def _open(path: Path, label: str) -> rasterio.DatasetReader:
     if not path.exists():
@@ -106,6 +138,7 @@ class AlignedInputs:
         meta: ModelMeta,
         mapping: dict[str, BandSource] | None = None,
         resampling: Resampling = Resampling.bilinear,
+        grid: Grid | None = None,  # target grid; None: the first raster's
     ) -> None:
         if not paths:
             raise InputError("no input raster given")
@@ -114,7 +147,7 @@ class AlignedInputs:
         self._datasets: list[rasterio.DatasetReader] = []
         self._sources: list = []
         try:
-            self._open_all(resampling)
+            self._open_all(resampling, grid)
             counts = [ds.count for ds in self._datasets]
             self.mapping = dict(mapping) if mapping else default_mapping(meta, counts)
             self._check_mapping(counts)
@@ -125,33 +158,28 @@ class AlignedInputs:
     def _label(self, i: int) -> str:
         return f"input raster {i + 1}" if len(self.paths) > 1 else "input raster"
 
-    def _open_all(self, resampling: Resampling) -> None:
+    def _open_all(self, resampling: Resampling, grid: Grid | None) -> None:
         for i, p in enumerate(self.paths):
             self._datasets.append(_open(p, self._label(i)))
         ref = self._datasets[0]
-        self.grid = Grid(ref.crs, ref.transform, ref.width, ref.height)
-        self._sources.append(ref)
-        for i, ds in enumerate(self._datasets[1:], start=1):
-            same_grid = ds.crs == ref.crs and ds.transform == ref.transform and ds.shape == ref.shape
-            if same_grid:
+        self.grid = grid or Grid(ref.crs, ref.transform, ref.width, ref.height)
+        g = self.grid
+        for i, ds in enumerate(self._datasets):
+            if ds.crs == g.crs and ds.transform == g.transform and ds.shape == (g.height, g.width):
                 self._sources.append(ds)
                 continue
-            if ds.crs is None or ref.crs is None:
+            if ds.crs is None or g.crs is None:
                 raise InputError(
                     f"{self._label(i)} ({self.paths[i]}) and {self._label(0)} ({self.paths[0]}) are on different "
                     "grids and at least one has no CRS, so they cannot be aligned"
                 )
-            left, bottom, right, top = transform_bounds(ds.crs, ref.crs, *ds.bounds)
-            rb = ref.bounds
-            if right <= rb.left or left >= rb.right or top <= rb.bottom or bottom >= rb.top:
+            if not bounds_overlap(transform_bounds(ds.crs, g.crs, *ds.bounds), g.bounds):
                 raise InputError(
                     f"{self._label(i)} ({self.paths[i]}, {ds.crs.to_string()}) does not overlap "
-                    f"{self._label(0)} ({self.paths[0]}, {ref.crs.to_string()})"
+                    f"{self._label(0)} ({self.paths[0]}, {g.crs.to_string()})"
                 )
             self._sources.append(
-                WarpedVRT(
-                    ds, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height, resampling=resampling
-                )
+                WarpedVRT(ds, crs=g.crs, transform=g.transform, width=g.width, height=g.height, resampling=resampling)
             )
         # Mask reads double the I/O, so only read them where a band can actually be invalid.
         self._needs_mask = [

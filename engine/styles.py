@@ -75,3 +75,67 @@ def confidence_qml() -> str:
   </pipe>
 </qgis>
 """
+
+
+def _fill_symbol(name: str, fill: tuple[int, int, int], outline: tuple[int, int, int], width: float) -> str:
+    return f"""      <symbol type="fill" name="{name}" alpha="1" clip_to_extent="1" force_rhr="0">
+        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+          <prop k="color" v="{",".join(map(str, fill))},255"/>
+          <prop k="outline_color" v="{",".join(map(str, outline))},255"/>
+          <prop k="outline_style" v="solid"/>
+          <prop k="outline_width" v="{width}"/>
+          <prop k="outline_width_unit" v="MM"/>
+          <prop k="style" v="solid"/>
+        </layer>
+      </symbol>"""
+
+
+def change_polygon_qml(transitions: list[tuple[int, ClassInfo, ClassInfo]]) -> str:
+    """Categorized on 'transition': fill in the new class's colour, outline in the old class's."""
+    cats, symbols = [], []
+    for k, (_code, a, b) in enumerate(transitions):
+        label = "change" if a is b else f"{a.name} → {b.name}"
+        cats.append(f'      <category symbol="{k}" value={quoteattr(label)} label={quoteattr(label)} render="true"/>')
+        symbols.append(_fill_symbol(str(k), b.rgb, a.rgb, 0.6))
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <renderer-v2 type="categorizedSymbol" attr="transition" forceraster="0" symbollevels="0" enableorderby="0">
+    <categories>
+{chr(10).join(cats)}
+    </categories>
+    <symbols>
+{chr(10).join(symbols)}
+    </symbols>
+  </renderer-v2>
+  <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""
+
+
+def change_raster_qml(transitions: list[tuple[int, ClassInfo, ClassInfo]]) -> str:
+    entries = ['        <paletteEntry value="0" color="#ffffff" label="no change" alpha="0"/>']
+    for code, a, b in transitions:
+        label = "change" if a is b else f"{a.name} → {b.name}"
+        entries.append(f'        <paletteEntry value="{code}" color="{b.color}" label={quoteattr(label)} alpha="255"/>')
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <colorPalette>
+{chr(10).join(entries)}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+
+
+def crowns_qml() -> str:
+    """Tree crowns: green outlines, light fill, so the imagery stays visible."""
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <renderer-v2 type="singleSymbol" forceraster="0" symbollevels="0" enableorderby="0">
+    <symbols>
+{_fill_symbol("0", (120, 220, 120), (0, 160, 0), 0.5).replace('v="120,220,120,255"', 'v="120,220,120,60"')}
+    </symbols>
+  </renderer-v2>
+  <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""

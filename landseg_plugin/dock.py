@@ -27,11 +27,20 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .engine_process import EngineError, default_model, describe_model, installed_models, landcover_args
+from .engine_process import (
+    EngineError,
+    change_args,
+    default_model,
+    describe_model,
+    installed_models,
+    landcover_args,
+    treecrowns_args,
+)
 from .settings import DEVICES, models_dir_setting, python_setting
 from .task import EngineTask
 
-TASKS = [("landcover", "Land cover")]
+TASKS = [("landcover", "Land cover"), ("change", "Change detection"), ("treecrowns", "Tree crowns")]
+CHANGE_METHODS = [("postclass", "Land cover on both dates (from → to)"), ("direct", "Change model (direct)")]
 
 
 class LandSegDock(QgsDockWidget):
@@ -42,6 +51,7 @@ class LandSegDock(QgsDockWidget):
         self.last_group = None
         self.last_error: str | None = None
         self._meta: dict[str, Any] | None = None
+        self._meta_cache: dict[str, dict[str, Any]] = {}  # model path -> metadata (describe runs a subprocess)
         self._build()
         self._load_models()
 
@@ -54,7 +64,13 @@ class LandSegDock(QgsDockWidget):
         self.task_combo = QComboBox()
         for key, label in TASKS:
             self.task_combo.addItem(label, key)
+        self.task_combo.currentIndexChanged.connect(self._model_changed)
         form.addRow("Task", self.task_combo)
+        self.method_combo = QComboBox()
+        for key, label in CHANGE_METHODS:
+            self.method_combo.addItem(label, key)
+        self.method_label = QLabel("Method")
+        form.addRow(self.method_label, self.method_combo)
         model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
@@ -157,12 +173,37 @@ class LandSegDock(QgsDockWidget):
             self._set_status("No model installed: add one with …")
             return
         try:
-            self._meta = describe_model(model, python_setting())
+            if model not in self._meta_cache:
+                self._meta_cache[model] = describe_model(model, python_setting())
+            self._meta = self._meta_cache[model]
         except EngineError as exc:
             self._set_status(f"Model: {exc}")
             return
         self._set_status(self._meta.get("description", ""))
-        self._fill_inputs(self._meta["inputs"])
+        task = self.task_combo.currentData()
+        self.method_combo.setVisible(task == "change")
+        self.method_label.setVisible(task == "change")
+        if task == "change":
+            first = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]
+            n = len(first["bands"])
+            self._fill_rows([("before", "first date", n), ("after", "second date", n)])
+        elif task == "treecrowns":
+            n = len(self._meta["inputs"][0]["bands"])
+            self._fill_rows([("image", "RGB image", n), ("chm", "CHM / nDSM (optional), metres", 1)])
+        else:
+            self._fill_inputs(self._meta["inputs"])
+
+    def _fill_rows(self, rows: list[tuple[str, str, int]]) -> None:
+        """Inputs table for change / tree crowns: one layer per row, with its band numbers."""
+        self.inputs_table.setRowCount(len(rows))
+        for row, (key, text, n_bands) in enumerate(rows):
+            label = QLabel(f"{key}: {text}")
+            combo = QgsMapLayerComboBox()
+            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+            combo.setAllowEmptyLayer(True)
+            self.inputs_table.setCellWidget(row, 0, label)
+            self.inputs_table.setCellWidget(row, 1, combo)
+            self.inputs_table.setCellWidget(row, 2, QLineEdit(",".join(str(b) for b in range(1, n_bands + 1))))
 
     def _fill_inputs(self, inputs: list[dict[str, Any]]) -> None:
         self.inputs_table.setRowCount(len(inputs))
@@ -208,30 +249,71 @@ class LandSegDock(QgsDockWidget):
             mapping.append(f"{mi['modality']}={paths.index(source) + 1}:{bands}")
         return paths, "; ".join(mapping)
 
-    def start_run(self) -> None:
-        self.last_error = None
-        try:
-            paths, mapping = self.collect()
-        except EngineError as exc:
-            self._fail(str(exc))
-            return
-        out_dir = self.out_widget.filePath() or tempfile.mkdtemp(prefix="landseg_")
+    def _row_layer(self, row: int, what: str, required: bool = True):
+        layer = self.inputs_table.cellWidget(row, 1).currentLayer()
+        if layer is None:
+            if required:
+                raise EngineError(f"choose a layer for the {what}")
+            return None
+        if layer.providerType() != "gdal":
+            raise EngineError(f"layer '{layer.name()}' is not a raster file; save it as a GeoTIFF first")
+        return layer.source().split("|")[0]
+
+    def build_args(self, out_dir: str) -> tuple[list[str], str]:
+        """(engine arguments, short description) for the chosen task; raises EngineError if incomplete."""
+        task = self.task_combo.currentData()
         stamp = time.strftime("%Y%m%d_%H%M%S")
-        base = Path(out_dir) / f"landcover_{stamp}"
-        args = landcover_args(
+        base = Path(out_dir) / f"{task}_{stamp}"
+        model = self.model_combo.currentData()
+        device = self.device_combo.currentText()
+        if self._meta is None:
+            raise EngineError("choose a valid model first")
+        if task == "change":
+            before = self._row_layer(0, "first date (before)")
+            after = self._row_layer(1, "second date (after)")
+            bands = self.inputs_table.cellWidget(0, 2).text().strip()
+            modality = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]["modality"]
+            return change_args(
+                [before],
+                [after],
+                f"{base}_map.tif",
+                f"{base}.gpkg",
+                f"{base}_transitions.csv",
+                model=model,
+                method=self.method_combo.currentData(),
+                band_mapping=f"{modality}=1:{bands}" if bands else "",
+                device=device,
+            ), "change"
+        if task == "treecrowns":
+            image = self._row_layer(0, "RGB image")
+            chm = self._row_layer(1, "CHM", required=False)
+            return treecrowns_args(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
+        paths, mapping = self.collect()
+        return landcover_args(
             inputs=paths,
             out_classes=f"{base}_classes.tif",
             out_confidence=f"{base}_confidence.tif",
             out_polygons=f"{base}.gpkg",
-            model=self.model_combo.currentData(),
+            model=model,
             band_mapping=mapping,
-            device=self.device_combo.currentText(),
+            device=device,
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
+        ), "land cover"
+
+    def start_run(self) -> None:
+        self.last_error = None
+        out_dir = self.out_widget.filePath() or tempfile.mkdtemp(prefix="landseg_")
+        try:
+            args, what = self.build_args(out_dir)
+        except EngineError as exc:
+            self._fail(str(exc))
+            return
+        group_name = f"LandSeg {what} {time.strftime('%H:%M:%S')} ({self.model_combo.currentText()})"
+        self.task = EngineTask(
+            f"LandSeg: {group_name}", args, group_name, python_setting(), task=self.task_combo.currentData()
         )
-        group_name = f"LandSeg land cover {time.strftime('%H:%M:%S')} ({self.model_combo.currentText()})"
-        self.task = EngineTask(f"LandSeg: {group_name}", args, group_name, python_setting())
         self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
         self.task.progress_message.connect(self._set_status)
         self.task.done.connect(self._done)

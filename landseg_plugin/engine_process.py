@@ -191,6 +191,67 @@ def landcover_args(
     return args
 
 
+def change_args(
+    before: list[str],
+    after: list[str],
+    out_map: str,
+    out_polygons: str,
+    out_matrix: str,
+    model: str | None = None,
+    method: str = "postclass",
+    band_mapping: str = "",
+    device: str = "auto",
+    threshold: float = 0.5,
+    min_area: float = -1,
+) -> list[str]:
+    args = ["change"]
+    for path in before:
+        args += ["--before", path]
+    for path in after:
+        args += ["--after", path]
+    for item in parse_band_mapping(band_mapping):
+        args += ["--modality", item]
+    if model:
+        args += ["--model", model]
+    args += ["--method", method, "--device", device, "--threshold", str(threshold)]
+    args += ["--out-map", out_map, "--out-polygons", out_polygons, "--out-matrix", out_matrix]
+    if min_area >= 0:
+        args += ["--min-area", str(min_area)]
+    return args
+
+
+def treecrowns_args(
+    image: str,
+    out_crowns: str,
+    chm: str | None = None,
+    model: str | None = None,
+    sam: str | None = None,
+    device: str = "auto",
+    min_height: float = 2.0,
+    min_distance: float = 3.0,
+) -> list[str]:
+    args = [
+        "treecrowns",
+        "--input",
+        image,
+        "--out-crowns",
+        out_crowns,
+        "--device",
+        device,
+        "--min-height",
+        str(min_height),
+        "--min-distance",
+        str(min_distance),
+    ]
+    if chm:
+        args += ["--chm", chm]
+    if model:
+        args += ["--model", model]
+    if sam:
+        args += ["--sam", sam]
+    return args
+
+
 def parse_band_mapping(text: str) -> list[str]:
     """'rgb=1:1,2,3; nir=1:4' -> ['rgb=1:1,2,3', 'nir=1:4'] (checked by the engine)."""
     items = [t.strip() for t in text.replace("\n", ";").split(";")]

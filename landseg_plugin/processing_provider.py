@@ -12,22 +12,82 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProcessingProvider,
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .engine_process import EngineCancelled, EngineError, default_model, landcover_args, run_engine
+from .engine_process import (
+    EngineCancelled,
+    EngineError,
+    change_args,
+    default_model,
+    landcover_args,
+    run_engine,
+    treecrowns_args,
+)
 from .settings import DEVICES, python_setting
 
 ICON = Path(__file__).resolve().parent / "resources" / "icons" / "landseg.svg"
 
 
-class LandcoverAlgorithm(QgsProcessingAlgorithm):
+def raster_paths(alg: QgsProcessingAlgorithm, layers, what: str) -> list[str]:
+    """File paths of raster layers, or a clear QgsProcessingException."""
+    if not layers:
+        raise QgsProcessingException(f"no {what} raster layer given")
+    paths = []
+    for layer in layers:
+        if layer is None:
+            raise QgsProcessingException(f"the {what} layer could not be loaded")
+        if layer.type() != QgsMapLayerType.RasterLayer:
+            raise QgsProcessingException(f"layer '{layer.name()}' is not a raster layer")
+        source = layer.source().split("|")[0]
+        if layer.providerType() != "gdal" or not os.path.exists(source):
+            raise QgsProcessingException(
+                f"layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
+                "save it as a GeoTIFF first"
+            )
+        paths.append(source)
+    return paths
+
+
+def run_in_processing(args: list[str], feedback) -> dict | None:
+    try:
+        return run_engine(
+            args,
+            progress=lambda f, m: feedback.setProgress(100.0 * f),
+            message=feedback.pushInfo,
+            is_cancelled=feedback.isCanceled,
+            python=python_setting(),
+        )
+    except EngineCancelled:
+        feedback.reportError("LandSeg: cancelled; no output was written")
+        return None
+    except EngineError as exc:
+        raise QgsProcessingException(f"LandSeg: {exc}") from None
+
+
+class LandSegAlgorithm(QgsProcessingAlgorithm):
+    def group(self) -> str:
+        return "Segmentation"
+
+    def groupId(self) -> str:
+        return "segmentation"
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON))
+
+    def createInstance(self):
+        return type(self)()
+
+
+class LandcoverAlgorithm(LandSegAlgorithm):
     INPUT = "INPUT"
     BANDS = "BANDS"
     MODEL = "MODEL"
@@ -46,15 +106,6 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:
         return "Land cover"
 
-    def group(self) -> str:
-        return "Segmentation"
-
-    def groupId(self) -> str:
-        return "segmentation"
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON))
-
     def shortHelpString(self) -> str:
         return (
             "Maps land cover from one or more raster layers with a local ONNX model and writes a class-map "
@@ -65,9 +116,6 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
             "'rgb=1:1,2,3; nir=1:4; ndsm=2:1'. Empty: the first raster's bands in order.\n"
             "Tile 0, overlap -1 and minimum area -1 use the model's defaults (minimum area: 9 pixels)."
         )
-
-    def createInstance(self) -> LandcoverAlgorithm:
-        return LandcoverAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:
         self.addParameter(
@@ -117,20 +165,7 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CONFIDENCE, "Confidence"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        layers = self.parameterAsLayerList(parameters, self.INPUT, context)
-        if not layers:
-            raise QgsProcessingException("no input raster layer given")
-        inputs = []
-        for layer in layers:
-            if layer.type() != QgsMapLayerType.RasterLayer:
-                raise QgsProcessingException(f"layer '{layer.name()}' is not a raster layer")
-            source = layer.source()
-            if layer.providerType() != "gdal" or not os.path.exists(source.split("|")[0]):
-                raise QgsProcessingException(
-                    f"layer '{layer.name()}' is not a raster file on disk (provider {layer.providerType()}); "
-                    "save it as a GeoTIFF first"
-                )
-            inputs.append(source.split("|")[0])
+        inputs = raster_paths(self, self.parameterAsLayerList(parameters, self.INPUT, context), "input")
         model = self.parameterAsFile(parameters, self.MODEL, context) or str(default_model())
         polygons = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not polygons.lower().endswith(".gpkg"):
@@ -150,19 +185,9 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
         )
-        try:
-            result = run_engine(
-                args,
-                progress=lambda f, m: feedback.setProgress(100.0 * f),
-                message=feedback.pushInfo,
-                is_cancelled=feedback.isCanceled,
-                python=python_setting(),
-            )
-        except EngineCancelled:
-            feedback.reportError("LandSeg: cancelled; no output was written")
+        result = run_in_processing(args, feedback)
+        if result is None:
             return {}
-        except EngineError as exc:
-            raise QgsProcessingException(f"LandSeg: {exc}") from None
         feedback.pushInfo(
             f"LandSeg: {result['n_polygons']} polygons, device {result['device']}, tile {result['tile']}, "
             f"overlap {result['overlap']}, {result['seconds']:.1f} s"
@@ -177,6 +202,191 @@ class LandcoverAlgorithm(QgsProcessingAlgorithm):
         }
 
 
+class ChangeAlgorithm(LandSegAlgorithm):
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    METHOD = "METHOD"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    DEVICE = "DEVICE"
+    THRESHOLD = "THRESHOLD"
+    OUTPUT = "OUTPUT"
+    OUTPUT_MAP = "OUTPUT_MAP"
+    OUTPUT_MATRIX = "OUTPUT_MATRIX"
+    METHODS = ("postclass", "direct")
+
+    def name(self) -> str:
+        return "change"
+
+    def displayName(self) -> str:
+        return "Change detection"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Change between a 'before' and an 'after' raster (any CRS and resolution: both are aligned to the "
+            "before raster's grid over their overlap). 'postclass' maps land cover on both dates and reports "
+            "from -> to transitions (polygons, change raster, transition matrix CSV, also printed here); "
+            "'direct' runs a bi-temporal change model (task 'change') and thresholds its change probability."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before (first date)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After (second date)"))
+        self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", options=list(self.METHODS), defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                "Model (land cover for postclass, change for direct)",
+                extension="onnx",
+                optional=True,
+                defaultValue=str(default_model()),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(self.BANDS, "Band mapping (both dates)", defaultValue="", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=list(DEVICES), defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.THRESHOLD,
+                "Change probability threshold (direct)",
+                QgsProcessingParameterNumber.Double,
+                0.5,
+                minValue=0,
+                maxValue=1,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT, "Change polygons", QgsProcessing.TypeVectorPolygon)
+        )
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MAP, "Change raster"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_MATRIX, "Transition matrix", fileFilter="CSV files (*.csv)"
+            )
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):
+        before = raster_paths(self, [self.parameterAsRasterLayer(parameters, self.BEFORE, context)], "before")
+        after = raster_paths(self, [self.parameterAsRasterLayer(parameters, self.AFTER, context)], "after")
+        polygons = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not polygons.lower().endswith(".gpkg"):
+            polygons = os.path.splitext(polygons)[0] + ".gpkg"
+        matrix = self.parameterAsFileOutput(parameters, self.OUTPUT_MATRIX, context)
+        if not matrix.lower().endswith(".csv"):
+            matrix = os.path.splitext(matrix)[0] + ".csv"
+        args = change_args(
+            before,
+            after,
+            out_map=self.parameterAsOutputLayer(parameters, self.OUTPUT_MAP, context),
+            out_polygons=polygons,
+            out_matrix=matrix,
+            model=self.parameterAsFile(parameters, self.MODEL, context) or str(default_model()),
+            method=self.METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            band_mapping=self.parameterAsString(parameters, self.BANDS, context),
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+        )
+        result = run_in_processing(args, feedback)
+        if result is None:
+            return {}
+        feedback.pushInfo(f"LandSeg: {result['n_polygons']} change polygons, {result['changed_m2']:.1f} m2 changed")
+        names = result["classes"]
+        feedback.pushInfo("Transition matrix (m2), rows: before, columns: after")
+        feedback.pushInfo("\t".join(["from \\ to", *names]))
+        for a in names:
+            feedback.pushInfo("\t".join([a, *(f"{result['transitions_m2'][a][b]:.1f}" for b in names)]))
+        return {
+            self.OUTPUT: result["polygons"],
+            self.OUTPUT_MAP: result["change_map"],
+            self.OUTPUT_MATRIX: result["matrix"],
+        }
+
+
+class TreeCrownsAlgorithm(LandSegAlgorithm):
+    INPUT = "INPUT"
+    CHM = "CHM"
+    MODEL = "MODEL"
+    SAM = "SAM"
+    DEVICE = "DEVICE"
+    MIN_HEIGHT = "MIN_HEIGHT"
+    MIN_DISTANCE = "MIN_DISTANCE"
+    OUTPUT = "OUTPUT"
+
+    def name(self) -> str:
+        return "treecrowns"
+
+    def displayName(self) -> str:
+        return "Tree crowns"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Individual tree crowns (score, height max/mean from the CHM, area, diameter) from an RGB image and an "
+            "optional canopy height model (nDSM, metres, same CRS). Tree tops are local maxima of the CHM (or of "
+            "the distance inside the vegetation mask); crowns grow from them by watershed, or by SAM when a SAM "
+            "folder exported by `python -m export sam` is given."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "RGB image"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.CHM, "Canopy height model (optional)", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                "Land-cover model for the vegetation mask",
+                extension="onnx",
+                optional=True,
+                defaultValue=str(default_model()),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.SAM, "SAM folder (optional)", behavior=QgsProcessingParameterFile.Folder, optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=list(DEVICES), defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_HEIGHT, "Minimum tree height (m, CHM)", QgsProcessingParameterNumber.Double, 2.0, minValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_DISTANCE,
+                "Minimum distance between tree tops (m)",
+                QgsProcessingParameterNumber.Double,
+                3.0,
+                minValue=0.1,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT, "Tree crowns", QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):
+        image = raster_paths(self, [self.parameterAsRasterLayer(parameters, self.INPUT, context)], "image")[0]
+        chm_layer = self.parameterAsRasterLayer(parameters, self.CHM, context)
+        chm = raster_paths(self, [chm_layer], "CHM")[0] if chm_layer is not None else None
+        crowns = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not crowns.lower().endswith(".gpkg"):
+            crowns = os.path.splitext(crowns)[0] + ".gpkg"
+        args = treecrowns_args(
+            image,
+            crowns,
+            chm=chm,
+            model=self.parameterAsFile(parameters, self.MODEL, context) or str(default_model()),
+            sam=self.parameterAsFile(parameters, self.SAM, context) or None,
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            min_height=self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
+            min_distance=self.parameterAsDouble(parameters, self.MIN_DISTANCE, context),
+        )
+        result = run_in_processing(args, feedback)
+        if result is None:
+            return {}
+        feedback.pushInfo(f"LandSeg: {result['n_crowns']} tree crowns ({result['method']})")
+        return {self.OUTPUT: result["crowns"]}
+
+
 class LandSegProvider(QgsProcessingProvider):
     def id(self) -> str:
         return "landseg"
@@ -189,3 +399,5 @@ class LandSegProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(LandcoverAlgorithm())
+        self.addAlgorithm(ChangeAlgorithm())
+        self.addAlgorithm(TreeCrownsAlgorithm())

@@ -22,29 +22,44 @@ from .engine_process import EngineCancelled, EngineError, run_engine
 LOG_TAG = "LandSeg"
 
 
-def add_result_layers(result: dict[str, Any], group_name: str, project: QgsProject | None = None) -> QgsLayerTreeGroup:
-    """Polygons, class map and confidence in a new group at the top of the layer tree, styled from the QML
-    sidecars the engine wrote (the one source of class colours)."""
+def result_layers(task: str, result: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(data source, layer name, visible) for each output of a task, top of the group first."""
+    if task == "change":
+        return [
+            (f"{result['polygons']}|layername={result['layer']}", "change polygons", True),
+            (result["change_map"], "change raster", True),
+        ]
+    if task == "treecrowns":
+        return [(f"{result['crowns']}|layername={result['layer']}", "tree crowns", True)]
+    return [
+        (f"{result['polygons']}|layername={result['layer']}", "land cover polygons", True),
+        (result["class_map"], "class map", True),
+        # On top of the class map the confidence would hide it: added, but switched off.
+        (result["confidence"], "confidence", False),
+    ]
+
+
+def add_result_layers(
+    result: dict[str, Any], group_name: str, task: str = "landcover", project: QgsProject | None = None
+) -> QgsLayerTreeGroup:
+    """The task's outputs in a new group at the top of the layer tree, styled from the QML sidecars the engine
+    wrote (the one source of class colours)."""
     project = project or QgsProject.instance()
-    group = project.layerTreeRoot().insertGroup(0, group_name)
-    polygons = QgsVectorLayer(f"{result['polygons']}|layername={result['layer']}", "land cover polygons", "ogr")
-    classes = QgsRasterLayer(result["class_map"], "class map")
-    confidence = QgsRasterLayer(result["confidence"], "confidence")
-    for layer, path in (
-        (polygons, result["polygons"]),
-        (classes, result["class_map"]),
-        (confidence, result["confidence"]),
-    ):
+    specs = result_layers(task, result)
+    layers = []
+    for source, name, visible in specs:
+        path = source.split("|")[0]
+        layer = QgsVectorLayer(source, name, "ogr") if path.endswith(".gpkg") else QgsRasterLayer(source, name)
         if not layer.isValid():
             raise EngineError(f"QGIS cannot open the result {path}")
         qml = Path(path).with_suffix(".qml")
         if qml.exists():
             layer.loadNamedStyle(str(qml))
+        layers.append((layer, visible))
+    group = project.layerTreeRoot().insertGroup(0, group_name)
+    for layer, visible in layers:
         project.addMapLayer(layer, False)
-        group.addLayer(layer)
-    confidence_node = group.findLayer(confidence.id())
-    if confidence_node is not None:
-        confidence_node.setItemVisibilityChecked(False)  # on top of the class map it would hide it
+        group.addLayer(layer).setItemVisibilityChecked(visible)
     return group
 
 
@@ -55,9 +70,12 @@ class EngineTask(QgsTask):
     done = pyqtSignal(object)  # the group added, or None
     failed = pyqtSignal(str)
 
-    def __init__(self, description: str, args: list[str], group_name: str, python: str | None = None) -> None:
+    def __init__(
+        self, description: str, args: list[str], group_name: str, python: str | None = None, task: str = "landcover"
+    ) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self.args = args
+        self.task_kind = task
         self.group_name = group_name
         self.python = python
         self.result: dict[str, Any] | None = None
@@ -93,12 +111,13 @@ class EngineTask(QgsTask):
     def finished(self, ok: bool) -> None:  # GUI thread
         if ok and self.result is not None:
             try:
-                self.group = add_result_layers(self.result, self.group_name)
+                self.group = add_result_layers(self.result, self.group_name, self.task_kind)
             except EngineError as exc:
                 self.error = str(exc)
                 ok = False
         if ok:
-            QgsMessageLog.logMessage(f"{self.group_name}: {self.result['n_polygons']} polygons", LOG_TAG, Qgis.Info)
+            n = self.result.get("n_polygons", self.result.get("n_crowns"))
+            QgsMessageLog.logMessage(f"{self.group_name}: {n} features", LOG_TAG, Qgis.Info)
             self.done.emit(self.group)
         else:
             message = self.error or "cancelled: no output was written"

@@ -124,6 +124,53 @@ def test_dock_cancel_leaves_no_layers_or_files(dock, qgis_app, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _set_task(dock, key: str) -> None:
+    dock.task_combo.setCurrentIndex(dock.task_combo.findData(key))
+
+
+def test_dock_change_task_adds_change_layers(dock, qgis_app, tmp_path):
+    import numpy as np
+    import rasterio
+
+    after = tmp_path / "after.tif"
+    with rasterio.open(SJER) as src:
+        data, profile = src.read(), src.profile
+    data[:, 100:200, 100:250] = np.array([40, 140, 40], np.uint8)[:, None, None]
+    with rasterio.open(after, "w", **profile) as dst:
+        dst.write(data)
+    before_layer, after_layer = QgsRasterLayer(str(SJER), "2018"), QgsRasterLayer(str(after), "2019")
+    QgsProject.instance().addMapLayers([before_layer, after_layer])
+    _set_task(dock, "change")
+    assert dock.method_combo.isVisibleTo(dock) and dock.inputs_table.rowCount() == 2
+    dock.set_input(0, before_layer)
+    dock.set_input(1, after_layer)
+    dock.out_widget.setFilePath(str(tmp_path / "out"))
+    dock.start_run()
+    wait_for(dock, qgis_app)
+    assert dock.last_error is None, dock.last_error
+    layers = {n.layer().name(): n.layer() for n in dock.last_group.findLayers()}
+    assert set(layers) == {"change polygons", "change raster"}
+    polygons = layers["change polygons"]
+    assert polygons.featureCount() >= 1 and polygons.renderer().type() == "categorizedSymbol"
+    assert polygons.renderer().classAttribute() == "transition"
+    assert layers["change raster"].renderer().type() == "paletted"
+
+
+def test_dock_treecrowns_task(dock, qgis_app, tmp_path):
+    layer = QgsRasterLayer(str(URBAN), "urban")
+    QgsProject.instance().addMapLayer(layer)
+    _set_task(dock, "treecrowns")
+    assert dock.inputs_table.rowCount() == 2 and not dock.method_combo.isVisibleTo(dock)
+    dock.set_input(0, layer)
+    dock.out_widget.setFilePath(str(tmp_path))
+    dock.start_run()
+    wait_for(dock, qgis_app)
+    assert dock.last_error is None, dock.last_error
+    crowns = dock.last_group.findLayers()[0].layer()
+    assert crowns.name() == "tree crowns" and crowns.featureCount() > 20
+    assert {"score", "height_max", "area_m2", "diameter_m"} <= {f.name() for f in crowns.fields()}
+
+
 def test_dock_reports_missing_layer(dock):
     dock.start_run()
     assert not dock.is_running()

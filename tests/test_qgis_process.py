@@ -120,3 +120,76 @@ def test_packaged_plugin_zip_runs_headless(qgis_env, tmp_path):
     proc = qgis_process(env, "run", "landseg:landcover", f"--INPUT={SJER}", *outputs(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "polygons.gpkg").exists()
+
+
+def test_change_headless(qgis_env, tmp_path):
+    import numpy as np
+
+    from conftest import URBAN
+
+    after = tmp_path / "after.tif"
+    with rasterio.open(URBAN) as src:
+        data, profile = src.read(), src.profile
+    data[:, 1200:1500, 300:700] = np.array([40, 140, 40], np.uint8)[:, None, None]
+    profile.update(compress="deflate", photometric="RGB")
+    with rasterio.open(after, "w", **profile) as dst:
+        dst.write(data)
+    out = tmp_path / "out"
+    proc = qgis_process(
+        qgis_env,
+        "run",
+        "landseg:change",
+        f"--BEFORE={URBAN}",
+        f"--AFTER={after}",
+        f"--OUTPUT={out / 'change.gpkg'}",
+        f"--OUTPUT_MAP={out / 'change.tif'}",
+        f"--OUTPUT_MATRIX={out / 'transitions.csv'}",
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "Transition matrix" in log and "bare ground" in log
+    with fiona.open(out / "change.gpkg") as layer:
+        assert any(f["properties"]["to_class"] == "vegetation" for f in layer)
+    assert (out / "transitions.csv").read_text().startswith("from \\ to (m2)")
+
+
+def test_change_headless_bad_input(qgis_env, tmp_path):
+    import numpy as np
+    from rasterio.transform import from_origin
+
+    from conftest import write_raster
+
+    gray = write_raster(
+        tmp_path / "gray.tif",
+        np.zeros((1, 40, 40), np.uint8),
+        crs="EPSG:32611",
+        transform=from_origin(252000, 4107400, 0.1, 0.1),
+    )
+    out = tmp_path / "out"
+    proc = qgis_process(
+        qgis_env,
+        "run",
+        "landseg:change",
+        f"--BEFORE={SJER}",
+        f"--AFTER={gray}",
+        f"--OUTPUT={out / 'c.gpkg'}",
+        f"--OUTPUT_MAP={out / 'c.tif'}",
+        f"--OUTPUT_MATRIX={out / 't.csv'}",
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "both dates need the same bands" in log and "Traceback" not in log
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_treecrowns_headless(qgis_env, tmp_path):
+    from conftest import URBAN
+
+    proc = qgis_process(
+        qgis_env, "run", "landseg:treecrowns", f"--INPUT={URBAN}", f"--OUTPUT={tmp_path / 'crowns.gpkg'}"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with fiona.open(tmp_path / "crowns.gpkg") as layer:
+        feats = list(layer)
+    assert len(feats) > 20
+    assert {"score", "height_max", "area_m2", "diameter_m"} <= set(feats[0]["properties"])
+    assert (tmp_path / "crowns.qml").exists()

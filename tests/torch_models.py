@@ -34,3 +34,21 @@ class _Unsupported(torch.nn.Module):
 
 def unsupported() -> torch.nn.Module:
     return _Unsupported().eval()
+
+
+class _SiameseChange(torch.nn.Module):
+    """Shared (identity) encoder on both dates; change logit from the mean absolute difference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Identity()
+        self.smooth = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        diff = (self.encoder(before) - self.encoder(after)).abs().mean(dim=1, keepdim=True)
+        change = 20.0 * (self.smooth(diff) - 0.1)
+        return torch.cat([-change, change], dim=1)  # classes: no change, change
+
+
+def siamese_change() -> torch.nn.Module:
+    return _SiameseChange().eval()

@@ -1,0 +1,348 @@
+"""Bi-temporal change detection: "before" and "after" rasters -> change raster, change polygons, transitions.
+
+Both dates are aligned to one grid: the part of the first "before" raster's grid that the first "after" raster
+covers. Two methods:
+
+- ``postclass``: the land-cover model maps both dates; a pixel changed when its class differs. The change raster
+  holds a transition code (0: no change, 1 + from * K + to: changed from -> to), the polygons carry from_class /
+  to_class, and a from x to transition matrix (m2) is written as CSV.
+- ``direct``: a bi-temporal change model (task "change"; inputs marked date "before" / "after"; classes "no change"
+  and "change", e.g. a siamese network exported with `python -m export onnx`) gives a change probability; pixels
+  above ``threshold`` are change (code 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio.windows import Window
+
+from .errors import InputError, LandSegError, OutputError
+from .landcover import GDAL_CACHE_MB
+from .model_package import ClassInfo, ModelMeta, load_model_package
+from .outputs import OutputSet, PredictionWriter, geotiff_profile
+from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
+from .predict import predict_blocks
+from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
+from .runtime import RuntimeOptions, make_runtime
+from .styles import change_polygon_qml, change_raster_qml
+from .tiling import TileGrid, fit_overlap
+
+CHANGE_NODATA = 65535
+METHODS = ("postclass", "direct")
+
+
+@dataclass
+class ChangeParams:
+    before: list[Path]
+    after: list[Path]
+    model: Path
+    out_dir: Path
+    name: str = "change"
+    method: str = "postclass"
+    modalities: dict[str, BandSource] = field(default_factory=dict)  # applied to both dates
+    threshold: float = 0.5  # direct method: change probability above which a pixel is change
+    tile: int | None = None
+    overlap: int | None = None
+    batch: int = 4
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    polygons: PolygonizeOptions = field(default_factory=lambda: PolygonizeOptions(layer="change"))
+    change_map_path: Path | None = None
+    polygons_path: Path | None = None
+    matrix_path: Path | None = None
+
+    def output_paths(self) -> tuple[Path, Path, Path]:
+        out = Path(self.out_dir)
+        return (
+            Path(self.change_map_path or out / f"{self.name}_map.tif"),
+            Path(self.polygons_path or out / f"{self.name}.gpkg"),
+            Path(self.matrix_path or out / f"{self.name}_transitions.csv"),
+        )
+
+
+@dataclass
+class ChangeResult:
+    change_map: Path
+    polygons: Path
+    matrix: Path
+    layer: str
+    n_polygons: int
+    method: str
+    classes: list[str]
+    transitions_m2: dict[str, dict[str, float]]  # from -> to -> area
+    changed_m2: float
+    device: str
+    seconds: float
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
+
+    def matrix_text(self) -> str:
+        names = self.classes
+        width = max(12, *(len(n) + 2 for n in names))
+        lines = ["from \\ to (m2)".ljust(width) + "".join(n.rjust(width) for n in names)]
+        for a in names:
+            lines.append(a.ljust(width) + "".join(f"{self.transitions_m2[a][b]:{width}.1f}" for b in names))
+        return "\n".join(lines)
+
+
+def _check_band_counts(before: list[Path], after: list[Path]) -> None:
+    if len(before) != len(after):
+        raise InputError(
+            f"{len(before)} 'before' raster(s) but {len(after)} 'after' raster(s): give one per date "
+            "and modality, in the same order"
+        )
+    for b, a in zip(before, after, strict=True):
+        for p, label in ((b, "before"), (a, "after")):
+            if not Path(p).exists():
+                raise InputError(f"{label} raster not found: {p}")
+        try:
+            with rasterio.open(b) as db, rasterio.open(a) as da:
+                if db.count != da.count:
+                    raise InputError(
+                        f"before raster {b} has {db.count} band(s) but after raster {a} has "
+                        f"{da.count}: both dates need the same bands"
+                    )
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"not a raster GDAL can read: {exc}") from None
+
+
+def _date_meta(meta: ModelMeta, date: str) -> ModelMeta:
+    return dataclasses.replace(
+        meta, inputs=tuple(dataclasses.replace(i, date=None) for i in meta.inputs if i.date == date)
+    )
+
+
+class PairedInputs:
+    """Both dates' inputs read as one: feeds for every model input, valid where both dates are valid."""
+
+    def __init__(self, before: AlignedInputs, after: AlignedInputs) -> None:
+        self.before, self.after = before, after
+        self.grid = before.grid
+
+    def read(self, window: Window):
+        fb, vb = self.before.read(window)
+        fa, va = self.after.read(window)
+        return {**fb, **fa}, vb & va  # model input names are unique across dates
+
+
+def run_change(
+    params: ChangeParams,
+    progress: Callable[[float, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> ChangeResult:
+    t0 = time.perf_counter()
+    messages: list[str] = []
+
+    def say(msg: str) -> None:
+        messages.append(msg)
+        if notify:
+            notify(msg)
+
+    def stage(lo: float, hi: float):
+        return (lambda f, m: progress(lo + (hi - lo) * f, m)) if progress else None
+
+    if params.method not in METHODS:
+        raise InputError(f"change method must be one of {', '.join(METHODS)}, not {params.method!r}")
+    if not params.before or not params.after:
+        raise InputError("change detection needs a 'before' and an 'after' raster")
+    package = load_model_package(params.model)
+    meta = package.meta
+    want = "landcover" if params.method == "postclass" else "change"
+    if meta.task != want:
+        raise InputError(f"method '{params.method}' needs a {want} model; '{meta.name}' is a {meta.task} model")
+    _check_band_counts(params.before, params.after)
+    grid = overlap_grid(params.before[0], params.after[0])
+    tile = params.tile or meta.tile_size
+    overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
+    tiles = TileGrid(grid.height, grid.width, tile, overlap)
+    area_of = AreaCalculator(grid.crs)
+    cx, cy = grid.transform * (grid.width / 2, grid.height / 2)
+    px_area = area_of(shapely.box(cx, cy, cx + grid.pixel_size[0], cy + grid.pixel_size[1]))
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
+        outputs = OutputSet()
+        finals = params.output_paths()
+        for p, suffix in zip(finals, (".tif", ".gpkg", ".csv"), strict=True):
+            if p.suffix.lower() != suffix:
+                raise OutputError(f"output {p} must end in {suffix}")
+        map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
+        work = Path(tempfile.mkdtemp(prefix=".landseg_", dir=finals[0].parent))
+        runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+        try:
+            if params.method == "postclass":
+                classes = meta.classes
+                maps = []
+                for k, (date, paths) in enumerate((("before", params.before), ("after", params.after))):
+                    cls_p, conf_p = work / f"{date}_classes.tif", work / f"{date}_conf.tif"
+                    with AlignedInputs(paths, meta, params.modalities or None, grid=grid) as inputs:
+                        writer = PredictionWriter(cls_p, conf_p, grid, classes, tiles.rows.stride)
+                        try:
+                            for b in predict_blocks(
+                                inputs, runtime.run, meta, tiles, params.batch, stage(0.4 * k, 0.4 * k + 0.4), cancelled
+                            ):
+                                writer.write(b.row, b.col, b.probs, b.valid)
+                        finally:
+                            writer.close()
+                    maps.append((cls_p, conf_p))
+                counts = _combine(maps[0], maps[1], map_tmp, grid, len(classes), tiles.rows.stride)
+                names = [c.name for c in classes]
+                k = len(classes)
+                props = {
+                    1 + a * k + b: {
+                        "from_class": names[a],
+                        "to_class": names[b],
+                        "transition": f"{names[a]} → {names[b]}",
+                    }
+                    for a in range(k)
+                    for b in range(k)
+                    if a != b and counts[a, b] > 0
+                }
+                transitions = {
+                    names[a]: {names[b]: round(float(counts[a, b]) * px_area, 3) for b in range(k)} for a in range(k)
+                }
+                style_classes = [(code, classes[(code - 1) // k], classes[(code - 1) % k]) for code in props]
+            else:
+                before_meta, after_meta = _date_meta(meta, "before"), _date_meta(meta, "after")
+                with (
+                    AlignedInputs(params.before, before_meta, params.modalities or None, grid=grid) as ib,
+                    AlignedInputs(params.after, after_meta, params.modalities or None, grid=grid) as ia,
+                ):
+                    paired = PairedInputs(ib, ia)
+                    counts = _write_direct(
+                        paired, runtime, meta, tiles, params, map_tmp, grid, stage(0.0, 0.8), cancelled
+                    )
+                names = ["no change", "change"]
+                props = {1: {"from_class": "", "to_class": "", "transition": "change"}}
+                transitions = {
+                    "no change": {"no change": round(counts[0] * px_area, 3), "change": 0.0},
+                    "change": {"no change": 0.0, "change": round(counts[1] * px_area, 3)},
+                }
+                changed = ClassInfo(1, "change", "#e31a1c")
+                style_classes = [(1, changed, changed)]
+            n_poly = polygonize_values(
+                map_tmp,
+                _conf_of(map_tmp),
+                gpkg_tmp,
+                props,
+                {"from_class": "str", "to_class": "str", "transition": "str"},
+                params.polygons,
+                stage(0.85, 1.0),
+                cancelled,
+                conf_field="confidence",
+            )
+            _write_matrix(csv_tmp, names, transitions)
+            outputs.temp_for(finals[0].with_suffix(".qml")).write_text(change_raster_qml(style_classes))
+            outputs.temp_for(finals[1].with_suffix(".qml")).write_text(change_polygon_qml(style_classes))
+            _conf_of(map_tmp).unlink(missing_ok=True)
+            done = outputs.commit()
+        except BaseException as exc:
+            outputs.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
+                raise OutputError(f"writing outputs in {finals[0].parent} failed: {exc}") from None
+            raise
+        finally:
+            for f in work.glob("*"):
+                f.unlink()
+            work.rmdir()
+    changed_m2 = (
+        sum(v for a, row in transitions.items() for b, v in row.items() if a != b)
+        if params.method == "postclass"
+        else transitions["change"]["change"]
+    )
+    if progress:
+        progress(1.0, "done")
+    return ChangeResult(
+        change_map=done[0],
+        polygons=done[1],
+        matrix=done[2],
+        layer=params.polygons.layer,
+        n_polygons=n_poly,
+        method=params.method,
+        classes=names,
+        transitions_m2=transitions,
+        changed_m2=round(changed_m2, 3),
+        device=runtime.device_label,
+        seconds=round(time.perf_counter() - t0, 3),
+        messages=messages,
+    )
+
+
+def _conf_of(map_path: Path) -> Path:
+    return map_path.with_name(map_path.stem + ".conf.tif")
+
+
+def _open_change_outputs(map_path: Path, grid: Grid, block: int):
+    prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
+    prof["predictor"] = 2
+    code = rasterio.open(map_path, "w", **prof)
+    conf = rasterio.open(_conf_of(map_path), "w", **geotiff_profile(grid, "float32", -1.0, block))
+    code.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
+    return code, conf
+
+
+def _combine(before, after, map_path: Path, grid: Grid, k: int, block: int) -> np.ndarray:
+    """Transition codes and joint confidence, strip by strip; returns the k x k pixel-count matrix."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    code_ds, conf_ds = _open_change_outputs(map_path, grid, block)
+    with (
+        rasterio.open(before[0]) as cb,
+        rasterio.open(before[1]) as fb,
+        rasterio.open(after[0]) as ca,
+        rasterio.open(after[1]) as fa,
+        code_ds,
+        conf_ds,
+    ):
+        for r0 in range(0, grid.height, block):
+            win = Window(0, r0, grid.width, min(block, grid.height - r0))
+            a, b = cb.read(1, window=win).astype(np.int64), ca.read(1, window=win).astype(np.int64)
+            valid = (a < k) & (b < k)
+            code = np.where(a == b, 0, 1 + a * k + b)
+            code[~valid] = CHANGE_NODATA
+            conf = fb.read(1, window=win) * fa.read(1, window=win)
+            conf[~valid] = -1.0
+            code_ds.write(code.astype(np.uint16), 1, window=win)
+            conf_ds.write(conf.astype(np.float32), 1, window=win)
+            counts += np.bincount((a * k + b)[valid], minlength=k * k).reshape(k, k)
+    return counts
+
+
+def _write_direct(paired, runtime, meta, tiles, params, map_path, grid, progress, cancelled) -> list[int]:
+    code_ds, conf_ds = _open_change_outputs(map_path, grid, tiles.rows.stride)
+    change_idx = next((c.id for c in meta.classes if c.name.lower() == "change"), len(meta.classes) - 1)
+    counts = [0, 0]
+    with code_ds, conf_ds:
+        for b in predict_blocks(paired, runtime.run, meta, tiles, params.batch, progress, cancelled):
+            p = b.probs[change_idx]
+            code = (p > params.threshold).astype(np.uint16)
+            conf = np.where(code == 1, p, 1 - p).astype(np.float32)
+            code[~b.valid] = CHANGE_NODATA
+            conf[~b.valid] = -1.0
+            h, w = b.valid.shape
+            win = Window(b.col, b.row, w, h)
+            code_ds.write(code, 1, window=win)
+            conf_ds.write(conf, 1, window=win)
+            counts[0] += int(((code == 0) & b.valid).sum())
+            counts[1] += int((code == 1).sum())
+    return counts
+
+
+def _write_matrix(path: Path, names: list[str], transitions: dict[str, dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["from \\ to (m2)", *names])
+        for a in names:
+            w.writerow([a, *(transitions[a][b] for b in names)])

@@ -1,0 +1,373 @@
+"""Individual tree crowns as polygons (score, height, area, diameter).
+
+1. Vegetation probability from a land-cover model on the RGB image (its class named vegetation/tree/woodland/forest),
+   through the same tiled engine path as land cover.
+2. Candidate tree tops: local maxima of the canopy height model (CHM / nDSM) when one is given, else of the distance
+   to the vegetation edge (crown centres of a vegetation mask), at least ``min_distance_m`` apart.
+3. Crowns: marker-controlled watershed from the tree tops over the vegetation (and CHM > ``min_height_m``) mask, or,
+   with ``sam`` (a folder written by `python -m export sam`), SAM's mask for a point prompt at each tree top.
+4. The image is processed in overlapping windows; a crown belongs to the window whose core holds its tree top, so
+   crowns cut by a window border come out whole and once. Remaining duplicates are removed by IoU (NMS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fiona
+import numpy as np
+import rasterio
+import shapely
+from rasterio.features import shapes
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from scipy import ndimage
+from shapely.geometry import mapping, shape
+
+from .errors import Cancelled, InputError, LandSegError, OutputError
+from .landcover import GDAL_CACHE_MB
+from .model_package import load_model_package
+from .outputs import OutputSet, geotiff_profile
+from .polygonize import AreaCalculator
+from .predict import predict_blocks
+from .raster_input import AlignedInputs, BandSource
+from .runtime import RuntimeOptions, make_runtime
+from .styles import crowns_qml
+from .tiling import TileGrid, fit_overlap
+
+VEGETATION_NAMES = ("vegetation", "tree", "trees", "woodland", "forest", "canopy")
+SCHEMA = {
+    "geometry": "Polygon",
+    "properties": {
+        "score": "float",
+        "height_max": "float",
+        "height_mean": "float",
+        "area_m2": "float",
+        "diameter_m": "float",
+        "top_x": "float",
+        "top_y": "float",
+        "method": "str",
+    },
+}
+
+
+@dataclass
+class TreeCrownParams:
+    image: Path
+    out_dir: Path
+    chm: Path | None = None
+    model: Path | None = None  # land-cover model for the vegetation mask (default: the bundled baseline)
+    vegetation_class: str | None = None  # default: the first class named like vegetation/tree/woodland
+    sam: Path | None = None  # folder with sam.json, encoder.onnx, decoder.onnx
+    modalities: dict[str, BandSource] = field(default_factory=dict)
+    name: str = "treecrowns"
+    crowns_path: Path | None = None
+    vegetation_threshold: float = 0.5
+    min_height_m: float = 2.0
+    min_distance_m: float = 3.0  # between tree tops; about the smallest crown radius expected
+    min_area_m2: float = 2.0
+    max_crown_diameter_m: float = 30.0  # sets the window overlap, so no crown is cut twice
+    window: int = 1024  # pixels
+    iou_nms: float = 0.5
+    batch: int = 4
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+
+@dataclass
+class TreeCrownResult:
+    crowns: Path
+    layer: str
+    n_crowns: int
+    method: str
+    seconds: float
+    messages: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
+
+
+def _vegetation_index(names: list[str], wanted: str | None) -> int:
+    if wanted:
+        for i, n in enumerate(names):
+            if n.lower() == wanted.lower():
+                return i
+        raise InputError(f"the model has no class {wanted!r} (classes: {', '.join(names)})")
+    for i, n in enumerate(names):
+        if any(v in n.lower() for v in VEGETATION_NAMES):
+            return i
+    raise InputError(
+        f"the model has no vegetation/tree class (classes: {', '.join(names)}); name one with --vegetation-class"
+    )
+
+
+def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
+    if not Path(chm).exists():
+        raise InputError(f"CHM not found: {chm}")
+    try:
+        ds = rasterio.open(chm)
+    except rasterio.errors.RasterioIOError:
+        raise InputError(f"CHM is not a raster GDAL can read: {chm}") from None
+    if ds.crs != image_ds.crs:
+        crs = ds.crs.to_string() if ds.crs else "no CRS"
+        ds.close()
+        raise InputError(
+            f"CHM {chm} is in {crs} but the image is in {image_ds.crs.to_string()}: "
+            "reproject the CHM to the image's CRS first"
+        )
+    if ds.transform == image_ds.transform and ds.shape == image_ds.shape:
+        return ds
+    return WarpedVRT(
+        ds,
+        transform=image_ds.transform,
+        width=image_ds.width,
+        height=image_ds.height,
+        resampling=rasterio.enums.Resampling.bilinear,
+    )
+
+
+class SamPrompter:
+    """SAM encoder + decoder (ONNX) for one window at a time; a positive point prompt per tree top."""
+
+    def __init__(self, folder: Path, providers: list[str]) -> None:
+        import onnxruntime as ort
+
+        side = Path(folder) / "sam.json"
+        if not side.exists():
+            raise InputError(f"SAM folder {folder} has no sam.json; export SAM with `python -m export sam`")
+        self.doc = json.loads(side.read_text())
+        self.size = int(self.doc["img_size"])
+        self.enc = ort.InferenceSession(str(Path(folder) / self.doc["encoder"]), providers=providers)
+        self.dec = ort.InferenceSession(str(Path(folder) / self.doc["decoder"]), providers=providers)
+        self.emb_hw = tuple(self.doc["embedding_size"])
+
+    def masks(self, rgb: np.ndarray, points: list[tuple[int, int]]) -> list[tuple[np.ndarray, float]]:
+        """rgb: (3, h, w) 0..255 with h, w <= img_size; points (row, col). Returns (mask, score) per point."""
+        h, w = rgb.shape[1:]
+        img = np.zeros((1, 3, self.size, self.size), np.float32)
+        img[0, :, :h, :w] = rgb[:3]
+        emb = self.enc.run(None, {"image": img})[0]
+        out = []
+        for r, c in points:
+            feeds = {
+                "image_embeddings": emb,
+                "point_coords": np.array([[[c + 0.5, r + 0.5], [0.0, 0.0]]], np.float32),
+                "point_labels": np.array([[1, -1]], np.float32),  # -1: SAM's padding point
+                "mask_input": np.zeros((1, 1, 4 * self.emb_hw[0], 4 * self.emb_hw[1]), np.float32),
+                "has_mask_input": np.zeros(1, np.float32),
+                "orig_im_size": np.array([self.size, self.size], np.float32),
+            }
+            masks, iou, _ = self.dec.run(None, feeds)
+            out.append((masks[0, 0, :h, :w] > self.doc.get("mask_threshold", 0.0), float(iou[0, 0])))
+        return out
+
+
+def _tree_tops(surface: np.ndarray, mask: np.ndarray, min_dist_px: int) -> np.ndarray:
+    from skimage.feature import peak_local_max
+
+    if not mask.any():
+        return np.zeros((0, 2), int)
+    return peak_local_max(surface, min_distance=max(1, min_dist_px), labels=mask.astype(np.int32), exclude_border=False)
+
+
+def run_treecrowns(
+    params: TreeCrownParams,
+    progress: Callable[[float, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> TreeCrownResult:
+    from skimage.segmentation import watershed
+
+    t0 = time.perf_counter()
+    messages: list[str] = []
+
+    def say(msg: str) -> None:
+        messages.append(msg)
+        if notify:
+            notify(msg)
+
+    model_path = params.model or Path(__file__).resolve().parent.parent / "models" / "rgb_index_baseline.onnx"
+    package = load_model_package(model_path)
+    meta = package.meta
+    if meta.task != "landcover":
+        raise InputError(f"tree crowns need a land-cover model for the vegetation mask; '{meta.name}' is {meta.task}")
+    veg_idx = _vegetation_index([c.name for c in meta.classes], params.vegetation_class)
+    method = "sam" if params.sam else "watershed"
+    final = Path(params.crowns_path or Path(params.out_dir) / f"{params.name}.gpkg")
+    if final.suffix.lower() != ".gpkg":
+        raise OutputError(f"crowns output {final} must end in .gpkg")
+
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024),
+        AlignedInputs([params.image], meta, params.modalities or None) as inputs,
+    ):
+        grid = inputs.grid
+        img_ds = inputs._datasets[0]
+        chm_ds = _open_chm(params.chm, img_ds) if params.chm else None
+        px = grid.pixel_size[0]
+        area_of = AreaCalculator(grid.crs)
+        outputs = OutputSet()
+        gpkg_tmp = outputs.temp_for(final)
+        work = Path(tempfile.mkdtemp(prefix=".landseg_", dir=final.parent))
+        sam = SamPrompter(params.sam, ["CPUExecutionProvider"]) if params.sam else None
+        try:
+            # 1. vegetation probability, streamed to a temporary GeoTIFF
+            veg_path = work / "vegetation.tif"
+            runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+            tile = meta.tile_size
+            tiles = TileGrid(grid.height, grid.width, tile, fit_overlap(tile, meta.overlap))
+            with rasterio.open(veg_path, "w", **geotiff_profile(grid, "float32", -1.0, tiles.rows.stride)) as vds:
+                for b in predict_blocks(
+                    inputs,
+                    runtime.run,
+                    meta,
+                    tiles,
+                    params.batch,
+                    (lambda f, m: progress(0.5 * f, m)) if progress else None,
+                    cancelled,
+                ):
+                    p = b.probs[veg_idx].copy()
+                    p[~b.valid] = -1.0
+                    h, w = b.valid.shape
+                    vds.write(p, 1, window=Window(b.col, b.row, w, h))
+            # 2-4. windows: tops, crowns, ownership by core
+            win = sam.size if sam else params.window
+            halo = min(win // 4, max(16, math.ceil(params.max_crown_diameter_m / px)))
+            core = win - 2 * halo
+            if core < 16:
+                raise InputError(
+                    f"window {win} px is too small for crowns up to {params.max_crown_diameter_m} m at {px:g} m/px"
+                )
+            min_dist = max(1, round(params.min_distance_m / px))
+            crowns: list[dict] = []
+            rows = list(range(0, grid.height, core))
+            cols = list(range(0, grid.width, core))
+            n_win, k = len(rows) * len(cols), 0
+            with rasterio.open(veg_path) as vds:
+                for r0 in rows:
+                    for c0 in cols:
+                        if cancelled and cancelled():
+                            raise Cancelled("cancelled by the user")
+                        k += 1
+                        w = Window(c0 - halo, r0 - halo, win, win).intersection(Window(0, 0, grid.width, grid.height))
+                        veg = vds.read(1, window=w)
+                        valid = veg >= 0
+                        mask = veg > params.vegetation_threshold
+                        chm = None
+                        if chm_ds is not None:
+                            chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
+                            mask &= chm > params.min_height_m
+                            surface = ndimage.gaussian_filter(chm, 1.0)
+                        else:
+                            mask = ndimage.binary_opening(mask, iterations=2)
+                            surface = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 2.0)
+                        tops = _tree_tops(surface, mask & valid, min_dist)
+                        # core of this window, in window coordinates
+                        cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
+                        own = [(r, c) for r, c in tops if cr0 <= r < cr0 + core and cc0 <= c < cc0 + core]
+                        if not own:
+                            continue
+                        transform = vds.window_transform(w)
+                        if sam is None:
+                            markers = np.zeros(mask.shape, np.int32)
+                            for i, (r, c) in enumerate(tops, start=1):
+                                markers[r, c] = i
+                            labels = watershed(-surface, markers, mask=mask)
+                            owned = {int(markers[r, c]): (r, c) for r, c in own}
+                            pieces = [(labels == lab, (r, c), None) for lab, (r, c) in owned.items()]
+                        else:
+                            rgb = img_ds.read([1, 2, 3], window=w).astype(np.float32)
+                            pieces = [(m, rc, s) for (m, s), rc in zip(sam.masks(rgb, own), own, strict=True)]
+                        for region, (r, c), score in pieces:
+                            crown = _crown(region, (r, c), transform, veg, chm, area_of, score, method)
+                            if crown and crown["area_m2"] >= params.min_area_m2:
+                                crowns.append(crown)
+                        if progress:
+                            progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
+            crowns = _nms(crowns, params.iou_nms)
+            with (
+                fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
+                fiona.open(
+                    gpkg_tmp,
+                    "w",
+                    driver="GPKG",
+                    layer="crowns",
+                    schema=SCHEMA,
+                    crs=grid.crs.to_wkt() if grid.crs else None,
+                ) as sink,
+            ):
+                for cr in crowns:
+                    sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
+            outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
+            outputs.commit()
+        except BaseException as exc:
+            outputs.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
+                raise OutputError(f"writing {final} failed: {exc}") from None
+            raise
+        finally:
+            if chm_ds is not None:
+                chm_ds.close()
+            for f in work.glob("*"):
+                f.unlink()
+            work.rmdir()
+    if progress:
+        progress(1.0, "done")
+    return TreeCrownResult(final, "crowns", len(crowns), method, round(time.perf_counter() - t0, 3), messages)
+
+
+def _crown(region, top, transform, veg, chm, area_of, score, method) -> dict | None:
+    r, c = top
+    if not region[r, c]:
+        lab, _ = ndimage.label(region)
+        if lab.max() == 0:
+            return None
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        region = lab == sizes.argmax()
+    else:
+        lab, _ = ndimage.label(region)
+        region = lab == lab[r, c]  # the connected part holding the tree top
+    polys = [shape(g) for g, v in shapes(region.astype(np.uint8), mask=region, transform=transform) if v == 1]
+    if not polys:
+        return None
+    geom = max(polys, key=lambda p: p.area)
+    area = area_of(geom)
+    x, y = transform * (c + 0.5, r + 0.5)
+    heights = chm[region] if chm is not None else None
+    return {
+        "geom": geom,
+        "score": round(float(score if score is not None else veg[region].mean()), 4),
+        "height_max": round(float(heights.max()), 2) if heights is not None and heights.size else None,
+        "height_mean": round(float(heights.mean()), 2) if heights is not None and heights.size else None,
+        "area_m2": round(area, 3),
+        "diameter_m": round(2 * math.sqrt(area / math.pi), 3),
+        "top_x": x,
+        "top_y": y,
+        "method": method,
+    }
+
+
+def _nms(crowns: list[dict], iou: float) -> list[dict]:
+    """Drop a crown that overlaps a higher-scoring one by more than ``iou``."""
+    if len(crowns) < 2:
+        return crowns
+    order = sorted(range(len(crowns)), key=lambda i: -crowns[i]["score"])
+    geoms = [crowns[i]["geom"] for i in order]
+    tree = shapely.STRtree(geoms)
+    keep, dropped = [], set()
+    for k, g in enumerate(geoms):
+        if k in dropped:
+            continue
+        keep.append(crowns[order[k]])
+        for j in tree.query(g, predicate="intersects"):
+            if j > k and j not in dropped:
+                inter = g.intersection(geoms[j]).area
+                if inter / (g.area + geoms[j].area - inter) > iou:
+                    dropped.add(int(j))
+    return keep

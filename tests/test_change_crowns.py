@@ -1,0 +1,187 @@
+"""Change detection (post-classification and direct) and tree crowns, on the real samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import DEFAULT_MODEL, SJER, URBAN, meta_doc, write_raster
+from engine.change import ChangeParams, run_change
+from engine.errors import InputError
+from engine.treecrowns import TreeCrownParams, run_treecrowns
+
+PARK = (slice(1200, 1500), slice(300, 700))  # rows, cols painted green in the "after" image
+LOT = (slice(400, 600), slice(1300, 1600))  # painted grey
+
+
+@pytest.fixture(scope="module")
+def after_image(tmp_path_factory):
+    """The real urban sample with a new park and a new paved lot painted in: a known change."""
+    path = tmp_path_factory.mktemp("change") / "urban_after.tif"
+    with rasterio.open(URBAN) as src:
+        data, profile = src.read(), src.profile
+    data[:, PARK[0], PARK[1]] = np.array([40, 140, 40], np.uint8)[:, None, None]
+    data[:, LOT[0], LOT[1]] = np.array([150, 150, 160], np.uint8)[:, None, None]
+    profile.update(compress="deflate", photometric="RGB")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_postclass_change_finds_the_painted_areas(tmp_path, after_image):
+    res = run_change(ChangeParams(before=[URBAN], after=[after_image], model=DEFAULT_MODEL, out_dir=tmp_path))
+    with rasterio.open(res.change_map) as ds, rasterio.open(URBAN) as src:
+        code = ds.read(1)
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+    changed = (code > 0) & (code != 65535)
+    assert changed[PARK].mean() > 0.4 and changed[LOT].mean() > 0.4
+    outside = np.ones(code.shape, bool)
+    outside[PARK] = outside[LOT] = False
+    assert changed[outside].mean() < 0.001  # identical pixels elsewhere: no change
+    with fiona.open(res.polygons) as layer:
+        feats = list(layer)
+    assert feats and {"from_class", "to_class", "area_m2", "confidence"} <= set(feats[0]["properties"])
+    assert any(f["properties"]["to_class"] == "vegetation" for f in feats)
+    with open(res.matrix) as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == res.classes and len(rows) == len(res.classes) + 1
+    assert res.transitions_m2["bare ground"]["vegetation"] > 100
+    assert res.changed_m2 == pytest.approx(
+        sum(v for a, r in res.transitions_m2.items() for b, v in r.items() if a != b), rel=1e-6
+    )
+    assert "transition" in (tmp_path / "change.qml").read_text()
+
+
+def test_direct_change_with_an_exported_siamese_model(tmp_path, after_image):
+    pytest.importorskip("torch")
+    from export.torch_export import ExportParams, export_package
+
+    rgb = {
+        "modality": "rgb",
+        "bands": ["red", "green", "blue"],
+        "normalization": {"type": "scale_offset", "scale": 1 / 255, "offset": 0},
+    }
+    doc = meta_doc(
+        [{"name": "before", "date": "before", **rgb}, {"name": "after", "date": "after", **rgb}],
+        2,
+        task="change",
+        tile_size=256,
+        overlap=32,
+    )
+    doc["classes"] = [
+        {"id": 0, "name": "no change", "color": "#ffffff"},
+        {"id": 1, "name": "change", "color": "#e31a1c"},
+    ]
+    (tmp_path / "meta.json").write_text(json.dumps(doc))
+    model, _ = export_package(
+        ExportParams(meta=tmp_path / "meta.json", out=tmp_path / "siamese.onnx", entry="torch_models:siamese_change"),
+        log=lambda m: None,
+    )
+    res = run_change(
+        ChangeParams(before=[URBAN], after=[after_image], model=model, out_dir=tmp_path / "o", method="direct")
+    )
+    with rasterio.open(res.change_map) as ds:
+        code = ds.read(1)
+    assert (code[PARK] == 1).mean() > 0.9 and (code[LOT] == 1).mean() > 0.9
+    assert res.n_polygons >= 2 and res.transitions_m2["change"]["change"] > 500
+
+
+def test_change_bad_inputs(tmp_path):
+    gray = write_raster(
+        tmp_path / "gray.tif",
+        np.zeros((1, 50, 50), np.uint8),
+        crs="EPSG:32611",
+        transform=from_origin(252000, 4107400, 0.1, 0.1),
+    )
+    with pytest.raises(InputError, match="has 3 band\\(s\\) but after raster .* has 1"):
+        run_change(ChangeParams(before=[SJER], after=[gray], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
+    far = write_raster(
+        tmp_path / "far.tif",
+        np.zeros((3, 50, 50), np.uint8),
+        crs="EPSG:32633",
+        transform=from_origin(300000, 6000000, 1, 1),
+    )
+    with pytest.raises(InputError, match="do not overlap"):
+        run_change(ChangeParams(before=[SJER], after=[far], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
+    with pytest.raises(InputError, match="needs a change model"):
+        run_change(
+            ChangeParams(before=[SJER], after=[SJER], model=DEFAULT_MODEL, out_dir=tmp_path / "o", method="direct")
+        )
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_change_on_partial_overlap_uses_the_common_grid(tmp_path):
+    with rasterio.open(SJER) as src:
+        win = rasterio.windows.Window(100, 150, 250, 200)
+        write_raster(tmp_path / "after.tif", src.read(window=win), transform=src.window_transform(win), crs=src.crs)
+        res = run_change(
+            ChangeParams(before=[SJER], after=[tmp_path / "after.tif"], model=DEFAULT_MODEL, out_dir=tmp_path / "o")
+        )
+        with rasterio.open(res.change_map) as ds:
+            assert ds.shape == (200, 250) and ds.transform == src.window_transform(win)
+            assert (ds.read(1)[5:-5, 5:-5] == 0).mean() > 0.99  # same pixels: no change
+
+
+def test_tree_crowns_with_chm(tmp_path):
+    """Two synthetic trees in a CHM over the real SJER image: two crowns, heights from the CHM."""
+    with rasterio.open(SJER) as src:
+        chm = np.zeros((1, *src.shape), np.float32)
+        yy, xx = np.mgrid[: src.height, : src.width]
+        for cy, cx, h in ((100, 100, 12.0), (280, 300, 8.0)):
+            chm[0] = np.maximum(chm[0], h * np.clip(1 - np.hypot(yy - cy, xx - cx) / 40, 0, None))
+        chm_path = write_raster(tmp_path / "chm.tif", chm, transform=src.transform, crs=src.crs)
+    green = tmp_path / "green.tif"  # vegetation everywhere, so the CHM decides
+    data = np.zeros((3, 400, 400), np.uint8)
+    data[1] = 200
+    with rasterio.open(SJER) as src:
+        write_raster(green, data, transform=src.transform, crs=src.crs)
+    res = run_treecrowns(
+        TreeCrownParams(image=green, chm=chm_path, out_dir=tmp_path, window=256, max_crown_diameter_m=10)
+    )
+    with fiona.open(res.crowns) as layer:
+        feats = sorted(layer, key=lambda f: -f["properties"]["height_max"])
+    assert len(feats) == 2
+    top = feats[0]["properties"]
+    assert top["height_max"] == pytest.approx(12.0, abs=0.5) and 2 < top["height_mean"] < 12
+    # crown where CHM > 2 m: radius 40 px * (1 - 2/12) = 33 px = 3.3 m -> about 6.7 m across
+    assert top["diameter_m"] == pytest.approx(6.7, abs=0.8)
+    assert top["area_m2"] == pytest.approx(np.pi * 3.33**2, rel=0.15)
+
+
+def test_tree_crowns_rgb_only_merge_across_windows(tmp_path):
+    """Same crowns whether the image is processed in one window or in many small ones."""
+    one = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path / "a", window=2048))
+    many = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path / "b", window=512))
+    assert one.n_crowns > 20
+    assert abs(many.n_crowns - one.n_crowns) <= max(2, 0.05 * one.n_crowns)
+
+
+def test_tree_crowns_with_sam(tmp_path):
+    pytest.importorskip("torch")
+    from export.sam_export import SamExportParams, export_sam
+
+    export_sam(SamExportParams("tiny", tmp_path / "sam"), log=lambda m: None)
+    res = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path, sam=tmp_path / "sam", max_crown_diameter_m=5))
+    assert res.method == "sam"
+    with fiona.open(res.crowns) as layer:
+        feats = list(layer)
+    assert res.n_crowns == len(feats) > 0  # random weights: shapes are arbitrary, the path is what is tested
+    assert all(f["properties"]["method"] == "sam" for f in feats)
+
+
+def test_tree_crowns_bad_chm(tmp_path):
+    other = write_raster(
+        tmp_path / "chm_wgs84.tif",
+        np.zeros((1, 20, 20), np.float32),
+        crs="EPSG:4326",
+        transform=from_origin(-119.7, 37.1, 0.0001, 0.0001),
+    )
+    with pytest.raises(InputError, match="CHM .* is in EPSG:4326 but the image is in EPSG:32611"):
+        run_treecrowns(TreeCrownParams(image=SJER, chm=other, out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
