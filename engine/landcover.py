@@ -24,7 +24,7 @@ from .styles import class_raster_qml, confidence_qml, polygon_qml
 from .tiling import TileGrid, fit_overlap
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 16
 
 
 @dataclass
