@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,10 +25,11 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from .errors import InputError, LandSegError, OutputError
+from .errors import InputError, OutputError
+from .jobs import Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
-from .outputs import OutputSet, PredictionWriter, geotiff_profile
+from .outputs import PredictionWriter, geotiff_profile
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
@@ -145,16 +145,7 @@ def run_change(
     notify: Callable[[str], None] | None = None,
 ) -> ChangeResult:
     t0 = time.perf_counter()
-    messages: list[str] = []
-
-    def say(msg: str) -> None:
-        messages.append(msg)
-        if notify:
-            notify(msg)
-
-    def stage(lo: float, hi: float):
-        return (lambda f, m: progress(lo + (hi - lo) * f, m)) if progress else None
-
+    say = Messages(notify)
     if params.method not in METHODS:
         raise InputError(f"change method must be one of {', '.join(METHODS)}, not {params.method!r}")
     if not params.before or not params.after:
@@ -174,15 +165,14 @@ def run_change(
     px_area = area_of(shapely.box(cx, cy, cx + grid.pixel_size[0], cy + grid.pixel_size[1]))
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
-        outputs = OutputSet()
         finals = params.output_paths()
         for p, suffix in zip(finals, (".tif", ".gpkg", ".csv"), strict=True):
             if p.suffix.lower() != suffix:
                 raise OutputError(f"output {p} must end in {suffix}")
-        map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
-        work = Path(tempfile.mkdtemp(prefix=".landseg_", dir=finals[0].parent))
         runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
-        try:
+        with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
+            map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
+            conf_tmp = work / "change_confidence.tif"
             if params.method == "postclass":
                 classes = meta.classes
                 maps = []
@@ -192,13 +182,19 @@ def run_change(
                         writer = PredictionWriter(cls_p, conf_p, grid, classes, tiles.rows.stride)
                         try:
                             for b in predict_blocks(
-                                inputs, runtime.run, meta, tiles, params.batch, stage(0.4 * k, 0.4 * k + 0.4), cancelled
+                                inputs,
+                                runtime.run,
+                                meta,
+                                tiles,
+                                params.batch,
+                                stage(progress, 0.4 * k, 0.4 * k + 0.4),
+                                cancelled,
                             ):
                                 writer.write(b.row, b.col, b.probs, b.valid)
                         finally:
                             writer.close()
                     maps.append((cls_p, conf_p))
-                counts = _combine(maps[0], maps[1], map_tmp, grid, len(classes), tiles.rows.stride)
+                counts = _combine(maps[0], maps[1], map_tmp, conf_tmp, grid, len(classes), tiles.rows.stride)
                 names = [c.name for c in classes]
                 k = len(classes)
                 props = {
@@ -223,7 +219,16 @@ def run_change(
                 ):
                     paired = PairedInputs(ib, ia)
                     counts = _write_direct(
-                        paired, runtime, meta, tiles, params, map_tmp, grid, stage(0.0, 0.8), cancelled
+                        paired,
+                        runtime,
+                        meta,
+                        tiles,
+                        params,
+                        map_tmp,
+                        conf_tmp,
+                        grid,
+                        stage(progress, 0.0, 0.8),
+                        cancelled,
                     )
                 names = ["no change", "change"]
                 props = {1: {"from_class": "", "to_class": "", "transition": "change"}}
@@ -235,29 +240,19 @@ def run_change(
                 style_classes = [(1, changed, changed)]
             n_poly = polygonize_values(
                 map_tmp,
-                _conf_of(map_tmp),
+                conf_tmp,
                 gpkg_tmp,
                 props,
                 {"from_class": "str", "to_class": "str", "transition": "str"},
                 params.polygons,
-                stage(0.85, 1.0),
+                stage(progress, 0.85, 1.0),
                 cancelled,
                 conf_field="confidence",
             )
             _write_matrix(csv_tmp, names, transitions)
             outputs.temp_for(finals[0].with_suffix(".qml")).write_text(change_raster_qml(style_classes))
             outputs.temp_for(finals[1].with_suffix(".qml")).write_text(change_polygon_qml(style_classes))
-            _conf_of(map_tmp).unlink(missing_ok=True)
             done = outputs.commit()
-        except BaseException as exc:
-            outputs.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
-                raise OutputError(f"writing outputs in {finals[0].parent} failed: {exc}") from None
-            raise
-        finally:
-            for f in work.glob("*"):
-                f.unlink()
-            work.rmdir()
     changed_m2 = (
         sum(v for a, row in transitions.items() for b, v in row.items() if a != b)
         if params.method == "postclass"
@@ -277,27 +272,23 @@ def run_change(
         changed_m2=round(changed_m2, 3),
         device=runtime.device_label,
         seconds=round(time.perf_counter() - t0, 3),
-        messages=messages,
+        messages=say.items,
     )
 
 
-def _conf_of(map_path: Path) -> Path:
-    return map_path.with_name(map_path.stem + ".conf.tif")
-
-
-def _open_change_outputs(map_path: Path, grid: Grid, block: int):
+def _open_change_outputs(map_path: Path, conf_path: Path, grid: Grid, block: int):
     prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
     prof["predictor"] = 2
     code = rasterio.open(map_path, "w", **prof)
-    conf = rasterio.open(_conf_of(map_path), "w", **geotiff_profile(grid, "float32", -1.0, block))
+    conf = rasterio.open(conf_path, "w", **geotiff_profile(grid, "float32", -1.0, block))
     code.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
     return code, conf
 
 
-def _combine(before, after, map_path: Path, grid: Grid, k: int, block: int) -> np.ndarray:
+def _combine(before, after, map_path: Path, conf_path: Path, grid: Grid, k: int, block: int) -> np.ndarray:
     """Transition codes and joint confidence, strip by strip; returns the k x k pixel-count matrix."""
     counts = np.zeros((k, k), dtype=np.int64)
-    code_ds, conf_ds = _open_change_outputs(map_path, grid, block)
+    code_ds, conf_ds = _open_change_outputs(map_path, conf_path, grid, block)
     with (
         rasterio.open(before[0]) as cb,
         rasterio.open(before[1]) as fb,
@@ -320,8 +311,8 @@ def _combine(before, after, map_path: Path, grid: Grid, k: int, block: int) -> n
     return counts
 
 
-def _write_direct(paired, runtime, meta, tiles, params, map_path, grid, progress, cancelled) -> list[int]:
-    code_ds, conf_ds = _open_change_outputs(map_path, grid, tiles.rows.stride)
+def _write_direct(paired, runtime, meta, tiles, params, map_path, conf_path, grid, progress, cancelled) -> list[int]:
+    code_ds, conf_ds = _open_change_outputs(map_path, conf_path, grid, tiles.rows.stride)
     change_idx = next((c.id for c in meta.classes if c.name.lower() == "change"), len(meta.classes) - 1)
     counts = [0, 0]
     with code_ds, conf_ds:

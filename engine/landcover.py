@@ -13,9 +13,10 @@ from pathlib import Path
 
 import rasterio
 
-from .errors import InputError, LandSegError, OutputError
+from .errors import InputError, OutputError
+from .jobs import Messages, ProgressFn, atomic_outputs, stage
 from .model_package import load_model_package
-from .outputs import OutputSet, PredictionWriter
+from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource
@@ -74,9 +75,6 @@ class LandcoverResult:
         return json.dumps(d)
 
 
-ProgressFn = Callable[[float, str], None]
-
-
 def run_landcover(
     params: LandcoverParams,
     progress: ProgressFn | None = None,
@@ -84,16 +82,7 @@ def run_landcover(
     notify: Callable[[str], None] | None = None,
 ) -> LandcoverResult:
     t0 = time.perf_counter()
-    messages: list[str] = []
-
-    def say(msg: str) -> None:
-        messages.append(msg)
-        if notify:
-            notify(msg)
-
-    def stage(lo: float, hi: float) -> ProgressFn | None:
-        return (lambda f, m: progress(lo + (hi - lo) * f, m)) if progress else None
-
+    say = Messages(notify)
     package = load_model_package(params.model)
     meta = package.meta
     if meta.task != "landcover":
@@ -108,7 +97,6 @@ def run_landcover(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
         with AlignedInputs(params.inputs, meta, params.modalities or None) as inputs:
-            outputs = OutputSet(params.overwrite)
             final_paths = params.output_paths()
             for p, kind, suffixes in zip(
                 final_paths,
@@ -118,20 +106,28 @@ def run_landcover(
             ):
                 if p.suffix.lower() not in suffixes:
                     raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
-            class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
-            try:
+            with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
+                class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
                 t_infer = time.perf_counter()
                 writer = PredictionWriter(class_path, conf_path, inputs.grid, meta.classes, grid.rows.stride)
                 try:
-                    for b in predict_blocks(inputs, runtime.run, meta, grid, params.batch, stage(0.0, 0.85), cancelled):
+                    for b in predict_blocks(
+                        inputs, runtime.run, meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
+                    ):
                         writer.write(b.row, b.col, b.probs, b.valid)
                 finally:
                     writer.close()
                 t_poly = time.perf_counter()
                 n_poly = polygonize(
-                    class_path, conf_path, gpkg_path, meta.classes, params.polygons, stage(0.85, 1.0), cancelled
+                    class_path,
+                    conf_path,
+                    gpkg_path,
+                    meta.classes,
+                    params.polygons,
+                    stage(progress, 0.85, 1.0),
+                    cancelled,
                 )
                 styles = (class_raster_qml(meta.classes), confidence_qml(), polygon_qml(meta.classes))
                 for final, qml in zip(final_paths, styles, strict=True):
@@ -141,11 +137,6 @@ def run_landcover(
                     "inference": round(t_poly - t_infer, 3),
                     "polygonize": round(time.perf_counter() - t_poly, 3),
                 }
-            except BaseException as exc:
-                outputs.discard()
-                if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
-                    raise OutputError(f"writing outputs in {params.out_dir} failed: {exc}") from None
-                raise
     if progress:
         progress(1.0, "done")
     return LandcoverResult(
@@ -160,5 +151,5 @@ def run_landcover(
         overlap=overlap,
         seconds=round(time.perf_counter() - t0, 3),
         timings=timings,
-        messages=messages,
+        messages=say.items,
     )

@@ -18,19 +18,7 @@ def polygon_qml(classes: tuple[ClassInfo, ...], field: str = "class_id") -> str:
     cats = "\n".join(
         f'      <category symbol="{c.id}" value="{c.id}" label={quoteattr(c.name)} render="true"/>' for c in classes
     )
-    symbols = "\n".join(
-        f"""      <symbol type="fill" name="{c.id}" alpha="1" clip_to_extent="1" force_rhr="0">
-        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
-          <prop k="color" v="{",".join(map(str, c.rgb))},255"/>
-          <prop k="outline_color" v="35,35,35,255"/>
-          <prop k="outline_style" v="solid"/>
-          <prop k="outline_width" v="0.1"/>
-          <prop k="outline_width_unit" v="MM"/>
-          <prop k="style" v="solid"/>
-        </layer>
-      </symbol>"""
-        for c in classes
-    )
+    symbols = "\n".join(_fill_symbol(str(c.id), c.rgb, (35, 35, 35), 0.1) for c in classes)
     return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology|Labeling">
   <renderer-v2 type="categorizedSymbol" attr="{field}" forceraster="0" symbollevels="0" enableorderby="0">
     <categories>

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +29,11 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import mapping, shape
 
-from .errors import Cancelled, InputError, LandSegError, OutputError
+from .errors import Cancelled, InputError, OutputError
+from .jobs import Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
 from .model_package import load_model_package
-from .outputs import OutputSet, geotiff_profile
+from .outputs import geotiff_profile
 from .polygonize import AreaCalculator
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource
@@ -184,12 +184,7 @@ def run_treecrowns(
     from skimage.segmentation import watershed
 
     t0 = time.perf_counter()
-    messages: list[str] = []
-
-    def say(msg: str) -> None:
-        messages.append(msg)
-        if notify:
-            notify(msg)
+    say = Messages(notify)
 
     model_path = params.model or Path(__file__).resolve().parent.parent / "models" / "rgb_index_baseline.onnx"
     package = load_model_package(model_path)
@@ -211,114 +206,107 @@ def run_treecrowns(
         chm_ds = _open_chm(params.chm, img_ds) if params.chm else None
         px = grid.pixel_size[0]
         area_of = AreaCalculator(grid.crs)
-        outputs = OutputSet()
-        gpkg_tmp = outputs.temp_for(final)
-        work = Path(tempfile.mkdtemp(prefix=".landseg_", dir=final.parent))
         sam = SamPrompter(params.sam, ["CPUExecutionProvider"]) if params.sam else None
         try:
-            # 1. vegetation probability, streamed to a temporary GeoTIFF
-            veg_path = work / "vegetation.tif"
-            runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
-            tile = meta.tile_size
-            tiles = TileGrid(grid.height, grid.width, tile, fit_overlap(tile, meta.overlap))
-            with rasterio.open(veg_path, "w", **geotiff_profile(grid, "float32", -1.0, tiles.rows.stride)) as vds:
-                for b in predict_blocks(
-                    inputs,
-                    runtime.run,
-                    meta,
-                    tiles,
-                    params.batch,
-                    (lambda f, m: progress(0.5 * f, m)) if progress else None,
-                    cancelled,
+            with atomic_outputs(final.parent) as outputs, scratch_folder(final.parent) as work:
+                gpkg_tmp = outputs.temp_for(final)
+                # 1. vegetation probability, streamed to a temporary GeoTIFF
+                veg_path = work / "vegetation.tif"
+                runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+                tile = meta.tile_size
+                tiles = TileGrid(grid.height, grid.width, tile, fit_overlap(tile, meta.overlap))
+                with rasterio.open(veg_path, "w", **geotiff_profile(grid, "float32", -1.0, tiles.rows.stride)) as vds:
+                    for b in predict_blocks(
+                        inputs,
+                        runtime.run,
+                        meta,
+                        tiles,
+                        params.batch,
+                        (lambda f, m: progress(0.5 * f, m)) if progress else None,
+                        cancelled,
+                    ):
+                        p = b.probs[veg_idx].copy()
+                        p[~b.valid] = -1.0
+                        h, w = b.valid.shape
+                        vds.write(p, 1, window=Window(b.col, b.row, w, h))
+                # 2-4. windows: tops, crowns, ownership by core
+                win = sam.size if sam else params.window
+                halo = min(win // 4, max(16, math.ceil(params.max_crown_diameter_m / px)))
+                core = win - 2 * halo
+                if core < 16:
+                    raise InputError(
+                        f"window {win} px is too small for crowns up to {params.max_crown_diameter_m} m at {px:g} m/px"
+                    )
+                min_dist = max(1, round(params.min_distance_m / px))
+                crowns: list[dict] = []
+                rows = list(range(0, grid.height, core))
+                cols = list(range(0, grid.width, core))
+                n_win, k = len(rows) * len(cols), 0
+                with rasterio.open(veg_path) as vds:
+                    for r0 in rows:
+                        for c0 in cols:
+                            if cancelled and cancelled():
+                                raise Cancelled("cancelled by the user")
+                            k += 1
+                            w = Window(c0 - halo, r0 - halo, win, win).intersection(
+                                Window(0, 0, grid.width, grid.height)
+                            )
+                            veg = vds.read(1, window=w)
+                            valid = veg >= 0
+                            mask = veg > params.vegetation_threshold
+                            chm = None
+                            if chm_ds is not None:
+                                chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
+                                mask &= chm > params.min_height_m
+                                surface = ndimage.gaussian_filter(chm, 1.0)
+                            else:
+                                mask = ndimage.binary_opening(mask, iterations=2)
+                                surface = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 2.0)
+                            tops = _tree_tops(surface, mask & valid, min_dist)
+                            # core of this window, in window coordinates
+                            cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
+                            own = [(r, c) for r, c in tops if cr0 <= r < cr0 + core and cc0 <= c < cc0 + core]
+                            if not own:
+                                continue
+                            transform = vds.window_transform(w)
+                            if sam is None:
+                                markers = np.zeros(mask.shape, np.int32)
+                                for i, (r, c) in enumerate(tops, start=1):
+                                    markers[r, c] = i
+                                labels = watershed(-surface, markers, mask=mask)
+                                owned = {int(markers[r, c]): (r, c) for r, c in own}
+                                pieces = [(labels == lab, (r, c), None) for lab, (r, c) in owned.items()]
+                            else:
+                                rgb = img_ds.read([1, 2, 3], window=w).astype(np.float32)
+                                pieces = [(m, rc, s) for (m, s), rc in zip(sam.masks(rgb, own), own, strict=True)]
+                            for region, (r, c), score in pieces:
+                                crown = _crown(region, (r, c), transform, veg, chm, area_of, score, method)
+                                if crown and crown["area_m2"] >= params.min_area_m2:
+                                    crowns.append(crown)
+                            if progress:
+                                progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
+                crowns = _nms(crowns, params.iou_nms)
+                with (
+                    fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
+                    fiona.open(
+                        gpkg_tmp,
+                        "w",
+                        driver="GPKG",
+                        layer="crowns",
+                        schema=SCHEMA,
+                        crs=grid.crs.to_wkt() if grid.crs else None,
+                    ) as sink,
                 ):
-                    p = b.probs[veg_idx].copy()
-                    p[~b.valid] = -1.0
-                    h, w = b.valid.shape
-                    vds.write(p, 1, window=Window(b.col, b.row, w, h))
-            # 2-4. windows: tops, crowns, ownership by core
-            win = sam.size if sam else params.window
-            halo = min(win // 4, max(16, math.ceil(params.max_crown_diameter_m / px)))
-            core = win - 2 * halo
-            if core < 16:
-                raise InputError(
-                    f"window {win} px is too small for crowns up to {params.max_crown_diameter_m} m at {px:g} m/px"
-                )
-            min_dist = max(1, round(params.min_distance_m / px))
-            crowns: list[dict] = []
-            rows = list(range(0, grid.height, core))
-            cols = list(range(0, grid.width, core))
-            n_win, k = len(rows) * len(cols), 0
-            with rasterio.open(veg_path) as vds:
-                for r0 in rows:
-                    for c0 in cols:
-                        if cancelled and cancelled():
-                            raise Cancelled("cancelled by the user")
-                        k += 1
-                        w = Window(c0 - halo, r0 - halo, win, win).intersection(Window(0, 0, grid.width, grid.height))
-                        veg = vds.read(1, window=w)
-                        valid = veg >= 0
-                        mask = veg > params.vegetation_threshold
-                        chm = None
-                        if chm_ds is not None:
-                            chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
-                            mask &= chm > params.min_height_m
-                            surface = ndimage.gaussian_filter(chm, 1.0)
-                        else:
-                            mask = ndimage.binary_opening(mask, iterations=2)
-                            surface = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 2.0)
-                        tops = _tree_tops(surface, mask & valid, min_dist)
-                        # core of this window, in window coordinates
-                        cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
-                        own = [(r, c) for r, c in tops if cr0 <= r < cr0 + core and cc0 <= c < cc0 + core]
-                        if not own:
-                            continue
-                        transform = vds.window_transform(w)
-                        if sam is None:
-                            markers = np.zeros(mask.shape, np.int32)
-                            for i, (r, c) in enumerate(tops, start=1):
-                                markers[r, c] = i
-                            labels = watershed(-surface, markers, mask=mask)
-                            owned = {int(markers[r, c]): (r, c) for r, c in own}
-                            pieces = [(labels == lab, (r, c), None) for lab, (r, c) in owned.items()]
-                        else:
-                            rgb = img_ds.read([1, 2, 3], window=w).astype(np.float32)
-                            pieces = [(m, rc, s) for (m, s), rc in zip(sam.masks(rgb, own), own, strict=True)]
-                        for region, (r, c), score in pieces:
-                            crown = _crown(region, (r, c), transform, veg, chm, area_of, score, method)
-                            if crown and crown["area_m2"] >= params.min_area_m2:
-                                crowns.append(crown)
-                        if progress:
-                            progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
-            crowns = _nms(crowns, params.iou_nms)
-            with (
-                fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
-                fiona.open(
-                    gpkg_tmp,
-                    "w",
-                    driver="GPKG",
-                    layer="crowns",
-                    schema=SCHEMA,
-                    crs=grid.crs.to_wkt() if grid.crs else None,
-                ) as sink,
-            ):
-                for cr in crowns:
-                    sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
-            outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
-            outputs.commit()
-        except BaseException as exc:
-            outputs.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
-                raise OutputError(f"writing {final} failed: {exc}") from None
-            raise
+                    for cr in crowns:
+                        sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
+                outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
+                outputs.commit()
         finally:
             if chm_ds is not None:
                 chm_ds.close()
-            for f in work.glob("*"):
-                f.unlink()
-            work.rmdir()
     if progress:
         progress(1.0, "done")
-    return TreeCrownResult(final, "crowns", len(crowns), method, round(time.perf_counter() - t0, 3), messages)
+    return TreeCrownResult(final, "crowns", len(crowns), method, round(time.perf_counter() - t0, 3), say.items)
 
 
 def _crown(region, top, transform, veg, chm, area_of, score, method) -> dict | None:
