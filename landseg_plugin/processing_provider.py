@@ -96,6 +96,9 @@ class LandcoverAlgorithm(LandSegAlgorithm):
     OVERLAP = "OVERLAP"
     BATCH = "BATCH"
     MIN_AREA = "MIN_AREA"
+    PROMPTS = "PROMPTS"
+    UNASKED = "UNASKED"
+    UNASKED_OPTIONS = ("other", "drop")
     OUTPUT = "OUTPUT"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -124,6 +127,19 @@ class LandcoverAlgorithm(LandSegAlgorithm):
         self.addParameter(
             QgsProcessingParameterString(
                 self.BANDS, "Band mapping (e.g. rgb=1:1,2,3; nir=1:4)", defaultValue="", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.PROMPTS,
+                "Class prompts (e.g. woods, lake, houses; empty: all classes)",
+                defaultValue="",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.UNASKED, "Classes no prompt asks for", options=["fold into 'other'", "drop"], defaultValue=0
             )
         )
         self.addParameter(
@@ -184,6 +200,8 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            prompts=self.parameterAsString(parameters, self.PROMPTS, context),
+            unasked=self.UNASKED_OPTIONS[self.parameterAsEnum(parameters, self.UNASKED, context)],
         )
         result = run_in_processing(args, feedback)
         if result is None:

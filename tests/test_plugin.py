@@ -223,6 +223,33 @@ def test_processing_algorithm_in_process(qgis_new_project, tmp_path):
     assert QgsVectorLayer(res["OUTPUT"], "p", "ogr").featureCount() > 10
 
 
+def test_processing_prompts_reach_the_engine(qgis_new_project, tmp_path):
+    import rasterio
+
+    out = {
+        k: str(tmp_path / v)
+        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
+    }
+    res = _run_alg(
+        {
+            "INPUT": [str(SJER)],
+            "MODEL": str(DEFAULT_MODEL),
+            "DEVICE": 0,
+            "TILE": 0,
+            "OVERLAP": -1,
+            "BATCH": 4,
+            "MIN_AREA": -1,
+            "BANDS": "",
+            "PROMPTS": "trees, lake",
+            "UNASKED": 0,
+            **out,
+        }
+    )
+    with rasterio.open(res["OUTPUT_CLASSES"]) as ds:
+        assert set(ds.tags(1)) == {"CLASS_0", "CLASS_1", "CLASS_2"}
+        assert [ds.tags(1)[f"CLASS_{i}"] for i in range(3)] == ["vegetation", "water", "other"]
+
+
 @pytest.mark.parametrize(
     "params,message",
     [

@@ -1,0 +1,163 @@
+"""Class prompts: the real text encoder (all-MiniLM-L6-v2 exported to ONNX by `make setup`) maps prompts to
+model classes; unmatched prompts are reported; prompts reach the engine from the CLI and from Processing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+
+from conftest import DEFAULT_MODEL, ROOT, SJER, save
+from engine.errors import InputError
+from engine.landcover import LandcoverParams, run_landcover
+from engine.model_package import load_model_package
+from engine.prompts import DEFAULT_ENCODER, TextEncoder, map_prompts, parse_prompts
+from export.graph_builder import GraphBuilder
+
+CLASSES = [
+    {"id": 0, "name": "woodland", "color": "#1b7837", "description": "forest, trees"},
+    {"id": 1, "name": "water", "color": "#2166ac", "description": "rivers, lakes, sea"},
+    {"id": 2, "name": "building", "color": "#b2182b", "description": "houses, roofs"},
+    {"id": 3, "name": "bare ground", "color": "#bf812d", "description": "soil, sand, rock"},
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    assert (DEFAULT_ENCODER / "text_encoder.json").exists(), "run `make setup` (it exports the text encoder)"
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def four_class_model(tmp_path_factory):
+    """Pointwise model whose logits are fixed per band: band k of the input is class k's logit."""
+    g = GraphBuilder("four")
+    g.output("out", g.input("bands", 4), 4)
+    doc = {
+        "format": "landseg-model/1",
+        "name": "four-classes",
+        "task": "landcover",
+        "inputs": [
+            {
+                "name": "bands",
+                "modality": "any",
+                "bands": ["a", "b", "c", "d"],
+                "normalization": {"type": "scale_offset", "scale": 1.0, "offset": 0.0},
+            }
+        ],
+        "output": {"name": "out", "kind": "logits"},
+        "classes": CLASSES,
+        "tile_size": 64,
+        "overlap": 16,
+    }
+    return save(g.model(), doc, tmp_path_factory.mktemp("m") / "four.onnx")
+
+
+@pytest.mark.parametrize(
+    "prompt,cls",
+    [
+        ("woods", "woodland"),
+        ("trees", "woodland"),
+        ("lake", "water"),
+        ("river", "water"),
+        ("houses", "building"),
+        ("buildings", "building"),
+        ("sand", "bare ground"),
+    ],
+)
+def test_synonyms_map_to_the_right_class(encoder, four_class_model, prompt, cls):
+    mapping = map_prompts([prompt], load_model_package(four_class_model).meta, encoder)
+    assert mapping.matches[0].matched and mapping.matches[0].class_name == cls
+    assert mapping.matches[0].score >= 0.5
+
+
+def test_unrelated_prompt_is_reported_not_dropped(encoder, four_class_model):
+    mapping = map_prompts(["woods", "solar panels"], load_model_package(four_class_model).meta, encoder)
+    solar = mapping.matches[1]
+    assert not solar.matched and solar.score < 0.5
+    assert any(m.startswith("no class of this model matches 'solar panels' (closest: ") for m in mapping.messages)
+    with pytest.raises(InputError, match="no class of this model matches 'solar panels'"):
+        map_prompts(["solar panels"], load_model_package(four_class_model).meta, encoder)
+
+
+def test_prompts_merge_and_unasked_classes_fold_or_drop(encoder, four_class_model, tmp_path):
+    meta = load_model_package(four_class_model).meta
+    mapping = map_prompts(["woods", "forest", "lake"], meta, encoder)
+    assert [c.name for c in mapping.classes] == ["woodland", "water", "other"]  # woods + forest: one class
+    # 4 stripes of 10 rows; stripe k has class k's logit high.
+    data = np.zeros((4, 40, 30), np.float32)
+    for k in range(4):
+        data[k, 10 * k : 10 * k + 10] = 5.0
+    from conftest import write_raster
+
+    raster = write_raster(tmp_path / "stripes.tif", data)
+    for unasked, expected in (("other", [0, 1, 2, 2]), ("drop", [0, 1, 255, 255])):
+        res = run_landcover(
+            LandcoverParams(
+                inputs=[raster],
+                model=four_class_model,
+                out_dir=tmp_path / unasked,
+                prompts=["woods", "forest", "lake"],
+                unasked=unasked,
+            )
+        )
+        with rasterio.open(res.class_map) as ds:
+            cls = ds.read(1)
+        assert [int(np.median(cls[10 * k : 10 * k + 10])) for k in range(4)] == expected
+        assert [m["class_name"] for m in res.prompt_matches] == ["woodland", "woodland", "water"]
+
+
+def test_stored_class_embeddings_are_used(encoder):
+    meta = load_model_package(DEFAULT_MODEL).meta
+    assert len(meta.extra["class_embeddings"]) == len(meta.classes)  # written at export time
+    mapping = map_prompts(["trees", "houses", "paved roads"], meta, encoder)
+    assert [m.class_name for m in mapping.matches] == ["vegetation", "impervious", "impervious"]
+
+
+def test_prompts_reach_the_engine_from_the_cli(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "landcover",
+            "-i",
+            str(SJER),
+            "-o",
+            str(tmp_path),
+            "--prompts",
+            "trees, solar panels",
+            "--progress",
+            "none",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert [(m["prompt"], m["matched"]) for m in res["prompt_matches"]] == [("trees", True), ("solar panels", False)]
+    assert set(res["class_pixels"]) == {"vegetation", "other"}
+    assert "no class of this model matches 'solar panels'" in proc.stderr
+
+
+def test_parse_prompts():
+    assert parse_prompts("woods, lake;houses, , Woods") == ["woods", "lake", "houses"]
+    assert parse_prompts("") == []
+
+
+def test_text_encoder_matches_sentence_transformers(encoder):
+    st = pytest.importorskip("sentence_transformers")
+    from export.text_encoder import package_model_dir
+
+    model = st.SentenceTransformer(str(package_model_dir()), device="cpu")
+    texts = ["a field of wheat", "open water"]
+    np.testing.assert_allclose(encoder.embed(texts), model.encode(texts, normalize_embeddings=True), atol=1e-4)
+    assert onnx.load(str(DEFAULT_ENCODER / "minilm.onnx"), load_external_data=False).graph.input[0].name == "input_ids"
