@@ -20,6 +20,8 @@ import shapely
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry import mapping, shape
 
 from .errors import Cancelled
@@ -77,32 +79,40 @@ class Part:
     """A region (or the part of one seen so far) with what its mean confidence needs."""
 
     geom: shapely.Geometry
+    cid: int
     conf_sum: float
     count: int
     touches_bottom: bool = False
 
 
-def _carried(part: Part) -> Part:
-    """The part as seen from the next strip: "touches bottom" is relative to the strip it was found in."""
-    part.touches_bottom = False
-    return part
-
-
-def _merge(parts: list[Part], snap: float) -> list[Part]:
-    """Union same-class parts that share edges across a seam; sums and flags follow the parts."""
+def _join(parts: list[Part], snap: float) -> Part:
+    """One region from parts that share edges across a seam (same class, 4-connected through the seam)."""
     if len(parts) == 1:
-        return parts
-    merged = shapely.union_all([p.geom for p in parts], grid_size=snap)
-    pieces = [Part(g, 0.0, 0) for g in getattr(merged, "geoms", [merged])]
-    tree = shapely.STRtree([p.geom for p in pieces])
-    for part in parts:
-        hit = tree.query(part.geom.representative_point(), predicate="intersects")
-        if len(hit):
-            piece = pieces[int(hit[0])]
-            piece.conf_sum += part.conf_sum
-            piece.count += part.count
-            piece.touches_bottom |= part.touches_bottom
-    return pieces
+        return parts[0]
+    geom = shapely.union_all([p.geom for p in parts], grid_size=snap)
+    if geom.geom_type != "Polygon":  # numerically split: keep the region whole as its largest ring set
+        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+    return Part(
+        geom,
+        parts[0].cid,
+        sum(p.conf_sum for p in parts),
+        sum(p.count for p in parts),
+        any(p.touches_bottom for p in parts),
+    )
+
+
+def _seam_groups(
+    prev_bottom: np.ndarray, open_cid: np.ndarray, top: np.ndarray, label_class: np.ndarray, n_open: int
+) -> np.ndarray:
+    """Connected groups of open parts (nodes 0..n_open-1) and current labels (nodes n_open + label) that touch
+    across the seam with the same class. Returns the group id of every node."""
+    n_nodes = n_open + len(label_class)
+    both = (prev_bottom >= 0) & (top > 0)
+    po, cl = prev_bottom[both], top[both]
+    same = open_cid[po] == label_class[cl]
+    pairs = np.unique(np.stack([po[same], cl[same] + n_open]), axis=1) if same.any() else np.zeros((2, 0), int)
+    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
+    return connected_components(graph, directed=False)[1]
 
 
 def polygonize(
@@ -171,9 +181,11 @@ def polygonize_values(
             )
             n_written += 1
 
-        # Regions cut by the seam above the current strip, per class: (polygon, confidence sum, pixel count).
-        # Only one seam's worth is ever held, so memory depends on the raster's width, not its height.
-        open_parts: dict[int, list[Part]] = defaultdict(list)
+        # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
+        # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
+        # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
+        open_parts: list[Part] = []
+        prev_bottom = np.full(width, -1, dtype=np.int64)
         # GDAL >= 3.6 builds the GeoPackage R-tree in a thread fed from memory; off, it is built on close.
         with (
             fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
@@ -181,6 +193,11 @@ def polygonize_values(
                 gpkg_path, "w", driver="GPKG", layer=options.layer, schema=schema, crs=crs.to_wkt() if crs else None
             ) as sink,
         ):
+
+            def close(part: Part) -> None:
+                if part.count > 0:
+                    emit(sink, part.geom, part.cid, part.conf_sum / part.count)
+
             for r0 in range(0, height, strip_rows):
                 if cancelled and cancelled():
                     raise Cancelled("cancelled by the user")
@@ -189,30 +206,40 @@ def polygonize_values(
                 cls = cds.read(1, window=win)
                 conf = fds.read(1, window=win)
                 labels, label_class = _components(cls, wanted)
-                n_lab = len(label_class)
+                n_lab, n_open = len(label_class), len(open_parts)
                 counts = np.bincount(labels.ravel(), minlength=n_lab)
                 conf_sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64), minlength=n_lab)
-                top = set(np.unique(labels[0]).tolist()) if r0 > 0 else set()
                 bottom = set(np.unique(labels[-1]).tolist()) if r1 < height else set()
-                joining: dict[int, list[Part]] = defaultdict(list)  # touch the seam above: join open parts
-                next_open: dict[int, list[Part]] = defaultdict(list)
+                group = _seam_groups(
+                    prev_bottom, np.array([p.cid for p in open_parts], dtype=np.int64), labels[0], label_class, n_open
+                )
+                members: dict[int, list[Part]] = defaultdict(list)
+                for i, part in enumerate(open_parts):
+                    members[int(group[i])].append(part)
                 transform = cds.window_transform(win)
                 for geom, lab in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
                     lab = int(lab)
-                    cid = int(label_class[lab])
-                    part = Part(shape(geom), float(conf_sums[lab]), int(counts[lab]), lab in bottom)
-                    if lab in top:
-                        joining[cid].append(part)
-                    elif part.touches_bottom and part.count <= options.max_region_pixels:
-                        next_open[cid].append(_carried(part))
+                    part = Part(
+                        shape(geom), int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), lab in bottom
+                    )
+                    members[int(group[n_open + lab])].append(part)
+                next_open: list[Part] = []
+                carried: dict[int, int] = {}  # group id -> index in next_open
+                for gid, parts in members.items():
+                    region = _join(parts, snap)
+                    if region.touches_bottom and region.count <= options.max_region_pixels:
+                        region.touches_bottom = False  # relative to the strip it was found in
+                        carried[gid] = len(next_open)
+                        next_open.append(region)
                     else:
-                        emit(sink, part.geom, cid, part.conf_sum / part.count)
-                for cid in set(open_parts) | set(joining):
-                    for piece in _merge(open_parts.get(cid, []) + joining.get(cid, []), snap):
-                        if piece.touches_bottom and piece.count <= options.max_region_pixels:
-                            next_open[cid].append(_carried(piece))
-                        elif piece.geom.geom_type == "Polygon" and piece.count > 0:
-                            emit(sink, piece.geom, cid, piece.conf_sum / piece.count)
+                        close(region)
+                last = labels[-1]
+                prev_bottom = np.full(width, -1, dtype=np.int64)
+                if carried:
+                    lut = np.full(n_open + n_lab, -1, dtype=np.int64)
+                    for gid, idx in carried.items():
+                        lut[group == gid] = idx
+                    prev_bottom[last > 0] = lut[n_open + last[last > 0]]
                 open_parts = next_open
                 if progress:
                     progress(r1 / height, f"polygonizing rows {r1}/{height}")
