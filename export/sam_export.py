@@ -42,8 +42,13 @@ def _import_segment_anything():
         def missing(*_a, **_k):
             raise ExportError("this segment-anything helper needs torchvision, which is not installed")
 
-        names = ("torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms",
-                 "torchvision.transforms.functional")
+        names = (
+            "torchvision",
+            "torchvision.ops",
+            "torchvision.ops.boxes",
+            "torchvision.transforms",
+            "torchvision.transforms.functional",
+        )
         for name in names:
             mod = types.ModuleType(name)
             mod.__dict__.update(batched_nms=missing, box_area=missing, resize=missing, to_pil_image=missing)
