@@ -5,6 +5,7 @@ This is the single entry point that the CLI, the QGIS panel and the Processing a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from .model_package import load_model_package
 from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
-from .prompts import DEFAULT_THRESHOLD, map_prompts
+from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
 from .raster_input import AlignedInputs, BandSource
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
@@ -100,7 +101,13 @@ def run_landcover(
         raise InputError(f"batch size must be at least 1, not {params.batch}")
     mapping = None
     classes = meta.classes
-    if params.prompts:
+    run_meta = meta
+    if meta.text_input is not None:  # open vocabulary: the prompts are the classes
+        vocab = open_vocabulary(meta, params.prompts)
+        classes = vocab.classes
+        run_meta = dataclasses.replace(meta, classes=classes)
+        say(f"open-vocabulary model: classes {', '.join(c.name for c in classes)}")
+    elif params.prompts:
         mapping = map_prompts(params.prompts, meta, unasked=params.unasked, threshold=params.prompt_threshold)
         for msg in mapping.messages:
             say(msg)
@@ -119,6 +126,7 @@ def run_landcover(
                 if p.suffix.lower() not in suffixes:
                     raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+            run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
@@ -126,7 +134,7 @@ def run_landcover(
                 writer = PredictionWriter(class_path, conf_path, inputs.grid, classes, grid.rows.stride)
                 try:
                     for b in predict_blocks(
-                        inputs, runtime.run, meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
+                        inputs, run, run_meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
                     ):
                         probs, valid = b.probs, b.valid
                         if mapping is not None:  # prompts: model classes -> asked classes (+ other)

@@ -117,6 +117,12 @@ class ModelMeta:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def text_input(self) -> str | None:
+        """Open-vocabulary models: the graph input that takes (classes, dim) prompt embeddings."""
+        ti = self.extra.get("text_input")
+        return str(ti["name"]) if isinstance(ti, dict) and "name" in ti else None
+
     def class_by_id(self, cid: int) -> ClassInfo:
         for c in self.classes:
             if c.id == cid:
@@ -311,7 +317,10 @@ def load_model_package(path: str | Path) -> ModelPackage:
             raise ModelError(
                 f"{where}: input {mi.name!r} lists {mi.n_bands} bands but the graph takes {dims[1].dim_value} channels"
             )
-    extra_inputs = real_inputs - {mi.name for mi in meta.inputs}
+    text = meta.text_input
+    if text is not None and text not in real_inputs:
+        raise ModelError(f"{where}: text_input {text!r} is not an input of the ONNX graph ({sorted(real_inputs)})")
+    extra_inputs = real_inputs - {mi.name for mi in meta.inputs} - {text}
     if extra_inputs:
         raise ModelError(f"{where}: graph inputs {sorted(extra_inputs)} are not described in the metadata")
     outputs = [o.name for o in proto.graph.output]

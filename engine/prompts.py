@@ -155,3 +155,47 @@ def map_prompts(
         out_classes.append(ClassInfo(len(asked), "other", OTHER_COLOR, f"classes not asked for: {others}"))
     dropped = np.asarray(rest) if rest and unasked == "drop" else None
     return PromptMapping(matches, tuple(out_classes), matrix, dropped, messages)
+
+
+PALETTE = [
+    "#1b9e77",
+    "#d95f02",
+    "#7570b3",
+    "#e7298a",
+    "#66a61e",
+    "#e6ab02",
+    "#a6761d",
+    "#666666",
+    "#1f78b4",
+    "#b2df8a",
+    "#fb9a99",
+    "#cab2d6",
+]
+
+
+@dataclass
+class OpenVocabulary:
+    """For models that take prompt embeddings as an input (per-pixel embeddings . prompt embeddings = logits,
+    as in LandSegmenter): every prompt is a class; the engine feeds their embeddings."""
+
+    classes: tuple[ClassInfo, ...]
+    embeddings: np.ndarray  # (classes, dim) float32
+    input_name: str
+
+    def wrap(self, run):
+        feed = {self.input_name: self.embeddings}
+        return lambda feeds: run({**feeds, **feed})
+
+
+def open_vocabulary(meta: ModelMeta, prompts: list[str], encoder: TextEncoder | None = None) -> OpenVocabulary:
+    """Prompts (or, without prompts, the model's default class names) as the classes of an open-vocabulary model."""
+    encoder = encoder or TextEncoder()
+    if prompts:
+        classes = tuple(ClassInfo(i, p, PALETTE[i % len(PALETTE)]) for i, p in enumerate(prompts))
+    else:
+        classes = meta.classes
+    emb = encoder.embed([class_text(c) for c in classes]).astype(np.float32)
+    dim = meta.extra["text_input"].get("dim")
+    if dim is not None and emb.shape[1] != int(dim):
+        raise ModelError(f"model '{meta.name}' expects {dim}-d text embeddings; the text encoder gives {emb.shape[1]}")
+    return OpenVocabulary(classes, emb, meta.text_input)

@@ -161,3 +161,54 @@ def test_text_encoder_matches_sentence_transformers(encoder):
     texts = ["a field of wheat", "open water"]
     np.testing.assert_allclose(encoder.embed(texts), model.encode(texts, normalize_embeddings=True), atol=1e-4)
     assert onnx.load(str(DEFAULT_ENCODER / "minilm.onnx"), load_external_data=False).graph.input[0].name == "input_ids"
+
+
+def test_open_vocabulary_model_gets_prompt_embeddings(encoder, tmp_path):
+    """A model whose graph takes prompt embeddings: per-pixel embeddings . prompt embeddings = logits."""
+    from onnx import TensorProto, helper
+
+    from conftest import write_raster
+
+    veg, water = encoder.embed(["vegetation", "water"])
+    g = GraphBuilder("open-vocab")
+    x = g.input("rgb", 3)
+    g.inputs.append(helper.make_tensor_value_info("text_embeddings", TensorProto.FLOAT, ["K", veg.shape[0]]))
+    w = np.zeros((veg.shape[0], 3, 1, 1), np.float32)
+    w[:, 1, 0, 0], w[:, 2, 0, 0] = 10 * veg, 10 * water  # green pixels embed as "vegetation", blue as "water"
+    pix = g.op("Transpose", g.conv(x, w, np.zeros(veg.shape[0], np.float32)), perm=[0, 2, 3, 1])
+    logits = g.op("MatMul", pix, g.op("Transpose", "text_embeddings", perm=[1, 0]))
+    g.output("out", g.op("Transpose", logits, perm=[0, 3, 1, 2]), 2)
+    doc = {
+        "format": "landseg-model/1",
+        "name": "open-vocab",
+        "task": "landcover",
+        "inputs": [
+            {
+                "name": "rgb",
+                "modality": "rgb",
+                "bands": ["r", "g", "b"],
+                "normalization": {"type": "scale_offset", "scale": 1 / 255, "offset": 0},
+            }
+        ],
+        "output": {"name": "out", "kind": "logits"},
+        "tile_size": 64,
+        "overlap": 16,
+        "classes": [
+            {"id": 0, "name": "vegetation", "color": "#2e7d32"},
+            {"id": 1, "name": "water", "color": "#1e64c8"},
+        ],
+        "text_input": {"name": "text_embeddings", "dim": int(veg.shape[0])},
+    }
+    model = save(g.model(), doc, tmp_path / "open_vocab.onnx")
+    data = np.zeros((3, 50, 80), np.uint8)
+    data[1, :, :40] = 200
+    data[2, :, 40:] = 200
+    raster = write_raster(tmp_path / "gb.tif", data)
+    res = run_landcover(
+        LandcoverParams(inputs=[raster], model=model, out_dir=tmp_path / "o", prompts=["lake", "trees", "parking lots"])
+    )
+    assert list(res.class_pixels) == ["lake", "trees", "parking lots"]
+    with rasterio.open(res.class_map) as ds:
+        cls = ds.read(1)
+    assert (cls[:, :40] == 1).mean() > 0.95 and (cls[:, 40:] == 0).mean() > 0.95  # trees left, lake right
+    assert any("open-vocabulary model" in m for m in res.messages)
