@@ -6,6 +6,7 @@ This is the single entry point that the CLI, the QGIS panel and the Processing a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -127,6 +128,7 @@ def run_landcover(
                     raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
+            device = runtime.device_label
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
@@ -143,6 +145,9 @@ def run_landcover(
                         writer.write(b.row, b.col, probs, valid)
                 finally:
                     writer.close()
+                # The inference session (weights, memory arena) is not needed for polygons: free it first.
+                del run, runtime
+                gc.collect()
                 t_poly = time.perf_counter()
                 n_poly = polygonize(
                     class_path,
@@ -170,7 +175,7 @@ def run_landcover(
         layer=params.polygons.layer,
         n_polygons=n_poly,
         class_pixels={c.name: int(n) for c, n in zip(classes, writer.counts, strict=True)},
-        device=runtime.device_label,
+        device=device,
         tile=tile,
         overlap=overlap,
         seconds=round(time.perf_counter() - t0, 3),
