@@ -26,7 +26,7 @@ import shapely
 from rasterio.windows import Window
 
 from .errors import InputError, OutputError
-from .jobs import Messages, atomic_outputs, scratch_folder, stage
+from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
 from .outputs import PredictionWriter, geotiff_profile
@@ -70,7 +70,7 @@ class ChangeParams:
 
 
 @dataclass
-class ChangeResult:
+class ChangeResult(JsonResult):
     change_map: Path
     polygons: Path
     matrix: Path
@@ -83,11 +83,6 @@ class ChangeResult:
     device: str
     seconds: float
     messages: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
 
     def matrix_text(self) -> str:
         names = self.classes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,6 +13,13 @@ from .errors import LandSegError, OutputError
 from .outputs import OutputSet
 
 ProgressFn = Callable[[float, str], None]
+
+
+class JsonResult:
+    """A job result (a dataclass) as one JSON object; paths become strings. The CLI and the plugin read it."""
+
+    def to_json(self) -> str:
+        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
 
 
 class Messages:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 import rasterio
 
 from .errors import InputError, OutputError
-from .jobs import Messages, ProgressFn, atomic_outputs, stage
+from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, stage
 from .model_package import load_model_package
 from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
@@ -62,7 +61,7 @@ class LandcoverParams:
 
 
 @dataclass
-class LandcoverResult:
+class LandcoverResult(JsonResult):
     class_map: Path
     confidence: Path
     polygons: Path
@@ -76,10 +75,6 @@ class LandcoverResult:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     prompt_matches: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        return json.dumps(d)
 
 
 def run_landcover(

@@ -30,7 +30,7 @@ from scipy import ndimage
 from shapely.geometry import mapping, shape
 
 from .errors import Cancelled, InputError, OutputError
-from .jobs import Messages, atomic_outputs, scratch_folder
+from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
 from .model_package import load_model_package
 from .outputs import geotiff_profile
@@ -80,16 +80,13 @@ class TreeCrownParams:
 
 
 @dataclass
-class TreeCrownResult:
+class TreeCrownResult(JsonResult):
     crowns: Path
     layer: str
     n_crowns: int
     method: str
     seconds: float
     messages: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
 
 
 def _vegetation_index(names: list[str], wanted: str | None) -> int:
