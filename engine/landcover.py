@@ -6,7 +6,6 @@ This is the single entry point that the CLI, the QGIS panel and the Processing a
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 import rasterio
 
 from .errors import InputError, OutputError
-from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, stage
+from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, stage
 from .model_package import load_model_package
 from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
@@ -142,7 +141,7 @@ def run_landcover(
                     writer.close()
                 # The inference session (weights, memory arena) is not needed for polygons: free it first.
                 del run, runtime
-                gc.collect()
+                release_memory()
                 t_poly = time.perf_counter()
                 n_poly = polygonize(
                     class_path,
