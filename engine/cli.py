@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="lowest prompt-class similarity that counts as a match (default: 0.5)",
     )
+    lc.add_argument(
+        "--fuse-model",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="MODEL",
+        help="another land-cover model to fuse with --model, class by class by confidence (repeatable)",
+    )
     _common_options(lc)
     ch = sub.add_parser("change", help="change between a 'before' and an 'after' raster")
     ch.add_argument("--before", action="append", required=True, type=Path, help="raster of the first date")
@@ -221,6 +229,7 @@ def _landcover(args: argparse.Namespace) -> int:
         prompts=parse_prompts(args.prompts),
         unasked=args.unasked,
         prompt_threshold=args.prompt_threshold,
+        fuse_models=args.fuse_model,
     )
     rep = Reporter(args.progress, "landcover")
     try:

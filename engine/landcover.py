@@ -5,6 +5,7 @@ This is the single entry point that the CLI, the QGIS panel and the Processing a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import rasterio
 
 from .errors import InputError, OutputError
+from .fusion import FusedInputs, FusedModel, check_fusable, common_classes, to_common
 from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, stage
 from .model_package import load_model_package
 from .outputs import PredictionWriter
@@ -45,6 +47,7 @@ class LandcoverParams:
     prompts: list[str] = field(default_factory=list)  # class prompts; empty: every class of the model
     unasked: str = "other"  # classes no prompt asked for: "other" or "drop"
     prompt_threshold: float = DEFAULT_THRESHOLD
+    fuse_models: list[Path] = field(default_factory=list)  # more land-cover models, fused class-wise by confidence
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
@@ -74,6 +77,12 @@ class LandcoverResult(JsonResult):
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     prompt_matches: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+
+
+def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSource] | None:
+    """The part of a band mapping that one model (of several being fused) takes."""
+    own = {mi.modality for mi in meta.inputs}
+    return {k: v for k, v in modalities.items() if k in own} or None
 
 
 def run_landcover(
@@ -107,10 +116,41 @@ def run_landcover(
         for msg in mapping.messages:
             say(msg)
         classes = mapping.classes
+    matches = list(mapping.matches) if mapping else []
+    fused = [load_model_package(p) for p in params.fuse_models]
+    if fused:
+        metas = [meta] + [f.meta for f in fused]
+        check_fusable(metas)
+        if params.prompts and params.unasked == "drop":
+            raise InputError("--unasked drop cannot be combined with model fusion; use 'other'")
+        mappings = [mapping] + [
+            map_prompts(params.prompts, m, unasked="other", threshold=params.prompt_threshold)
+            if params.prompts
+            else None
+            for m in metas[1:]
+        ]
+        for m, extra in zip(metas[1:], mappings[1:], strict=True):
+            if extra is not None:
+                for msg in extra.messages:
+                    say(f"{m.name}: {msg}")
+                matches += extra.matches
+        classes = common_classes(metas, mappings)
+        matrices = [to_common(m, mp, classes) for m, mp in zip(metas, mappings, strict=True)]
+        run_meta = dataclasses.replace(meta, classes=classes, output_kind="probabilities")
+        mapping = None  # applied inside the fused model
+        say(f"fusing {len(metas)} models class-wise by confidence: {', '.join(m.name for m in metas)}")
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
-        with AlignedInputs(params.inputs, meta, params.modalities or None) as inputs:
+        with contextlib.ExitStack() as stack:
+            if not fused:
+                inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None))
+            else:
+                every = [
+                    stack.enter_context(AlignedInputs(params.inputs, m, _modalities_of(params.modalities, m)))
+                    for m in metas
+                ]
+                inputs = FusedInputs(every)
             final_paths = params.output_paths()
             for p, kind, suffixes in zip(
                 final_paths,
@@ -123,6 +163,10 @@ def run_landcover(
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
             device = runtime.device_label
+            if fused:
+                others = [make_runtime(f.path, f.meta.output_name, params.runtime, notify=say) for f in fused]
+                run = FusedModel([runtime.run] + [r.run for r in others], metas, matrices).run
+                del others
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
@@ -175,5 +219,5 @@ def run_landcover(
         seconds=round(time.perf_counter() - t0, 3),
         timings=timings,
         messages=say.items,
-        prompt_matches=[m.__dict__ for m in mapping.matches] if mapping else [],
+        prompt_matches=[m.__dict__ for m in matches],
     )

@@ -173,6 +173,7 @@ def landcover_args(
     min_area: float = -1,
     prompts: str = "",
     unasked: str = "other",
+    fuse_models: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
     args = ["landcover"]
@@ -184,6 +185,8 @@ def landcover_args(
         args += ["--modality", item]
     if model:
         args += ["--model", model]
+    for path in fuse_models:
+        args += ["--fuse-model", path]
     args += ["--out-classes", out_classes, "--out-confidence", out_confidence, "--out-polygons", out_polygons]
     args += ["--device", device, "--batch", str(batch)]
     if tile > 0:

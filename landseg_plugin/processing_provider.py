@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -99,6 +100,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
     PROMPTS = "PROMPTS"
     UNASKED = "UNASKED"
     UNASKED_OPTIONS = ("other", "drop")
+    FUSE_MODELS = "FUSE_MODELS"
     OUTPUT = "OUTPUT"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -117,7 +119,10 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             "Band mapping: which bands feed which model input, as NAME=[RASTER:]BANDS separated by ';', with "
             "raster and band numbers starting at 1 in the order of the input layers, e.g. "
             "'rgb=1:1,2,3; nir=1:4; ndsm=2:1'. Empty: the first raster's bands in order.\n"
-            "Tile 0, overlap -1 and minimum area -1 use the model's defaults (minimum area: 9 pixels)."
+            "Tile 0, overlap -1 and minimum area -1 use the model's defaults (minimum area: 9 pixels).\n"
+            "Models to fuse (advanced): more land-cover models run on the same tiles; per class, the most "
+            "confident model wins (class-wise confidence-guided fusion). Each takes the band-mapping entries "
+            "named after its own inputs' modalities."
         )
 
     def initAlgorithm(self, config=None) -> None:
@@ -151,6 +156,11 @@ class LandcoverAlgorithm(LandSegAlgorithm):
                 optional=True,
             )
         )
+        fuse = QgsProcessingParameterMultipleLayers(
+            self.FUSE_MODELS, "Models to fuse with it (.onnx)", QgsProcessing.TypeFile, optional=True
+        )
+        fuse.setFlags(fuse.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(fuse)
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=list(DEVICES), defaultValue=0))
         self.addParameter(
             QgsProcessingParameterNumber(
@@ -202,6 +212,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             prompts=self.parameterAsString(parameters, self.PROMPTS, context),
             unasked=self.UNASKED_OPTIONS[self.parameterAsEnum(parameters, self.UNASKED, context)],
+            fuse_models=[p for p in self.parameterAsFileList(parameters, self.FUSE_MODELS, context) if p],
         )
         result = run_in_processing(args, feedback)
         if result is None:

@@ -94,6 +94,30 @@ def multimodal_model(path: Path) -> Path:
     return save(g.model(), meta_doc(inputs, 3), path)
 
 
+def band_model(path: Path, classes: list[dict], modality: str) -> Path:
+    """Pointwise: band k of the model's input is the logit of classes[k]."""
+    g = GraphBuilder("bands")
+    g.output("out", g.input("bands", len(classes)), len(classes))
+    doc = {
+        "format": "landseg-model/1",
+        "name": path.stem,
+        "task": "landcover",
+        "inputs": [
+            {
+                "name": "bands",
+                "modality": modality,
+                "bands": [f"b{i}" for i in range(len(classes))],
+                "normalization": {"type": "scale_offset", "scale": 1.0, "offset": 0.0},
+            }
+        ],
+        "output": {"name": "out", "kind": "logits"},
+        "classes": classes,
+        "tile_size": 64,
+        "overlap": 16,
+    }
+    return save(g.model(), doc, path)
+
+
 def write_raster(path: Path, data: np.ndarray, transform=None, crs="EPSG:32611", nodata=None) -> Path:
     data = data if data.ndim == 3 else data[None]
     transform = transform or from_origin(500000, 4100000, 1.0, 1.0)

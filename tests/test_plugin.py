@@ -250,6 +250,42 @@ def test_processing_prompts_reach_the_engine(qgis_new_project, tmp_path):
         assert [ds.tags(1)[f"CLASS_{i}"] for i in range(3)] == ["vegetation", "water", "other"]
 
 
+def test_processing_fuses_models(qgis_new_project, tmp_path):
+    """FUSE_MODELS reaches the engine: the class map holds the union of both models' classes."""
+    import numpy as np
+    import rasterio
+
+    from conftest import band_model, write_raster
+
+    a = band_model(tmp_path / "optical.onnx", [{"id": 0, "name": "woodland"}, {"id": 1, "name": "water"}], "rgb")
+    b = band_model(tmp_path / "radar.onnx", [{"id": 0, "name": "water"}, {"id": 1, "name": "building"}], "sar")
+    data = np.zeros((3, 20, 30), np.float32)
+    data[0, :, :10], data[1, :, 10:20], data[2, :, 20:] = 6.0, 6.0, 6.0
+    raster = write_raster(tmp_path / "stack.tif", data)
+    out = {
+        k: str(tmp_path / v)
+        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
+    }
+    res = _run_alg(
+        {
+            "INPUT": [str(raster)],
+            "MODEL": str(a),
+            "FUSE_MODELS": [str(b)],
+            "BANDS": "rgb=1:1,2; sar=1:2,3",
+            "DEVICE": 0,
+            "TILE": 0,
+            "OVERLAP": -1,
+            "BATCH": 4,
+            "MIN_AREA": 0,
+            **out,
+        }
+    )
+    with rasterio.open(res["OUTPUT_CLASSES"]) as ds:
+        assert [ds.tags(1)[f"CLASS_{i}"] for i in range(3)] == ["woodland", "water", "building"]
+        cls = ds.read(1)
+    assert (cls[:, :10] == 0).all() and (cls[:, 10:20] == 1).all() and (cls[:, 20:] == 2).all()
+
+
 @pytest.mark.parametrize(
     "params,message",
     [

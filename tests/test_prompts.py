@@ -12,7 +12,7 @@ import onnx
 import pytest
 import rasterio
 
-from conftest import DEFAULT_MODEL, ROOT, SJER, save
+from conftest import DEFAULT_MODEL, ROOT, SJER, band_model, save
 from engine.errors import InputError
 from engine.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
@@ -212,3 +212,31 @@ def test_open_vocabulary_model_gets_prompt_embeddings(encoder, tmp_path):
         cls = ds.read(1)
     assert (cls[:, :40] == 1).mean() > 0.95 and (cls[:, 40:] == 0).mean() > 0.95  # trees left, lake right
     assert any("open-vocabulary model" in m for m in res.messages)
+
+
+def test_class_wise_confidence_fusion_of_two_models(tmp_path):
+    """Model A (optical) knows woodland/water, model B (SAR) water/building; per class, the surer model wins."""
+    from conftest import write_raster
+    from engine.raster_input import BandSource
+
+    a = band_model(tmp_path / "a.onnx", CLASSES[:2], "multispectral")
+    b = band_model(tmp_path / "b.onnx", [dict(CLASSES[1], id=0), dict(CLASSES[2], id=1)], "sar")
+    data = np.zeros((3, 30, 60), np.float32)  # band 1: woodland (A), band 2: water (A and B), band 3: building (B)
+    data[0, :, :20] = 6.0  # A sure of woodland, B undecided
+    data[2, :, 20:40] = 6.0  # B sure of building, A undecided
+    data[1, :, 40:] = 4.0  # both say water
+    raster = write_raster(tmp_path / "three.tif", data)
+    res = run_landcover(
+        LandcoverParams(
+            inputs=[raster],
+            model=a,
+            fuse_models=[b],
+            out_dir=tmp_path / "o",
+            modalities={"multispectral": BandSource(0, (1, 2)), "sar": BandSource(0, (2, 3))},
+        )
+    )
+    assert list(res.class_pixels) == ["woodland", "water", "building"]
+    with rasterio.open(res.class_map) as ds:
+        cls = ds.read(1)
+    assert (cls[:, :20] == 0).all() and (cls[:, 20:40] == 2).all() and (cls[:, 40:] == 1).all()
+    assert any("fusing 2 models" in m for m in res.messages)
