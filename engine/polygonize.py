@@ -2,8 +2,9 @@
 
 Each strip of rows is labelled into 4-connected components (scipy.ndimage), turned into polygons by
 rasterio.features.shapes and summarised (class, area, mean confidence). Components that touch a strip seam
-are kept aside and merged with their neighbours across the seam at the end (shapely union), so a field that
-spans several strips comes out as one polygon with the right area and mean confidence.
+are kept aside, joined with their neighbours across the seam by pixel adjacency, and unioned (shapely) when the
+region is complete, so a field that spans several strips comes out as one polygon with the right area and mean
+confidence.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import fiona
 import numpy as np
 import rasterio
 import shapely
+from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from shapely.affinity import affine_transform
 from shapely.geometry import mapping, shape
 
 from .errors import Cancelled
@@ -76,29 +79,39 @@ def _components(cls: np.ndarray, wanted: set[int]) -> tuple[np.ndarray, np.ndarr
 
 @dataclass
 class Part:
-    """A region (or the part of one seen so far) with what its mean confidence needs."""
+    """A region (or the part of one seen so far) with what its mean confidence needs. Its pieces (one per strip
+    it spans) are unioned once, when the region is closed: unioning at every seam would redo the growing
+    geometry each time, quadratic in the region's height."""
 
-    geom: shapely.Geometry
+    pieces: list[shapely.Geometry]
     cid: int
     conf_sum: float
     count: int
     touches_bottom: bool = False
 
 
-def _join(parts: list[Part], snap: float) -> Part:
+def _join(parts: list[Part]) -> Part:
     """One region from parts that share edges across a seam (same class, 4-connected through the seam)."""
     if len(parts) == 1:
         return parts[0]
-    geom = shapely.union_all([p.geom for p in parts], grid_size=snap)
-    if geom.geom_type != "Polygon":  # numerically split: keep the region whole as its largest ring set
-        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
     return Part(
-        geom,
+        [g for p in parts for g in p.pieces],
         parts[0].cid,
         sum(p.conf_sum for p in parts),
         sum(p.count for p in parts),
         any(p.touches_bottom for p in parts),
     )
+
+
+def _geometry(pieces: list[shapely.Geometry], transform: Affine) -> shapely.Geometry:
+    """A closed region's polygon in map coordinates from its per-strip pieces in pixel coordinates. Pixel
+    corners are integers, exact in floating point, so the pieces' shared edges match exactly and the union
+    needs no snapping (a precision grid makes GEOS's overlay several times slower)."""
+    geom = pieces[0] if len(pieces) == 1 else shapely.union_all(pieces)
+    if geom.geom_type != "Polygon":  # defensive: keep the region whole as its largest ring set
+        geom = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+    t = transform
+    return affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
 def _seam_groups(
@@ -156,20 +169,18 @@ def polygonize_values(
     class_path = value_path
     with rasterio.open(class_path) as cds, rasterio.open(conf_path) as fds:
         height, width, crs = cds.height, cds.width, cds.crs
-        px_area = abs(cds.transform.a * cds.transform.e)
         area_of = AreaCalculator(crs)
         min_area = options.min_area_m2
         if min_area is None:
             min_area = 9 * area_of(shapely.box(0, 0, abs(cds.transform.a), abs(cds.transform.e)))
         tolerance = options.simplify_px * abs(cds.transform.a)
         strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
-        snap = px_area**0.5 / 1000  # strips' edges come from different window transforms: snap before union
         n_written = 0
 
         def emit(sink, geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
             nonlocal n_written
             area = area_of(geom)
-            if area < min_area:
+            if area < min_area * (1 - 1e-9):  # a region of exactly the minimum area stays, whatever the rounding
                 return
             if tolerance > 0:
                 geom = geom.simplify(tolerance, preserve_topology=True)
@@ -196,7 +207,7 @@ def polygonize_values(
 
             def close(part: Part) -> None:
                 if part.count > 0:
-                    emit(sink, part.geom, part.cid, part.conf_sum / part.count)
+                    emit(sink, _geometry(part.pieces, cds.transform), part.cid, part.conf_sum / part.count)
 
             for r0 in range(0, height, strip_rows):
                 if cancelled and cancelled():
@@ -216,17 +227,18 @@ def polygonize_values(
                 members: dict[int, list[Part]] = defaultdict(list)
                 for i, part in enumerate(open_parts):
                     members[int(group[i])].append(part)
-                transform = cds.window_transform(win)
-                for geom, lab in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+                # Pixel coordinates (column, row): see _geometry.
+                to_pixels = Affine.translation(0, r0)
+                for geom, lab in shapes(labels, mask=labels > 0, connectivity=4, transform=to_pixels):
                     lab = int(lab)
                     part = Part(
-                        shape(geom), int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), lab in bottom
+                        [shape(geom)], int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), lab in bottom
                     )
                     members[int(group[n_open + lab])].append(part)
                 next_open: list[Part] = []
                 carried: dict[int, int] = {}  # group id -> index in next_open
                 for gid, parts in members.items():
-                    region = _join(parts, snap)
+                    region = _join(parts)
                     if region.touches_bottom and region.count <= options.max_region_pixels:
                         region.touches_bottom = False  # relative to the strip it was found in
                         carried[gid] = len(next_open)
@@ -236,9 +248,9 @@ def polygonize_values(
                 last = labels[-1]
                 prev_bottom = np.full(width, -1, dtype=np.int64)
                 if carried:
-                    lut = np.full(n_open + n_lab, -1, dtype=np.int64)
-                    for gid, idx in carried.items():
-                        lut[group == gid] = idx
+                    index_of_group = np.full(int(group.max()) + 1, -1, dtype=np.int64)
+                    index_of_group[np.fromiter(carried, np.int64)] = np.fromiter(carried.values(), np.int64)
+                    lut = index_of_group[group]
                     prev_bottom[last > 0] = lut[n_open + last[last > 0]]
                 open_parts = next_open
                 if progress:

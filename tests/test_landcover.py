@@ -168,6 +168,27 @@ def test_polygons_merge_across_strips(tmp_path):
     assert sum(a_whole.values()) == pytest.approx((cls != 255).sum() * 0.100235 * 0.0997475, rel=1e-4)
 
 
+def test_regions_across_seams_keep_exact_areas(tmp_path):
+    """Pieces of a region from different strips join exactly (pixel coordinates, no snapping): a 3 x 3 speck cut
+    by a seam keeps its exact 9-pixel area and so passes the default minimum area (9 pixels); an L-shaped
+    region spanning three strips comes out as one polygon with its exact area."""
+    cls = np.zeros((30, 40), np.uint8)
+    cls[8:11, 5:8] = 1  # speck: rows 8-10, cut by the seam at row 10
+    cls[2:25, 20:23] = 2  # L: a bar down through both seams ...
+    cls[22:25, 23:35] = 2  # ... and a foot
+    transform = from_origin(500000.3, 4100000.7, 0.3, 0.3)  # 0.3 m: not exact in binary
+    class_map = write_raster(tmp_path / "c.tif", cls, transform=transform)
+    conf = write_raster(tmp_path / "f.tif", np.full((30, 40), 0.5, np.float32), transform=transform)
+    out = tmp_path / "p.gpkg"
+    classes = load_model_package(DEFAULT_MODEL).meta.classes
+    polygonize(class_map, conf, out, classes[:3], PolygonizeOptions(strip_rows=10, simplify_px=0))
+    with fiona.open(out) as layer:
+        feats = {f["properties"]["class_id"]: f for f in layer if f["properties"]["class_id"] != 0}
+    assert feats[1]["properties"]["area_m2"] == pytest.approx(9 * 0.09)
+    assert feats[2]["geometry"]["type"] == "Polygon" and len(feats[2]["geometry"]["coordinates"]) == 1
+    assert feats[2]["properties"]["area_m2"] == pytest.approx((23 * 3 + 3 * 12) * 0.09)
+
+
 def test_cancel_leaves_no_output(tmp_path):
     calls = []
 
