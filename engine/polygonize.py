@@ -58,6 +58,12 @@ class AreaCalculator:
         elif crs is not None and crs.is_projected:
             self.factor = float(crs.linear_units_factor[1]) ** 2
 
+    def pixel_area(self, transform: Affine) -> float | None:
+        """Area of one pixel in m², the same for every pixel in a projected CRS; None where it varies."""
+        if self.geod is not None:
+            return None
+        return abs(transform.a * transform.e - transform.b * transform.d) * self.factor
+
     def __call__(self, geom: shapely.Geometry) -> float:
         if self.geod is not None:
             return abs(self.geod.geometry_area_perimeter(geom)[0])
@@ -175,22 +181,33 @@ def polygonize_values(
             min_area = 9 * area_of(shapely.box(0, 0, abs(cds.transform.a), abs(cds.transform.e)))
         tolerance = options.simplify_px * abs(cds.transform.a)
         strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
+        # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
+        # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
+        px_area = area_of.pixel_area(cds.transform)
+        min_pixels = min_area * (1 - 1e-9) / px_area if px_area else 0.0
         n_written = 0
+        batch: list[tuple[shapely.Geometry, dict]] = []
 
-        def emit(sink, geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
-            nonlocal n_written
+        def emit(geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
             area = area_of(geom)
-            if area < min_area * (1 - 1e-9):  # a region of exactly the minimum area stays, whatever the rounding
+            if area < min_area * (1 - 1e-9):
                 return
+            props = {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)}
+            batch.append((geom, props))
+
+        def flush(sink) -> None:
+            """Write the strip's polygons in one go (per-record writes cost more than the polygons)."""
+            nonlocal n_written
+            if not batch:
+                return
+            geoms = np.array([g for g, _ in batch], dtype=object)
             if tolerance > 0:
-                geom = geom.simplify(tolerance, preserve_topology=True)
-            sink.write(
-                {
-                    "geometry": mapping(geom),
-                    "properties": {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)},
-                }
+                geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
+            sink.writerecords(
+                [{"geometry": mapping(g), "properties": p} for g, (_, p) in zip(geoms, batch, strict=True)]
             )
-            n_written += 1
+            n_written += len(batch)
+            batch.clear()
 
         # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
         # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
@@ -206,8 +223,8 @@ def polygonize_values(
         ):
 
             def close(part: Part) -> None:
-                if part.count > 0:
-                    emit(sink, _geometry(part.pieces, cds.transform), part.cid, part.conf_sum / part.count)
+                if part.count > 0 and part.count >= min_pixels:
+                    emit(_geometry(part.pieces, cds.transform), part.cid, part.conf_sum / part.count)
 
             for r0 in range(0, height, strip_rows):
                 if cancelled and cancelled():
@@ -227,9 +244,15 @@ def polygonize_values(
                 members: dict[int, list[Part]] = defaultdict(list)
                 for i, part in enumerate(open_parts):
                     members[int(group[i])].append(part)
+                # Specks wholly inside the strip that are too small to be written get no polygon at all;
+                # regions on a seam may still grow, so they are always kept.
+                build = (counts >= min_pixels) | np.isin(np.arange(n_lab), list(bottom))
+                if r0 > 0:
+                    build[labels[0]] = True
+                build[0] = False
                 # Pixel coordinates (column, row): see _geometry.
                 to_pixels = Affine.translation(0, r0)
-                for geom, lab in shapes(labels, mask=labels > 0, connectivity=4, transform=to_pixels):
+                for geom, lab in shapes(labels, mask=build[labels], connectivity=4, transform=to_pixels):
                     lab = int(lab)
                     part = Part(
                         [shape(geom)], int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), lab in bottom
@@ -253,6 +276,7 @@ def polygonize_values(
                     lut = index_of_group[group]
                     prev_bottom[last > 0] = lut[n_open + last[last > 0]]
                 open_parts = next_open
+                flush(sink)
                 if progress:
                     progress(r1 / height, f"polygonizing rows {r1}/{height}")
     return n_written
