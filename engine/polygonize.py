@@ -183,14 +183,15 @@ def polygonize_values(
         strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
         # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
         # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
+        min_area *= 1 - 1e-9
         px_area = area_of.pixel_area(cds.transform)
-        min_pixels = min_area * (1 - 1e-9) / px_area if px_area else 0.0
+        min_pixels = min_area / px_area if px_area else 0.0
         n_written = 0
         batch: list[tuple[shapely.Geometry, dict]] = []
 
         def emit(geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
             area = area_of(geom)
-            if area < min_area * (1 - 1e-9):
+            if area < min_area:
                 return
             props = {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)}
             batch.append((geom, props))
@@ -246,7 +247,8 @@ def polygonize_values(
                     members[int(group[i])].append(part)
                 # Specks wholly inside the strip that are too small to be written get no polygon at all;
                 # regions on a seam may still grow, so they are always kept.
-                build = (counts >= min_pixels) | np.isin(np.arange(n_lab), list(bottom))
+                build = counts >= min_pixels
+                build[list(bottom)] = True
                 if r0 > 0:
                     build[labels[0]] = True
                 build[0] = False
