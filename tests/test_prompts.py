@@ -148,6 +148,26 @@ def test_prompts_reach_the_engine_from_the_cli(tmp_path):
     assert "no class of this model matches 'solar panels'" in proc.stderr
 
 
+def test_make_demo_runs_the_default_model_with_prompts(tmp_path):
+    """The README's first command: the demo's engine call, as the Makefile has it, runs with its prompts."""
+    recipe = subprocess.run(
+        ["make", "-n", "-o", "setup", f"DEMO_OUT={tmp_path}", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cmd = next(line for line in recipe.replace("\\\n", " ").splitlines() if "-m engine landcover" in line)
+    proc = subprocess.run(cmd + " --progress none", shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for prompt, cls in (("trees", "vegetation"), ("river", "water"), ("paved roads", "impervious")):
+        assert f"prompt '{prompt}' -> {cls}" in proc.stderr
+    with rasterio.open(tmp_path / "landcover_classes.tif") as ds:
+        names = [ds.tags(1)[f"CLASS_{i}"] for i in range(5)]
+    assert names == ["vegetation", "bare ground", "impervious", "water", "other"]
+    assert (tmp_path / "landcover.gpkg").stat().st_size > 0
+
+
 def test_parse_prompts():
     assert parse_prompts("woods, lake;houses, , Woods") == ["woods", "lake", "houses"]
     assert parse_prompts("") == []
