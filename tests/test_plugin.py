@@ -190,6 +190,14 @@ def test_dock_screenshot(dock, qgis_app):
     assert out.stat().st_size > 2000
 
 
+def _destinations(folder: Path) -> dict[str, str]:
+    """The land-cover algorithm's three outputs, in ``folder``."""
+    return {
+        k: str(folder / v)
+        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
+    }
+
+
 def _run_alg(params: dict):
     from landseg_plugin.processing_provider import LandcoverAlgorithm
 
@@ -202,10 +210,7 @@ def _run_alg(params: dict):
 
 
 def test_processing_algorithm_in_process(qgis_new_project, tmp_path):
-    out = {
-        k: str(tmp_path / v)
-        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
-    }
+    out = _destinations(tmp_path)
     res = _run_alg(
         {
             "INPUT": [str(SJER)],
@@ -226,10 +231,7 @@ def test_processing_algorithm_in_process(qgis_new_project, tmp_path):
 def test_processing_prompts_reach_the_engine(qgis_new_project, tmp_path):
     import rasterio
 
-    out = {
-        k: str(tmp_path / v)
-        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
-    }
+    out = _destinations(tmp_path)
     res = _run_alg(
         {
             "INPUT": [str(SJER)],
@@ -262,10 +264,7 @@ def test_processing_fuses_models(qgis_new_project, tmp_path):
     data = np.zeros((3, 20, 30), np.float32)
     data[0, :, :10], data[1, :, 10:20], data[2, :, 20:] = 6.0, 6.0, 6.0
     raster = write_raster(tmp_path / "stack.tif", data)
-    out = {
-        k: str(tmp_path / v)
-        for k, v in (("OUTPUT", "p.gpkg"), ("OUTPUT_CLASSES", "c.tif"), ("OUTPUT_CONFIDENCE", "f.tif"))
-    }
+    out = _destinations(tmp_path)
     res = _run_alg(
         {
             "INPUT": [str(raster)],
@@ -307,9 +306,7 @@ def test_processing_bad_input_is_a_clear_error(qgis_new_project, tmp_path, param
         "BATCH": 4,
         "MIN_AREA": -1,
         "BANDS": "",
-        "OUTPUT": str(tmp_path / "p.gpkg"),
-        "OUTPUT_CLASSES": str(tmp_path / "c.tif"),
-        "OUTPUT_CONFIDENCE": str(tmp_path / "f.tif"),
+        **_destinations(tmp_path),
     }
     base.update(params)
     if base["INPUT"] == "VECTOR":
@@ -335,9 +332,7 @@ def test_processing_reports_model_input_without_bands(qgis_new_project, tmp_path
         "BATCH": 4,
         "MIN_AREA": -1,
         "BANDS": "rgb=1:1,2,3",
-        "OUTPUT": str(out / "p.gpkg"),
-        "OUTPUT_CLASSES": str(out / "c.tif"),
-        "OUTPUT_CONFIDENCE": str(out / "f.tif"),
+        **_destinations(out),
     }
     with pytest.raises(QgsProcessingException) as err:
         _run_alg(params)
