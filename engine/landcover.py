@@ -163,10 +163,9 @@ def run_landcover(
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
             device = runtime.device_label
-            if fused:
-                others = [make_runtime(f.path, f.meta.output_name, params.runtime, notify=say) for f in fused]
-                run = FusedModel([runtime.run] + [r.run for r in others], metas, matrices).run
-                del others
+            if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
+                others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
+                run = FusedModel([runtime.run, *others], metas, matrices).run
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
