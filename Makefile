@@ -34,7 +34,7 @@ venv: $(VENV)/.installed $(TEXT_ENCODER)
 
 demo: setup
 	$(PY) -m engine landcover --input data/sample/urban_river_rgb.tif --out $(DEMO_OUT) \
-		--prompts "trees, river, paved roads, bare soil"
+		--prompts "buildings, trees, river, paved roads, bare soil"
 	@echo "Open $(DEMO_OUT)/landcover.gpkg and $(DEMO_OUT)/landcover_classes.tif in QGIS (styles load automatically)."
 
 test: venv

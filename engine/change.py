@@ -33,11 +33,14 @@ from .outputs import PredictionWriter, geotiff_profile
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
+from .resample import plan as plan_resampling
+from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import change_polygon_qml, change_raster_qml
-from .tiling import TileGrid, fit_overlap
+from .tiling import TileGrid, fit_overlap, fit_tile
 
 CHANGE_NODATA = 65535
+DEFAULT_MIN_CONFIDENCE = 0.5
 METHODS = ("postclass", "direct")
 
 
@@ -59,6 +62,11 @@ class ChangeParams:
     change_map_path: Path | None = None
     polygons_path: Path | None = None
     matrix_path: Path | None = None
+    resample: str = "auto"  # postclass: infer at the model's pixel size (engine.resample)
+    classes: list[str] = field(default_factory=list)  # postclass: report changes from or to these classes only
+    # postclass: a pixel is change only where both dates' classes are at least this sure (product of the two
+    # confidences); chosen on the LEVIR-CD / DSIFN-CD pairs (bench/change_eval.py, MODEL_CARD.md)
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
     def output_paths(self) -> tuple[Path, Path, Path]:
         out = Path(self.out_dir)
@@ -83,6 +91,7 @@ class ChangeResult(JsonResult):
     device: str
     seconds: float
     messages: list[str] = field(default_factory=list)
+    resampling: dict = field(default_factory=dict)
 
     def matrix_text(self) -> str:
         names = self.classes
@@ -155,6 +164,14 @@ def run_change(
     tile = params.tile or meta.tile_size
     overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
     tiles = TileGrid(grid.height, grid.width, tile, overlap)
+    # Direct change models are applied as they are: their metadata rarely states a pixel size.
+    plan = plan_resampling(grid, meta.pixel_size_m, params.resample if params.method == "postclass" else "off")
+    mgrid = plan.model_grid
+    if plan.active:
+        mtile, moverlap = fit_tile(tile, overlap, mgrid.height, mgrid.width) if params.tile is None else (tile, overlap)
+        mtiles = TileGrid(mgrid.height, mgrid.width, mtile, moverlap)
+    else:
+        mtiles = tiles
     area_of = AreaCalculator(grid.crs)
     cx, cy = grid.transform * (grid.width / 2, grid.height / 2)
     px_area = area_of(shapely.box(cx, cy, cx + grid.pixel_size[0], cy + grid.pixel_size[1]))
@@ -173,14 +190,21 @@ def run_change(
                 maps = []
                 for k, (date, paths) in enumerate((("before", params.before), ("after", params.after))):
                     cls_p, conf_p = work / f"{date}_classes.tif", work / f"{date}_conf.tif"
-                    with AlignedInputs(paths, meta, params.modalities or None, grid=grid) as inputs:
-                        writer = PredictionWriter(cls_p, conf_p, grid, classes, tiles.rows.stride)
+                    m_cls, m_conf = (work / f"{date}_model_{p.name}" for p in (cls_p, conf_p))
+                    if not plan.active:
+                        m_cls, m_conf = cls_p, conf_p
+                    with AlignedInputs(
+                        paths, meta, params.modalities or None, grid=mgrid, resampling=plan.read_resampling
+                    ) as inputs:
+                        if k == 0:  # once the inputs are known to be usable
+                            say(plan.message())
+                        writer = PredictionWriter(m_cls, m_conf, mgrid, classes, mtiles.rows.stride)
                         try:
                             for b in predict_blocks(
                                 inputs,
                                 runtime.run,
                                 meta,
-                                tiles,
+                                mtiles,
                                 params.batch,
                                 stage(progress, 0.4 * k, 0.4 * k + 0.4),
                                 cancelled,
@@ -188,8 +212,20 @@ def run_change(
                                 writer.write(b.row, b.col, b.probs, b.valid)
                         finally:
                             writer.close()
+                    if plan.active:
+                        writer = PredictionWriter(cls_p, conf_p, grid, classes, tiles.rows.stride)
+                        try:
+                            warp_back(plan, m_cls, m_conf, writer)
+                        finally:
+                            writer.close()
                     maps.append((cls_p, conf_p))
-                counts = _combine(maps[0], maps[1], map_tmp, conf_tmp, grid, len(classes), tiles.rows.stride)
+                wanted = _class_filter(params.classes, classes)
+                if wanted is not None:
+                    say("changes reported from or to: " + ", ".join(classes[i].name for i in sorted(wanted)))
+                counts = _combine(
+                    maps[0], maps[1], map_tmp, conf_tmp, grid, len(classes), tiles.rows.stride,
+                    wanted, params.min_confidence,
+                )  # fmt: skip
                 names = [c.name for c in classes]
                 k = len(classes)
                 props = {
@@ -268,6 +304,7 @@ def run_change(
         device=runtime.device_label,
         seconds=round(time.perf_counter() - t0, 3),
         messages=say.items,
+        resampling=plan.as_dict(),
     )
 
 
@@ -280,8 +317,37 @@ def _open_change_outputs(map_path: Path, conf_path: Path, grid: Grid, block: int
     return code, conf
 
 
-def _combine(before, after, map_path: Path, conf_path: Path, grid: Grid, k: int, block: int) -> np.ndarray:
-    """Transition codes and joint confidence, strip by strip; returns the k x k pixel-count matrix."""
+def _class_filter(names: list[str], classes) -> set[int] | None:
+    if not names:
+        return None
+    by_name = {c.name.lower(): c.id for c in classes}
+    unknown = [n for n in names if n.strip().lower() not in by_name]
+    if unknown:
+        raise InputError(
+            f"--classes: {', '.join(repr(n) for n in unknown)} not among the model's classes "
+            f"({', '.join(c.name for c in classes)})"
+        )
+    return {by_name[n.strip().lower()] for n in names}
+
+
+def _combine(
+    before,
+    after,
+    map_path: Path,
+    conf_path: Path,
+    grid: Grid,
+    k: int,
+    block: int,
+    wanted: set[int] | None = None,
+    min_confidence: float = 0.0,
+) -> np.ndarray:
+    """Transition codes and joint confidence, strip by strip; returns the k x k pixel-count matrix.
+
+    A pixel is change where the classes differ, the joint confidence reaches ``min_confidence`` and (with a
+    class filter) the before or the after class is wanted. The matrix's diagonal counts unchanged pixels, its
+    off-diagonal the reported changes; changes that were not reported (filtered, unsure) are counted nowhere."""
+    keep = np.zeros(k, bool)
+    keep[list(wanted) if wanted is not None else slice(None)] = True
     counts = np.zeros((k, k), dtype=np.int64)
     code_ds, conf_ds = _open_change_outputs(map_path, conf_path, grid, block)
     with (
@@ -296,13 +362,16 @@ def _combine(before, after, map_path: Path, conf_path: Path, grid: Grid, k: int,
             win = Window(0, r0, grid.width, min(block, grid.height - r0))
             a, b = cb.read(1, window=win).astype(np.int64), ca.read(1, window=win).astype(np.int64)
             valid = (a < k) & (b < k)
-            code = np.where(a == b, 0, 1 + a * k + b)
-            code[~valid] = CHANGE_NODATA
             conf = fb.read(1, window=win) * fa.read(1, window=win)
+            a_, b_ = np.where(valid, a, 0), np.where(valid, b, 0)
+            changed = (a != b) & valid & (conf >= min_confidence) & (keep[a_] | keep[b_])
+            code = np.where(changed, 1 + a * k + b, 0)
+            code[~valid] = CHANGE_NODATA
             conf[~valid] = -1.0
             code_ds.write(code.astype(np.uint16), 1, window=win)
             conf_ds.write(conf.astype(np.float32), 1, window=win)
-            counts += np.bincount((a * k + b)[valid], minlength=k * k).reshape(k, k)
+            counted = valid & ((a == b) | changed)
+            counts += np.bincount((a * k + b)[counted], minlength=k * k).reshape(k, k)
     return counts
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``python -m engine landcover --input ortho.tif --out results/``.
+"""Command line: ``python -m engine landcover --input ortho.tif --out results/`` (also change, treecrowns,
+chm, describe).
 
 Exit codes: 0 success, 2 bad input or usage, 3 bad model, 4 output not writable, 130 cancelled,
 1 internal error. Errors are one line on stderr (``landseg: error: ...``), never a traceback, unless
@@ -19,12 +20,13 @@ import traceback
 from pathlib import Path
 
 from .errors import Cancelled, InputError, LandSegError
+from .model_package import COLOUR_RULE_MODEL, DEFAULT_LANDCOVER_MODEL
 from .polygonize import PolygonizeOptions
 from .prompts import parse_prompts
 from .raster_input import BandSource
 from .runtime import DEVICES, RuntimeOptions
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "rgb_index_baseline.onnx"
+DEFAULT_MODEL = DEFAULT_LANDCOVER_MODEL
 
 
 def _modality(text: str) -> tuple[str, BandSource]:
@@ -47,6 +49,12 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trt-cache", type=Path, help="engine/timing cache folder for onnxruntime's TensorRT provider")
     p.add_argument("--min-area", type=float, help="drop polygons smaller than this, in m2 (default: 9 pixels)")
     p.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
+    p.add_argument(
+        "--resample",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: infer at the model's pixel size when the input's differs by more than 15%% (default)",
+    )
     p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -175,12 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--out-polygons", type=Path, help="change polygons path (default: OUT/NAME.gpkg)")
     ch.add_argument("--out-matrix", type=Path, help="transition matrix CSV (default: OUT/NAME_transitions.csv)")
     ch.add_argument("--threshold", type=float, default=0.5, help="direct method: change probability threshold")
+    ch.add_argument("--classes", help="postclass: report changes from or to these classes only, e.g. building,road")
+    ch.add_argument(
+        "--min-confidence",
+        type=float,
+        help="postclass: joint confidence (before x after) a change needs (default: tuned, see MODEL_CARD.md)",
+    )
     _common_options(ch)
 
     tc = sub.add_parser("treecrowns", help="individual tree crowns from an RGB image (+ optional CHM/nDSM)")
     tc.add_argument("--input", "-i", required=True, type=Path, help="RGB image")
     tc.add_argument("--chm", type=Path, help="canopy height model / nDSM in metres (same CRS as the image)")
-    tc.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="land-cover model for the vegetation mask")
+    tc.add_argument(
+        "--model",
+        type=Path,
+        default=COLOUR_RULE_MODEL,
+        help="land-cover model for the vegetation mask (default: %(default)s)",
+    )
     tc.add_argument("--vegetation-class", help="class of the model to use as vegetation (default: by name)")
     tc.add_argument("--sam", type=Path, help="SAM folder from `python -m export sam` (default: watershed)")
     tc.add_argument("--modality", "-m", action="append", type=_modality, default=[], metavar="NAME=[RASTER:]BANDS")
@@ -194,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     tc.add_argument("--json", action="store_true")
 
+    cm = sub.add_parser("chm", help="canopy height model (m) from a LiDAR LAS/LAZ file")
+    cm.add_argument("--lidar", required=True, type=Path, help="LAS or LAZ point cloud")
+    cm.add_argument("--out", "-o", required=True, type=Path, help="output GeoTIFF")
+    cm.add_argument("--resolution", type=float, default=0.5, help="cell size in m (default: %(default)s)")
+    cm.add_argument("--crs", help="CRS of the points when the LAS header has none, e.g. EPSG:32611")
+    cm.add_argument("--like", type=Path, help="write on this raster's grid (CRS, transform, size) instead")
+    cm.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    cm.add_argument("--json", action="store_true")
+
     ds = sub.add_parser("describe", help="validate a model package and print its metadata as JSON")
     ds.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     return parser
@@ -202,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _describe(args: argparse.Namespace) -> int:
     from .model_package import load_model_package, meta_to_dict
 
-    print(json.dumps(meta_to_dict(load_model_package(args.model).meta)))
+    doc = meta_to_dict(load_model_package(args.model).meta)
+    # 384 numbers per class say nothing to a reader: report that they are there.
+    if "class_embeddings" in doc:
+        doc["class_embeddings"] = f"{len(doc['class_embeddings'])} x {len(doc['class_embeddings'][0])}"
+    print(json.dumps(doc))
     return 0
 
 
@@ -230,6 +262,7 @@ def _landcover(args: argparse.Namespace) -> int:
         unasked=args.unasked,
         prompt_threshold=args.prompt_threshold,
         fuse_models=args.fuse_model,
+        resample=args.resample,
     )
     rep = Reporter(args.progress, "landcover")
     try:
@@ -271,6 +304,9 @@ def _change(args: argparse.Namespace) -> int:
         change_map_path=args.out_map,
         polygons_path=args.out_polygons,
         matrix_path=args.out_matrix,
+        resample=args.resample,
+        classes=[c.strip() for c in (args.classes or "").split(",") if c.strip()],
+        **({} if args.min_confidence is None else {"min_confidence": args.min_confidence}),
     )
     rep = Reporter(args.progress, "change")
     try:
@@ -327,6 +363,22 @@ def _treecrowns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chm(args: argparse.Namespace) -> int:
+    from .chm import ChmParams, build_chm
+
+    rep = Reporter(args.progress, "chm")
+    try:
+        res = build_chm(ChmParams(args.lidar, args.out, args.resolution, args.crs, args.like))
+    finally:
+        rep.close()
+    summary = (
+        f"canopy height model: {res.chm} ({res.width} x {res.height} cells of {res.resolution:g} m, "
+        f"{res.points} points, ground {res.ground}, highest {res.height_max:.1f} m)"
+    )
+    rep.result(res, args.json, [summary])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (the plugin's Cancel) becomes Cancelled, so temporary outputs are removed on the way out.
@@ -338,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             return _change(args)
         if args.command == "treecrowns":
             return _treecrowns(args)
+        if args.command == "chm":
+            return _chm(args)
         if args.command == "describe":
             return _describe(args)
     except LandSegError as exc:

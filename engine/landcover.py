@@ -16,16 +16,18 @@ import rasterio
 
 from .errors import InputError, OutputError
 from .fusion import FusedInputs, FusedModel, check_fusable, common_classes, to_common
-from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, stage
+from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 from .model_package import load_model_package
 from .outputs import PredictionWriter
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
 from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
-from .raster_input import AlignedInputs, BandSource
+from .raster_input import AlignedInputs, BandSource, reference_grid
+from .resample import plan as plan_resampling
+from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
-from .tiling import TileGrid, fit_overlap
+from .tiling import TileGrid, fit_overlap, fit_tile
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
 GDAL_CACHE_MB = 16
@@ -48,6 +50,7 @@ class LandcoverParams:
     unasked: str = "other"  # classes no prompt asked for: "other" or "drop"
     prompt_threshold: float = DEFAULT_THRESHOLD
     fuse_models: list[Path] = field(default_factory=list)  # more land-cover models, fused class-wise by confidence
+    resample: str = "auto"  # "auto": infer at the model's pixel size when the input's differs by > 15 %; "off"
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
@@ -77,6 +80,7 @@ class LandcoverResult(JsonResult):
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     prompt_matches: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    resampling: dict = field(default_factory=dict)  # engine.resample.ResamplePlan.as_dict()
 
 
 def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSource] | None:
@@ -143,14 +147,21 @@ def run_landcover(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
         with contextlib.ExitStack() as stack:
+            if not params.inputs:
+                raise InputError("no input raster given")
+            plan = plan_resampling(reference_grid(params.inputs[0]), meta.pixel_size_m, params.resample)
+            grid_kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
             if not fused:
-                inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None))
+                inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None, **grid_kw))
             else:
                 every = [
-                    stack.enter_context(AlignedInputs(params.inputs, m, _modalities_of(params.modalities, m)))
+                    stack.enter_context(
+                        AlignedInputs(params.inputs, m, _modalities_of(params.modalities, m), **grid_kw)
+                    )
                     for m in metas
                 ]
                 inputs = FusedInputs(every)
+            say(plan.message())  # once the inputs are known to be usable
             final_paths = params.output_paths()
             for p, kind, suffixes in zip(
                 final_paths,
@@ -166,11 +177,18 @@ def run_landcover(
             if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
                 others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
                 run = FusedModel([runtime.run, *others], metas, matrices).run
+            if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
+                tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
             with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
                 t_infer = time.perf_counter()
-                writer = PredictionWriter(class_path, conf_path, inputs.grid, classes, grid.rows.stride)
+                if plan.active:  # infer on the model grid into scratch files, warp back afterwards
+                    scratch = stack.enter_context(scratch_folder(final_paths[0].parent))
+                    model_paths = scratch / "classes.tif", scratch / "confidence.tif"
+                else:
+                    model_paths = class_path, conf_path
+                writer = PredictionWriter(*model_paths, inputs.grid, classes, grid.rows.stride)
                 try:
                     for b in predict_blocks(
                         inputs, run, run_meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
@@ -182,6 +200,12 @@ def run_landcover(
                         writer.write(b.row, b.col, probs, valid)
                 finally:
                     writer.close()
+                if plan.active:
+                    writer = PredictionWriter(class_path, conf_path, plan.input_grid, classes, grid.rows.stride)
+                    try:
+                        warp_back(plan, *model_paths, writer)
+                    finally:
+                        writer.close()
                 # The inference session (weights, memory arena) is not needed for polygons: free it first.
                 del run, runtime
                 release_memory()
@@ -219,4 +243,5 @@ def run_landcover(
         timings=timings,
         messages=say.items,
         prompt_matches=[m.__dict__ for m in matches],
+        resampling=plan.as_dict(),
     )

@@ -105,14 +105,18 @@ class PredictionWriter:
         self.counts = np.zeros(len(classes), dtype=np.int64)
 
     def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
-        h, w = valid.shape
         cls = probs.argmax(axis=0).astype(np.uint8)
-        # Three decimals are all an analyst reads, and they compress several times better.
         conf = probs.max(axis=0)
-        np.round(conf, 3, out=conf)
         if not valid.all():
             cls[~valid] = CLASS_NODATA
             conf[~valid] = CONFIDENCE_NODATA
+        self.write_maps(row, col, cls, conf)
+
+    def write_maps(self, row: int, col: int, cls: np.ndarray, conf: np.ndarray) -> None:
+        """A block of class ids (CLASS_NODATA where invalid) and confidences (CONFIDENCE_NODATA there)."""
+        h, w = cls.shape
+        # Three decimals are all an analyst reads, and they compress several times better.
+        np.round(conf, 3, out=conf)
         win = Window(col, row, w, h)
         self.cls.write(cls, 1, window=win)
         self.conf.write(conf, 1, window=win)

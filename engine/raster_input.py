@@ -91,6 +91,12 @@ def overlap_grid(path_a: Path, path_b: Path, label_a: str = "before", label_b: s
         return Grid(a.crs, a.window_transform(win), int(win.width), int(win.height))
 
 
+def reference_grid(path: Path, label: str = "input raster") -> Grid:
+    """The grid of a raster (the first input's sets the outputs' grid)."""
+    with _open(Path(path), label) as ds:
+        return Grid(ds.crs, ds.transform, ds.width, ds.height)
+
+
 def _open(path: Path, label: str) -> rasterio.DatasetReader:
     if not path.exists():
         raise InputError(f"{label} not found: {path}")

@@ -36,6 +36,16 @@ def fit_overlap(tile: int, overlap: int) -> int:
     return tile - stride
 
 
+def fit_tile(tile: int, overlap: int, height: int, width: int, multiple: int = 32) -> tuple[int, int]:
+    """(tile, overlap) for a raster smaller than one tile: a tile just large enough (a multiple of 32, the
+    networks' total stride), so the model is not fed a tile that is mostly replicated edge pixels."""
+    need = -(-max(height, width) // multiple) * multiple
+    if need >= tile:
+        return tile, overlap
+    t = max(2 * BLOCK_MULTIPLE, need)
+    return t, fit_overlap(t, min(overlap, t // 4))
+
+
 def ramp_window(length: int, overlap: int, taper_start: bool, taper_end: bool) -> np.ndarray:
     """1-D blending weights: raised-cosine ramps over ``overlap`` pixels, 1 in between, never 0."""
     w = np.ones(length, dtype=np.float64)

@@ -32,7 +32,7 @@ from shapely.geometry import mapping, shape
 from .errors import Cancelled, InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
-from .model_package import load_model_package
+from .model_package import COLOUR_RULE_MODEL, load_model_package
 from .outputs import geotiff_profile
 from .polygonize import AreaCalculator
 from .predict import predict_blocks
@@ -183,7 +183,7 @@ def run_treecrowns(
     t0 = time.perf_counter()
     say = Messages(notify)
 
-    model_path = params.model or Path(__file__).resolve().parent.parent / "models" / "rgb_index_baseline.onnx"
+    model_path = params.model or COLOUR_RULE_MODEL
     package = load_model_package(model_path)
     meta = package.meta
     if meta.task != "landcover":

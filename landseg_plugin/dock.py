@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .engine_process import (
+    RESAMPLE_MODES,
     EngineError,
     change_args,
     default_model,
@@ -71,6 +72,11 @@ class LandSegDock(QgsDockWidget):
             self.method_combo.addItem(label, key)
         self.method_label = QLabel("Method")
         form.addRow(self.method_label, self.method_combo)
+        self.change_classes = QLineEdit()
+        self.change_classes.setPlaceholderText("building, road (empty: every class)")
+        self.change_classes.setToolTip("Land cover on both dates: report changes from or to these classes only")
+        self.change_classes_label = QLabel("Changed classes")
+        form.addRow(self.change_classes_label, self.change_classes)
         model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
@@ -120,6 +126,13 @@ class LandSegDock(QgsDockWidget):
             tiling.addWidget(QLabel(label))
             tiling.addWidget(w)
         opts.addRow("Tiling", tiling)
+        self.resample_combo = QComboBox()
+        self.resample_combo.addItems(list(RESAMPLE_MODES))
+        self.resample_combo.setToolTip(
+            "auto: when the layer's pixel size differs from the model's by more than 15%, infer at the model's "
+            "pixel size and write the results back on the layer's grid"
+        )
+        opts.addRow("Resample", self.resample_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.out_widget.lineEdit().setPlaceholderText("[temporary folder]")
@@ -185,6 +198,8 @@ class LandSegDock(QgsDockWidget):
         task = self.task_combo.currentData()
         self.method_combo.setVisible(task == "change")
         self.method_label.setVisible(task == "change")
+        self.change_classes.setVisible(task == "change")
+        self.change_classes_label.setVisible(task == "change")
         if task == "change":
             first = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]
             n = len(first["bands"])
@@ -285,6 +300,8 @@ class LandSegDock(QgsDockWidget):
                 method=self.method_combo.currentData(),
                 band_mapping=f"{modality}=1:{bands}" if bands else "",
                 device=device,
+                classes=self.change_classes.text(),
+                resample=self.resample_combo.currentText(),
             ), "change"
         if task == "treecrowns":
             image = self._row_layer(0, "RGB image")
@@ -303,6 +320,7 @@ class LandSegDock(QgsDockWidget):
             overlap=self.overlap_spin.value(),
             batch=self.batch_spin.value(),
             prompts=self.prompts.text(),
+            resample=self.resample_combo.currentText(),
         ), "land cover"
 
     def start_run(self) -> None:

@@ -39,6 +39,12 @@ def engine_root() -> Path:
 
 
 def default_model() -> Path:
+    # engine.model_package.DEFAULT_LANDCOVER_MODEL (not imported: the plugin keeps out of the engine's imports)
+    return engine_root() / "models" / "landcover_unet_lite0.onnx"
+
+
+def colour_rule_model() -> Path:
+    """engine.model_package.COLOUR_RULE_MODEL: the tree-crown job's vegetation mask (until a crown model ships)."""
     return engine_root() / "models" / "rgb_index_baseline.onnx"
 
 
@@ -159,6 +165,9 @@ def run_engine(
     return result
 
 
+RESAMPLE_MODES = ("auto", "off")  # engine.resample.MODES
+
+
 def landcover_args(
     inputs: list[str],
     out_classes: str,
@@ -174,9 +183,10 @@ def landcover_args(
     prompts: str = "",
     unasked: str = "other",
     fuse_models: list[str] | tuple[str, ...] = (),
+    resample: str = "auto",
 ) -> list[str]:
     """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
-    args = ["landcover"]
+    args = ["landcover", "--resample", resample]
     if prompts.strip():
         args += ["--prompts", prompts.strip(), "--unasked", unasked]
     for path in inputs:
@@ -210,8 +220,12 @@ def change_args(
     device: str = "auto",
     threshold: float = 0.5,
     min_area: float = -1,
+    classes: str = "",
+    resample: str = "auto",
 ) -> list[str]:
-    args = ["change"]
+    args = ["change", "--resample", resample]
+    if classes.strip():
+        args += ["--classes", classes.strip()]
     for path in before:
         args += ["--before", path]
     for path in after:
@@ -225,6 +239,11 @@ def change_args(
     if min_area >= 0:
         args += ["--min-area", str(min_area)]
     return args
+
+
+def chm_args(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> list[str]:
+    args = ["chm", "--lidar", lidar, "--out", out, "--resolution", str(resolution)]
+    return args + (["--crs", crs] if crs else [])
 
 
 def treecrowns_args(

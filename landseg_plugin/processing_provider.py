@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -25,9 +26,12 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from .engine_process import (
+    RESAMPLE_MODES,
     EngineCancelled,
     EngineError,
     change_args,
+    chm_args,
+    colour_rule_model,
     default_model,
     landcover_args,
     run_engine,
@@ -101,6 +105,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
     UNASKED = "UNASKED"
     UNASKED_OPTIONS = ("other", "drop")
     FUSE_MODELS = "FUSE_MODELS"
+    RESAMPLE = "RESAMPLE"
     OUTPUT = "OUTPUT"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -184,6 +189,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
                 minValue=-1,
             )
         )
+        self.addParameter(_resample_parameter(self.RESAMPLE))
         self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Land-cover polygons", QgsProcessing.TypeVectorPolygon)
         )
@@ -213,10 +219,12 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             prompts=self.parameterAsString(parameters, self.PROMPTS, context),
             unasked=self.UNASKED_OPTIONS[self.parameterAsEnum(parameters, self.UNASKED, context)],
             fuse_models=[p for p in self.parameterAsFileList(parameters, self.FUSE_MODELS, context) if p],
+            resample=RESAMPLE_MODES[self.parameterAsEnum(parameters, self.RESAMPLE, context)],
         )
         result = run_in_processing(args, feedback)
         if result is None:
             return {}
+        feedback.pushInfo(f"LandSeg: {result['resampling'].get('message', '')}")
         feedback.pushInfo(
             f"LandSeg: {result['n_polygons']} polygons, device {result['device']}, tile {result['tile']}, "
             f"overlap {result['overlap']}, {result['seconds']:.1f} s"
@@ -231,6 +239,15 @@ class LandcoverAlgorithm(LandSegAlgorithm):
         }
 
 
+def _resample_parameter(name: str) -> QgsProcessingParameterEnum:
+    return QgsProcessingParameterEnum(
+        name,
+        "Resample to the model's pixel size (auto: when the input's differs by more than 15%)",
+        options=list(RESAMPLE_MODES),
+        defaultValue=0,
+    )
+
+
 class ChangeAlgorithm(LandSegAlgorithm):
     BEFORE = "BEFORE"
     AFTER = "AFTER"
@@ -239,6 +256,8 @@ class ChangeAlgorithm(LandSegAlgorithm):
     BANDS = "BANDS"
     DEVICE = "DEVICE"
     THRESHOLD = "THRESHOLD"
+    CLASSES = "CLASSES"
+    RESAMPLE = "RESAMPLE"
     OUTPUT = "OUTPUT"
     OUTPUT_MAP = "OUTPUT_MAP"
     OUTPUT_MATRIX = "OUTPUT_MATRIX"
@@ -286,6 +305,15 @@ class ChangeAlgorithm(LandSegAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterString(
+                self.CLASSES,
+                "Report changes from or to these classes only (postclass; e.g. building, road; empty: all)",
+                defaultValue="",
+                optional=True,
+            )
+        )
+        self.addParameter(_resample_parameter(self.RESAMPLE))
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Change polygons", QgsProcessing.TypeVectorPolygon)
         )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MAP, "Change raster"))
@@ -315,6 +343,8 @@ class ChangeAlgorithm(LandSegAlgorithm):
             band_mapping=self.parameterAsString(parameters, self.BANDS, context),
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            classes=self.parameterAsString(parameters, self.CLASSES, context),
+            resample=RESAMPLE_MODES[self.parameterAsEnum(parameters, self.RESAMPLE, context)],
         )
         result = run_in_processing(args, feedback)
         if result is None:
@@ -365,7 +395,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
                 "Land-cover model for the vegetation mask",
                 extension="onnx",
                 optional=True,
-                defaultValue=str(default_model()),
+                defaultValue=str(colour_rule_model()),
             )
         )
         self.addParameter(
@@ -403,7 +433,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             image,
             crowns,
             chm=chm,
-            model=self.parameterAsFile(parameters, self.MODEL, context) or str(default_model()),
+            model=self.parameterAsFile(parameters, self.MODEL, context) or str(colour_rule_model()),
             sam=self.parameterAsFile(parameters, self.SAM, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             min_height=self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
@@ -414,6 +444,54 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             return {}
         feedback.pushInfo(f"LandSeg: {result['n_crowns']} tree crowns ({result['method']})")
         return {self.OUTPUT: result["crowns"]}
+
+
+class ChmAlgorithm(LandSegAlgorithm):
+    LIDAR = "LIDAR"
+    RESOLUTION = "RESOLUTION"
+    CRS = "CRS"
+    OUTPUT = "OUTPUT"
+
+    def name(self) -> str:
+        return "chm"
+
+    def displayName(self) -> str:
+        return "Canopy height model from LiDAR"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Canopy height (m) from a LAS/LAZ point cloud: highest return per cell minus a terrain model from the "
+            "ground returns (class 2, or a ground filter when the file has no ground class). The CRS is read from "
+            "the file; give one when its header has none."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(
+            QgsProcessingParameterFile(self.LIDAR, "LiDAR point cloud (LAS/LAZ)", fileFilter="LiDAR (*.las *.laz)")
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.RESOLUTION, "Cell size (m)", QgsProcessingParameterNumber.Double, 0.5, minValue=0.05
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterCrs(self.CRS, "CRS of the points (when the file has none)", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Canopy height model"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        crs = self.parameterAsCrs(parameters, self.CRS, context)
+        args = chm_args(
+            self.parameterAsFile(parameters, self.LIDAR, context),
+            self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            self.parameterAsDouble(parameters, self.RESOLUTION, context),
+            crs.authid() if crs.isValid() else "",
+        )
+        result = run_in_processing(args, feedback)
+        if result is None:
+            return {}
+        feedback.pushInfo(f"LandSeg: CHM {result['width']} x {result['height']}, highest {result['height_max']} m")
+        return {self.OUTPUT: result["chm"]}
 
 
 class LandSegProvider(QgsProcessingProvider):
@@ -430,3 +508,4 @@ class LandSegProvider(QgsProcessingProvider):
         self.addAlgorithm(LandcoverAlgorithm())
         self.addAlgorithm(ChangeAlgorithm())
         self.addAlgorithm(TreeCrownsAlgorithm())
+        self.addAlgorithm(ChmAlgorithm())

@@ -160,11 +160,17 @@ def test_make_demo_runs_the_default_model_with_prompts(tmp_path):
     cmd = next(line for line in recipe.replace("\\\n", " ").splitlines() if "-m engine landcover" in line)
     proc = subprocess.run(cmd + " --progress none", shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for prompt, cls in (("trees", "vegetation"), ("river", "water"), ("paved roads", "impervious")):
+    for prompt, cls in (
+        ("buildings", "building"),
+        ("trees", "vegetation"),
+        ("river", "water"),
+        ("paved roads", "road"),
+        ("bare soil", "bare land"),
+    ):
         assert f"prompt '{prompt}' -> {cls}" in proc.stderr
     with rasterio.open(tmp_path / "landcover_classes.tif") as ds:
         names = [ds.tags(1)[f"CLASS_{i}"] for i in range(5)]
-    assert names == ["vegetation", "bare ground", "impervious", "water", "other"]
+    assert names == ["building", "road", "bare land", "vegetation", "water"]
     assert (tmp_path / "landcover.gpkg").stat().st_size > 0
 
 

@@ -193,3 +193,14 @@ def test_treecrowns_headless(qgis_env, tmp_path):
     assert len(feats) > 20
     assert {"score", "height_max", "area_m2", "diameter_m"} <= set(feats[0]["properties"])
     assert (tmp_path / "crowns.qml").exists()
+
+
+def test_chm_headless(qgis_env, tmp_path):
+    laz = ROOT.parent / "shared/data/trees/neon_teak/lidar/TEAK_043.laz"
+    if not laz.exists():
+        pytest.skip("needs ../shared/data/trees")
+    out = tmp_path / "chm.tif"
+    proc = qgis_process(qgis_env, "run", "landseg:chm", f"--LIDAR={laz}", "--CRS=EPSG:32611", f"--OUTPUT={out}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 32611 and ds.res == (0.5, 0.5) and 20 < ds.read(1).max() < 60

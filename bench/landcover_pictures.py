@@ -1,0 +1,95 @@
+"""The pictures in docs/: the demo map and the model card's examples (validation tile with its labels, a held-out
+NEON plot, the Kampala check), each run through the engine with the default model and rendered beside the image.
+
+Usage: python bench/landcover_pictures.py [--data ../shared/data] [--out docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from render_map import render  # noqa: E402
+
+from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
+from export import landcover_data as D  # noqa: E402
+
+
+def _geotiff(path: Path, rgb: np.ndarray, pixel_m: float, crs: str) -> Path:
+    prof = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs=crs, transform=from_origin(500000, 2800000, pixel_m, pixel_m), **prof) as ds:
+        ds.write(rgb)
+    return path
+
+
+def _run(raster: Path, work: Path, prompts: list[str] | None = None) -> Path:
+    res = run_landcover(
+        LandcoverParams(
+            inputs=[raster], model=DEFAULT_LANDCOVER_MODEL, out_dir=work / raster.stem, prompts=prompts or []
+        )
+    )
+    print(f"{raster.name}: {res.resampling['message']}")
+    return res.class_map
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=D.data_root())
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        demo = ROOT / "data/sample/urban_river_rgb.tif"
+        cls = _run(demo, work, ["buildings", "trees", "river", "paved roads", "bare soil"])
+        render(demo, cls, a.out / "demo_landcover.png", 560, "make demo: data/sample/urban_river_rgb.tif (0.1 m)")
+
+        jpg = a.data / "landcover/dubai_aerial/tile_2/image_part_005.jpg"
+        val = _geotiff(work / "dubai_val.tif", D._read_rgb(jpg), D.DUBAI_PIXEL_M, "EPSG:32640")
+        title = "Dubai validation tile_2/image_part_005: image, model, labels"
+        render(val, _run(val, work), a.out / "card_dubai_val.png", 400, title, D.dubai_mask(jpg.with_suffix(".png")))
+
+        for site, rgb_path, _xml, _chm in D.neon_plots(a.data, "val"):
+            if rgb_path.stem in ("SJER_010", "TEAK_057") or site == "SOAP":
+                rgb, _ = D.read_plot(rgb_path, None)
+                r = _geotiff(work / f"{rgb_path.stem}.tif", rgb, D.NEON_PIXEL_M, "EPSG:32611")
+                render(
+                    r,
+                    _run(r, work),
+                    a.out / f"card_neon_{rgb_path.stem}.png",
+                    320,
+                    f"held-out NEON plot {rgb_path.stem}",
+                )
+
+        img, mask, (x0, y0) = D.kampala_mosaic(a.data, 21)
+        # The z21 tiles form two patches: show the larger one.
+        from scipy import ndimage
+
+        labels, _n = ndimage.label(ndimage.binary_closing(mask != 255, iterations=8))
+        sl = ndimage.find_objects(labels)[int(np.argmax(np.bincount(labels.ravel())[1:]))]
+        img, mask = img[:, sl[0], sl[1]], mask[sl]
+        x0, y0 = x0 + sl[1].start / 256, y0 + sl[0].start / 256
+        origin = 20037508.342789244
+        tile_m = 2 * origin / 2**21
+        k = work / "kampala.tif"
+        prof = {"driver": "GTiff", "width": img.shape[2], "height": img.shape[1], "count": 3, "dtype": "uint8"}
+        t = from_origin(x0 * tile_m - origin, origin - y0 * tile_m, tile_m / 256, tile_m / 256)
+        with rasterio.open(k, "w", crs="EPSG:3857", transform=t, nodata=0, **prof) as ds:
+            ds.write(img)
+        truth = np.where(mask == 1, D.BUILDING, np.where(mask == 0, D.BARE, 255)).astype(np.uint8)
+        title = "Kampala z21 (0.075 m, check only): image, model, OSM buildings (the rest shown as bare land)"
+        render(k, _run(k, work), a.out / "card_kampala.png", 400, title, truth)
+
+
+if __name__ == "__main__":
+    main()

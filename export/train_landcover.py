@@ -1,0 +1,345 @@
+"""Train the shipped land-cover model: ``python -m export train landcover``.
+
+Recipe (MODEL_CARD.md has the numbers): U-Net on the ImageNet EfficientNet-Lite0 encoder, 5 classes, trained at
+0.5 m on the Dubai labels (6 of 7 tiles) plus weak labels from the tree data (crowns = vegetation, bare ground
+away from crowns = bare land, OAM-TCD non-canopy = "not vegetation"), random scale 0.6-1.6x, strong photometric
+augmentation, AdamW with warm-up and cosine decay, encoder batch-norm statistics frozen (ImageNet's: batches of 8
+are too small to re-estimate them, and frozen statistics carry better to other imagery).
+Deterministic for a seed (the batch of step k depends only on the seed and k, so a resumed run is the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import landcover_data as D
+from .augment import crop_scaled, flip_rotate, photometric
+from .effnet_lite import LandcoverUNet, load_imagenet
+
+
+@dataclass
+class TrainParams:
+    data: Path = field(default_factory=D.data_root)
+    out: Path = Path("models/landcover_unet_lite0.onnx")
+    work: Path = Path("out/train_landcover")  # checkpoints and logs
+    iterations: int = 1800
+    batch: int = 8
+    crop: int = 256
+    weak_per_batch: int = 2  # of each batch, crops from the weak-label tree data
+    lr: float = 1e-3
+    encoder_lr_mult: float = 0.3  # the ImageNet encoder's learning rate relative to the decoder's
+    box_shrink: float = D.BOX_SHRINK
+    photometric_p: float = 1.0  # share of crops that get the photometric augmentation
+    balanced: bool = False  # class weights ~ 1/sqrt(frequency in the Dubai training labels)
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 100
+    eval_every: int = 600
+    resume: bool = False
+    limit_images: int | None = None  # smoke tests: only this many images per source
+    minutes: float | None = None  # stop (and checkpoint) after this wall time; resume continues the same run
+    export: bool = True
+    device: str = "cpu"  # the shipped model is trained on the CPU; "cuda" for recipe experiments
+    workers: int = 0  # processes preparing batches (batch k depends only on seed and k: same batches)
+
+
+def pad32(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 32, (-w) % 32
+    return F.pad(x, (0, pw, 0, ph), mode="replicate"), h, w
+
+
+@torch.no_grad()
+def predict_torch(model: LandcoverUNet, image: np.ndarray, tile: int = 512) -> np.ndarray:
+    """(3, H, W) uint8 at the model's pixel size -> (H, W) class ids (tiles of ``tile`` px, no blending:
+    evaluation only; the engine does the real thing)."""
+    dev = next(model.parameters()).device
+    x = (torch.from_numpy(image).float().to(dev) - 127.0) / 128.0
+    h, w = x.shape[-2:]
+    out = torch.zeros((len(D.CLASSES), h, w), device=dev)
+    step = tile - 64
+    for r in range(0, max(1, h - 64), step):
+        for c in range(0, max(1, w - 64), step):
+            r0, c0 = min(r, max(0, h - tile)), min(c, max(0, w - tile))
+            patch, ph, pw = pad32(x[:, r0 : r0 + tile, c0 : c0 + tile][None])
+            out[:, r0 : r0 + ph, c0 : c0 + pw] = model(patch)[0, :, :ph, :pw].softmax(0)
+    return out.argmax(0).cpu().numpy().astype(np.uint8)
+
+
+class Batches:
+    """Batch k = f(seed, k): crops from Dubai and from the weak-label sources, augmented."""
+
+    def __init__(self, params: TrainParams, log=print):
+        t = time.time()
+        self.p = params
+        self.dubai = D.load_dubai(params.data, "train", params.limit_images)
+        self.weak = D.load_tree_plots(params.data, params.limit_images, params.box_shrink)
+        self.oam = [] if params.limit_images else D.load_oam_tcd(params.data)
+        self.dubai_w = np.array([s.label.size for s in self.dubai], np.float64)
+        self.dubai_w /= self.dubai_w.sum()
+        log(
+            f"data: {len(self.dubai)} Dubai images, {len(self.weak)} tree plots, {len(self.oam)} OAM-TCD tiles "
+            f"at {D.MODEL_PIXEL_M} m ({time.time() - t:.0f} s)"
+        )
+
+    def _mosaic(self, g: torch.Generator, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        """n x n tree plots (80 px each at 0.5 m) side by side, each flipped/rotated."""
+        rows = []
+        for _ in range(n):
+            row_i, row_l = [], []
+            for _ in range(n):
+                s = self.weak[int(torch.randint(0, len(self.weak), (), generator=g))]
+                img, lab = flip_rotate(torch.from_numpy(s.image).float(), torch.from_numpy(s.label), g)
+                size = min(img.shape[1], img.shape[2])
+                row_i.append(img[:, :size, :size])
+                row_l.append(lab[:size, :size])
+            hh = min(t.shape[1] for t in row_i)
+            rows.append((torch.cat([t[:, :hh] for t in row_i], 2), torch.cat([t[:hh] for t in row_l], 1)))
+        ww = min(r[0].shape[2] for r in rows)
+        return torch.cat([r[0][:, :, :ww] for r in rows], 1), torch.cat([r[1][:, :ww] for r in rows], 0)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.p.seed * 1_000_003 + step)
+        imgs, labs = [], []
+        for i in range(self.p.batch):
+            weak = i >= self.p.batch - self.p.weak_per_batch
+            if weak and self.oam and _bern(g, 0.25):
+                s = self.oam[0]
+                image, label = torch.from_numpy(s.image).float(), torch.from_numpy(s.label)
+            elif weak:
+                image, label = self._mosaic(g)
+            else:
+                k = int(torch.multinomial(torch.from_numpy(self.dubai_w), 1, generator=g))
+                s = self.dubai[k]
+                image, label = torch.from_numpy(s.image).float(), torch.from_numpy(s.label)
+            scale = math.exp(float(torch.empty(()).uniform_(math.log(0.6), math.log(1.6), generator=g)))
+            img, lab = crop_scaled(image, label, self.p.crop, scale, g, D.IGNORE)
+            img, lab = flip_rotate(img, lab, g)
+            imgs.append(photometric(img, g) if _bern(g, self.p.photometric_p) else img)
+            labs.append(lab)
+        x = (torch.stack(imgs) - 127.0) / 128.0
+        return x, torch.stack(labs).long()
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Batches start..end as a dataset, so DataLoader workers can prepare them ahead."""
+
+    def __init__(self, batches: Batches, start: int, end: int):
+        self.batches, self.start, self.end = batches, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, i: int):
+        return self.batches(self.start + i)
+
+
+def _bern(g: torch.Generator, p: float) -> bool:
+    return float(torch.rand((), generator=g)) < p
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on the 5 classes plus, for NOT_VEG pixels, -log(1 - p(vegetation))."""
+    ce_target = torch.where(target == D.NOT_VEG, torch.full_like(target, D.IGNORE), target)
+    n_full = (ce_target != D.IGNORE).sum()
+    ce = F.cross_entropy(logits, ce_target, weight=weight, ignore_index=D.IGNORE, reduction="sum")
+    neg = target == D.NOT_VEG
+    nv = torch.zeros(())
+    if neg.any():
+        p_veg = logits.softmax(1)[:, D.VEG][neg]
+        nv = -torch.log1p(-p_veg.clamp(max=1 - 1e-4)).sum()
+    return (ce + nv) / (n_full + neg.sum()).clamp(min=1)
+
+
+def set_encoder_bn_eval(model: LandcoverUNet) -> None:
+    for m in model.encoder.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+
+
+def lr_at(p: TrainParams, step: int) -> float:
+    if step < p.warmup:
+        return p.lr * (step + 1) / p.warmup
+    t = (step - p.warmup) / max(1, p.iterations - p.warmup)
+    return p.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(p: TrainParams, log=print) -> dict:
+    from tqdm import tqdm
+
+    torch.manual_seed(p.seed)
+    torch.set_num_threads(p.threads)
+    torch.use_deterministic_algorithms(p.device == "cpu")  # CUDA upsampling backward has no deterministic kernel
+    p.work.mkdir(parents=True, exist_ok=True)
+    model = LandcoverUNet(len(D.CLASSES))
+    counts = load_imagenet(model.encoder)
+    model.to(p.device)
+    log(
+        f"encoder: ImageNet EfficientNet-Lite0, {counts['loaded']} tensors loaded exactly "
+        f"({counts['unused']} unused: head)"
+    )
+    enc = list(model.encoder.parameters())
+    rest = [q for n, q in model.named_parameters() if not n.startswith("encoder.")]
+    groups = [{"params": enc, "mult": p.encoder_lr_mult}, {"params": rest, "mult": 1.0}]
+    opt = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
+    ckpt = p.work / "last.pt"
+    start = 0
+    if p.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=p.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        log(f"resumed from {ckpt} at step {start}")
+    batches = Batches(p, log)
+    weight = None
+    if p.balanced:
+        freq = np.bincount(np.concatenate([s.label.ravel() for s in batches.dubai]), minlength=256)[: len(D.CLASSES)]
+        w = 1 / np.sqrt(freq / freq.sum())
+        weight = torch.tensor(w / w.mean(), dtype=torch.float32, device=p.device)
+        log("class weights: " + ", ".join(f"{c} {v:.2f}" for c, v in zip(D.CLASSES, weight.tolist(), strict=True)))
+    t0 = time.time()
+    history = []
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(batches, start, p.iterations),
+        batch_size=None,
+        num_workers=p.workers,
+        prefetch_factor=4 if p.workers else None,
+    )
+    bar = tqdm(loader, initial=start, total=p.iterations, desc="train landcover", mininterval=5)
+    running = None
+    for step, (x, y) in enumerate(bar, start):
+        model.train()
+        set_encoder_bn_eval(model)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(p, step) * group["mult"]
+        x, y = x.to(p.device), y.to(p.device)
+        loss = loss_fn(model(x), y, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        done = step + 1
+        stop = p.minutes is not None and (time.time() - t0) > p.minutes * 60
+        if done % p.checkpoint_every == 0 or done == p.iterations or stop:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+        if done % p.eval_every == 0 and done < p.iterations:
+            m = evaluate_dubai(model, p.data, limit=p.limit_images)
+            history.append({"step": done, "dubai_miou": m["miou"]})
+            log(f"step {done}: loss {running:.3f}, Dubai val mIoU {m['miou']:.3f}")
+        if stop:
+            log(f"stopped after {p.minutes} min at step {done}; continue with --resume")
+            return {"stopped_at": done}
+    minutes = (time.time() - t0) / 60
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p.work / "model.pt")
+    report = {"params": {k: str(v) for k, v in asdict(p).items()}, "train_minutes": round(minutes, 1)}
+    report["history"] = history
+    report.update(run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log))
+    (p.work / "report.json").write_text(json.dumps(report, indent=1))
+    log(f"report: {p.work / 'report.json'}")
+    if p.export:
+        from .landcover_package import export_landcover
+
+        export_landcover(p.work / "model.pt", p.out, p.data, log=log)
+    return report
+
+
+# --- checks ----------------------------------------------------------------------------------------------------
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
+    ok = truth < n
+    return np.bincount(n * truth[ok].astype(np.int64) + pred[ok], minlength=n * n).reshape(n, n)
+
+
+def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1) - tp
+    return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+
+
+def evaluate_dubai(model_or_predict, data: Path, pixel_factor: float = 1.0, limit: int | None = None) -> dict:
+    """Validation tiles: per-class IoU, mIoU, confusion matrix (rows truth, columns prediction), scored on the
+    label grid. ``pixel_factor`` 2 = the imagery resampled to double the pixel size before inference."""
+    predict = model_or_predict
+    if isinstance(model_or_predict, torch.nn.Module):
+        model_or_predict.eval()
+        predict = lambda img: predict_torch(model_or_predict, img)  # noqa: E731
+    n = len(D.CLASSES)
+    cm = np.zeros((n, n), np.int64)
+    for jpg, png in D.dubai_files(data, "val")[:limit]:
+        rgb, truth = D._read_rgb(jpg), D.dubai_mask(png)
+        if pixel_factor != 1.0:  # the same ground seen by a coarser or finer sensor
+            rgb, _ = D.resize(rgb, None, 1 / pixel_factor)
+        pred = predict_at(predict, rgb, D.DUBAI_PIXEL_M * pixel_factor, truth.shape)
+        cm += confusion(pred, truth, n)
+    iou = iou_from_confusion(cm)
+    return {
+        "iou": dict(zip(D.CLASSES, iou.round(4).tolist(), strict=True)),
+        "miou": float(np.nanmean(iou)),
+        "confusion": cm.tolist(),
+    }
+
+
+def predict_at(predict, rgb: np.ndarray, pixel_m: float, out_shape: tuple[int, int]) -> np.ndarray:
+    """Resample to the model's pixel size, predict, and bring the classes back to ``out_shape`` (nearest) — what
+    the engine's --resample auto does."""
+    img, _ = D.resize(rgb, None, pixel_m / D.MODEL_PIXEL_M)
+    pred = torch.from_numpy(predict(img))[None, None].float()
+    return F.interpolate(pred, size=out_shape, mode="nearest")[0, 0].byte().numpy()
+
+
+def neon_vegetation_shares(predict, data: Path, limit: int | None = None) -> dict:
+    """Share of pixels classed vegetation inside the tree boxes and outside them, per held-out site."""
+    acc: dict[str, list[int]] = {}
+    for site, rgb_path, xml, _chm in D.neon_plots(data, "val")[:limit]:
+        rgb, _ = D.read_plot(rgb_path, None)
+        inside = D.box_mask(rgb.shape[1:], D.voc_boxes(xml))
+        veg = predict_at(predict, rgb, D.NEON_PIXEL_M, rgb.shape[1:]) == D.VEG
+        a = acc.setdefault(site, [0, 0, 0, 0])
+        a[0] += int((veg & inside).sum())
+        a[1] += int(inside.sum())
+        a[2] += int((veg & ~inside).sum())
+        a[3] += int((~inside).sum())
+    return {s: {"inside": a[0] / max(1, a[1]), "outside": a[2] / max(1, a[3])} for s, a in acc.items()}
+
+
+def kampala_building_iou(predict, data: Path) -> float:
+    img, mask, _ = D.kampala_mosaic(data, 21)
+    pred = predict_at(predict, img, D.web_mercator_pixel_m(21), mask.shape) == D.BUILDING
+    ok = mask != D.IGNORE
+    truth = mask == 1
+    inter = int((pred & truth & ok).sum())
+    union = int(((pred | truth) & ok).sum())
+    return inter / max(1, union)
+
+
+def run_checks(predict, data: Path, limit: int | None = None, log=print) -> dict:
+    out = {"dubai_val": evaluate_dubai(predict, data, limit=limit)}
+    log(format_dubai(out["dubai_val"], "Dubai validation (tile " + ", ".join(D.DUBAI_VAL_TILES) + ")"))
+    if limit:
+        return out
+    for f in (0.5, 2.0):
+        out[f"dubai_val_pixel_x{f}"] = evaluate_dubai(predict, data, pixel_factor=f)
+        log(format_dubai(out[f"dubai_val_pixel_x{f}"], f"Dubai validation, pixel size x{f}"))
+    out["neon_vegetation"] = neon_vegetation_shares(predict, data)
+    for site, v in out["neon_vegetation"].items():
+        log(f"NEON {site} (held-out plots): vegetation inside tree boxes {v['inside']:.3f}, outside {v['outside']:.3f}")
+    out["kampala_building_iou"] = kampala_building_iou(predict, data)
+    log(f"Kampala (z21 mosaic, check only) building IoU {out['kampala_building_iou']:.3f}")
+    return out
+
+
+def format_dubai(m: dict, title: str) -> str:
+    per = ", ".join(f"{k} {v:.3f}" for k, v in m["iou"].items())
+    return f"{title}: mIoU {m['miou']:.3f} ({per})"

@@ -1,0 +1,207 @@
+"""The shipped land-cover model on real data: Dubai validation tile, held-out NEON plots, Kampala roofs, resampling.
+
+Figures measured with the committed model are in MODEL_CARD.md; each test allows a small margin below them.
+Needs ../shared/data (CI has it beside the clone).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from conftest import ROOT, SHARED, write_raster
+from engine.landcover import LandcoverParams, run_landcover
+from engine.model_package import COLOUR_RULE_MODEL, DEFAULT_LANDCOVER_MODEL, load_model_package
+from export import landcover_data as D
+from export.train_landcover import confusion, iou_from_confusion
+
+pytestmark = pytest.mark.skipif(not (SHARED / "landcover").exists(), reason="needs ../shared/data")
+
+# One validation image (tile_2, never trained on) and the mIoU the shipped model reaches on it via the CLI.
+VAL_IMAGE = "tile_2/image_part_005"
+VAL_IMAGE_MIOU = 0.584  # measured with the committed model (MODEL_CARD.md)
+KAMPALA_IOU = 0.420  # building IoU on the Kampala z21 mosaic, measured with the committed model
+
+
+def _georef(tmp_path, name: str, rgb: np.ndarray, pixel_m: float, crs="EPSG:32640"):
+    return write_raster(
+        tmp_path / f"{name}.tif", rgb, transform=from_origin(500000, 2800000, pixel_m, pixel_m), crs=crs
+    )
+
+
+def _classes(path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def _run(tmp_path, raster, model=DEFAULT_LANDCOVER_MODEL, name="lc", **kw):
+    res = run_landcover(LandcoverParams(inputs=[raster], model=model, out_dir=tmp_path / name, **kw))
+    return res, _classes(res.class_map)
+
+
+def test_imagenet_encoder_loads_exactly():
+    torch = pytest.importorskip("torch")
+    from export.effnet_lite import N_WEIGHT_TENSORS, LandcoverUNet, imagenet_weights_path, load_imagenet
+
+    model = LandcoverUNet()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    counts = load_imagenet(model.encoder)
+    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    assert counts == {"checkpoint": N_WEIGHT_TENSORS, "loaded": 288, "unused": 8}
+    # Every encoder tensor is the checkpoint's, none is left at its random initialisation.
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    changed = [
+        k for k, v in model.encoder.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
+    ]
+    assert len(changed) >= 200
+    unused = set(state) - set(model.encoder.state_dict())
+    assert all(k.startswith(("_conv_head", "_bn1.", "_fc")) for k in unused)
+
+
+def test_cli_on_a_validation_image(tmp_path):
+    jpg = SHARED / "landcover/dubai_aerial" / f"{VAL_IMAGE}.jpg"
+    truth = D.dubai_mask(jpg.with_suffix(".png"))
+    raster = _georef(tmp_path, "val", D._read_rgb(jpg), D.DUBAI_PIXEL_M)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "-i", str(raster), "--out", str(tmp_path / "o"), "--json",
+         "--progress", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    # The Dubai images are the model's own pixel size (export/landcover_data.py): nothing to resample.
+    assert not result["resampling"]["resampled"] and "within 15%" in result["resampling"]["message"]
+    pred = _classes(tmp_path / "o/landcover_classes.tif")
+    iou = iou_from_confusion(confusion(pred, truth, 5))
+    print(f"{VAL_IMAGE}: mIoU {np.nanmean(iou):.3f}", iou)
+    assert np.nanmean(iou) >= VAL_IMAGE_MIOU - 0.05, iou
+
+
+def _veg_shares(tmp_path, model, site_filter=None):
+    out: dict[str, list[int]] = {}
+    for site, rgb_path, xml, _chm in D.neon_plots(SHARED, "val"):
+        rgb, _ = D.read_plot(rgb_path, None)
+        if rgb_path.suffix == ".tif":
+            raster = rgb_path
+        else:  # SOAP: a PNG without georeference, 0.1 m (NEON AOP)
+            raster = _georef(tmp_path, rgb_path.stem, rgb, D.NEON_PIXEL_M, crs="EPSG:32611")
+        _res, pred = _run(tmp_path, raster, model, name=f"{model.stem}_{rgb_path.parent.name}_{rgb_path.stem}")
+        inside = D.box_mask(rgb.shape[1:], D.voc_boxes(xml))
+        veg = pred == next(c.id for c in load_model_package(model).meta.classes if c.name == "vegetation")
+        a = out.setdefault(site, [0, 0, 0, 0])
+        a[0] += int((veg & inside).sum())
+        a[1] += int(inside.sum())
+        a[2] += int((veg & ~inside).sum())
+        a[3] += int((~inside).sum())
+    return {s: (a[0] / a[1], a[2] / a[3]) for s, a in out.items()}
+
+
+def test_vegetation_in_held_out_neon_tree_boxes(tmp_path):
+    trained = _veg_shares(tmp_path, DEFAULT_LANDCOVER_MODEL)
+    rule = _veg_shares(tmp_path, COLOUR_RULE_MODEL)
+    print("vegetation share inside / outside the boxes, trained:", trained, "colour rule:", rule)
+    assert set(trained) == {"SJER", "TEAK", "SOAP"}
+    # "Everything is vegetation" would pass the check on the boxes. Outside the boxes is open ground in the SJER
+    # savanna, but understory, shrubs and unboxed trees in the TEAK and SOAP conifer forests: SJER tells.
+    assert trained["SJER"][1] <= 0.40, trained["SJER"]
+    for site, (inside, outside) in trained.items():
+        assert inside >= 0.80, (site, inside, outside)
+        # The colour rule must not find more of the crowns (its outside shares are printed for the card).
+        assert inside > rule[site][0], (site, trained[site], rule[site])
+
+
+def _kampala_raster(tmp_path):
+    img, mask, (x0, y0) = D.kampala_mosaic(SHARED, 21)
+    origin = 20037508.342789244
+    tile_m = 2 * origin / 2**21
+    transform = from_origin(x0 * tile_m - origin, origin - y0 * tile_m, tile_m / 256, tile_m / 256)
+    # Where no tile is, the mosaic is 0: no-data, not black ground.
+    return write_raster(tmp_path / "kampala.tif", img, transform=transform, crs="EPSG:3857", nodata=0), mask
+
+
+def _building_iou(pred, mask, building_ids):
+    ok = mask != D.IGNORE
+    p, t = np.isin(pred, building_ids) & ok, (mask == 1) & ok
+    return (p & t).sum() / (p | t).sum()
+
+
+def test_kampala_buildings_out_of_domain(tmp_path):
+    raster, mask = _kampala_raster(tmp_path)
+    res, pred = _run(tmp_path, raster)
+    assert res.resampling["resampled"] and abs(res.resampling["input_pixel_m"] - 0.0746) < 0.002
+    iou = _building_iou(pred, mask, [0])
+    _res, rule = _run(tmp_path, raster, COLOUR_RULE_MODEL, name="rule")
+    rule_iou = _building_iou(rule, mask, [2])  # the colour rule's closest class: impervious
+    print(f"Kampala building IoU: trained {iou:.3f}, colour rule (impervious) {rule_iou:.3f}")
+    # Measured 0.420 with the shipped model (MODEL_CARD.md); the issue's target of 0.50 is not reached yet.
+    assert iou >= KAMPALA_IOU - 0.05, iou
+    assert iou > rule_iou
+
+
+def test_resampled_input_agrees_with_original(tmp_path):
+    """The same image at 4x smaller pixels, run with --resample auto, gives the same classes."""
+    jpg = SHARED / "landcover/dubai_aerial" / f"{VAL_IMAGE}.jpg"
+    rgb = D._read_rgb(jpg)
+    base = _georef(tmp_path, "x1", rgb, D.MODEL_PIXEL_M)
+    big, _ = D.resize(rgb, None, 4.0)
+    fine = _georef(tmp_path, "x4", big, D.MODEL_PIXEL_M / 4)
+    _r1, a = _run(tmp_path, base, name="a")
+    r4, b = _run(tmp_path, fine, name="b")
+    assert "0.125 m -> model 0.5 m" in r4.resampling["message"]
+    assert b.shape == (4 * a.shape[0], 4 * a.shape[1])
+    agreement = (b[::4, ::4] == a).mean()  # nearest-neighbour back onto the coarse grid
+    assert agreement >= 0.95, agreement
+
+
+def test_resample_off_is_reported(tmp_path):
+    raster = _georef(tmp_path, "x", D._read_rgb(SHARED / "landcover/dubai_aerial/tile_2/image_part_001.jpg"), 0.1)
+    res, _ = _run(tmp_path, raster, resample="off")
+    assert not res.resampling["resampled"] and res.resampling["message"] == "not resampled: --resample off"
+
+
+def test_describe_shows_classes_pixel_size_and_card():
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "describe"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [c["name"] for c in doc["classes"]] == list(D.CLASSES)
+    assert doc["pixel_size_m"] == D.MODEL_PIXEL_M
+    # The card's own figure (0.617 for the committed model; the issue's 0.70 is not reached yet).
+    assert "mIoU" in doc["card"]["summary"] and doc["card"]["dubai_val_miou"] >= 0.60
+
+
+def test_one_band_raster_names_the_band_problem(tmp_path):
+    gray = write_raster(tmp_path / "gray.tif", np.full((1, 64, 64), 100, np.uint8))
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "-i", str(gray), "--out", str(tmp_path / "o"), "--progress", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 band(s)" in lines[0] and "rgb (red, green, blue)" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_training_smoke(tmp_path):
+    """A few iterations on 2 images per source: the command runs, checkpoints, resumes, exports nothing."""
+    from export.train_landcover import TrainParams, train
+
+    p = TrainParams(
+        data=SHARED, work=tmp_path / "w", iterations=2, batch=2, crop=64, weak_per_batch=1, limit_images=2,
+        checkpoint_every=1, eval_every=100, export=False,
+    )  # fmt: skip
+    report = train(p, log=lambda *_: None)
+    assert (tmp_path / "w/last.pt").exists() and 0 <= report["dubai_val"]["miou"] <= 1
+    p.iterations, p.resume = 3, True
+    train(p, log=lambda *_: None)
+    import torch
+
+    assert torch.load(tmp_path / "w/last.pt", weights_only=False)["step"] == 3
