@@ -40,7 +40,7 @@ from .styles import change_polygon_qml, change_raster_qml
 from .tiling import TileGrid, fit_overlap, fit_tile
 
 CHANGE_NODATA = 65535
-DEFAULT_MIN_CONFIDENCE = 0.5
+DEFAULT_MIN_CONFIDENCE = 0.0  # best mean F1 over LEVIR-CD and DSIFN-CD (bench/change_eval.py, MODEL_CARD.md)
 METHODS = ("postclass", "direct")
 
 
@@ -160,6 +160,7 @@ def run_change(
     if meta.task != want:
         raise InputError(f"method '{params.method}' needs a {want} model; '{meta.name}' is a {meta.task} model")
     _check_band_counts(params.before, params.after)
+    wanted = _class_filter(params.classes, meta.classes) if params.method == "postclass" else None
     grid = overlap_grid(params.before[0], params.after[0])
     tile = params.tile or meta.tile_size
     overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
@@ -219,7 +220,6 @@ def run_change(
                         finally:
                             writer.close()
                     maps.append((cls_p, conf_p))
-                wanted = _class_filter(params.classes, classes)
                 if wanted is not None:
                     say("changes reported from or to: " + ", ".join(classes[i].name for i in sorted(wanted)))
                 counts = _combine(

@@ -161,7 +161,6 @@ def run_landcover(
                     for m in metas
                 ]
                 inputs = FusedInputs(every)
-            say(plan.message())  # once the inputs are known to be usable
             final_paths = params.output_paths()
             for p, kind, suffixes in zip(
                 final_paths,
@@ -189,6 +188,7 @@ def run_landcover(
                 else:
                     model_paths = class_path, conf_path
                 writer = PredictionWriter(*model_paths, inputs.grid, classes, grid.rows.stride)
+                say(plan.message())  # once inputs and outputs are known to be usable: bad input stays one line
                 try:
                     for b in predict_blocks(
                         inputs, run, run_meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled

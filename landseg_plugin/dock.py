@@ -31,6 +31,7 @@ from .engine_process import (
     RESAMPLE_MODES,
     EngineError,
     change_args,
+    colour_rule_model,
     default_model,
     describe_model,
     installed_models,
@@ -306,6 +307,10 @@ class LandSegDock(QgsDockWidget):
         if task == "treecrowns":
             image = self._row_layer(0, "RGB image")
             chm = self._row_layer(1, "CHM", required=False)
+            if model == str(default_model()):
+                # The tree-crown job has no pixel-size resampling yet, and the default land-cover model works at
+                # 0.5 m: its vegetation mask comes from the colour rule, as in the CLI and Processing.
+                model = str(colour_rule_model())
             return treecrowns_args(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
         paths, mapping = self.collect()
         return landcover_args(

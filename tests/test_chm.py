@@ -50,7 +50,11 @@ def test_chm_without_ground_classes_uses_the_ground_filter(tmp_path):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "engine", "chm", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "engine", "chm", *map(str, args), "--progress", "none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -181,7 +181,8 @@ def test_describe_shows_classes_pixel_size_and_card():
 def test_one_band_raster_names_the_band_problem(tmp_path):
     gray = write_raster(tmp_path / "gray.tif", np.full((1, 64, 64), 100, np.uint8))
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "landcover", "-i", str(gray), "--out", str(tmp_path / "o"), "--progress", "none"],
+        [sys.executable, "-m", "engine", "landcover", "-i", str(gray), "--out", str(tmp_path / "o"),
+         "--progress", "none"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2

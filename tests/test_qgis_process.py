@@ -59,7 +59,7 @@ def test_landcover_headless(qgis_env, tmp_path):
         feats = list(layer)
         assert layer.crs.to_epsg() == 32611
     assert len(feats) > 10
-    assert {f["properties"]["class_name"] for f in feats} >= {"vegetation", "impervious"}
+    assert {f["properties"]["class_name"] for f in feats} >= {"vegetation", "bare land"}
     with rasterio.open(tmp_path / "classes.tif") as out, rasterio.open(SJER) as src:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
     assert (tmp_path / "polygons.qml").exists()
@@ -77,7 +77,7 @@ def test_landcover_headless_json(qgis_env, tmp_path):
     "args,message",
     [
         (["--MODEL=/nowhere/unknown.onnx"], "model file not found: /nowhere/unknown.onnx"),
-        (["--BANDS=nir=1:1"], "modality 'nir' is not an input of model 'rgb-index-baseline'"),
+        (["--BANDS=nir=1:1"], "modality 'nir' is not an input of model 'landcover-unet-lite0'"),
         (["--BANDS=rgb="], "expected NAME=[RASTER:]BANDS"),
     ],
 )
@@ -147,7 +147,7 @@ def test_change_headless(qgis_env, tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
-    assert "Transition matrix" in log and "bare ground" in log
+    assert "Transition matrix" in log and "bare land" in log
     with fiona.open(out / "change.gpkg") as layer:
         assert any(f["properties"]["to_class"] == "vegetation" for f in layer)
     assert (out / "transitions.csv").read_text().startswith("from \\ to (m2)")
