@@ -192,17 +192,23 @@ def test_one_band_raster_names_the_band_problem(tmp_path):
 
 
 def test_training_smoke(tmp_path):
-    """A few iterations on 2 images per source: the command runs, checkpoints, resumes, exports nothing."""
-    from export.train_landcover import TrainParams, train
-
-    p = TrainParams(
-        data=SHARED, work=tmp_path / "w", iterations=2, batch=2, crop=64, weak_per_batch=1, limit_images=2,
-        checkpoint_every=1, eval_every=100, export=False,
-    )  # fmt: skip
-    report = train(p, log=lambda *_: None)
-    assert (tmp_path / "w/last.pt").exists() and 0 <= report["dubai_val"]["miou"] <= 1
-    p.iterations, p.resume = 3, True
-    train(p, log=lambda *_: None)
+    """A few iterations on 2 images per source: the command runs, checkpoints, and is deterministic — a run
+    stopped early and resumed ends with the same weights as the same run done in one go."""
     import torch
 
-    assert torch.load(tmp_path / "w/last.pt", weights_only=False)["step"] == 3
+    from export.train_landcover import TrainParams, train
+
+    def params(work: str, **kw) -> TrainParams:
+        return TrainParams(
+            data=SHARED, work=tmp_path / work, iterations=3, batch=2, crop=64, weak_per_batch=1, limit_images=2,
+            checkpoint_every=1, eval_every=100, export=False, **kw,
+        )  # fmt: skip
+
+    report = train(params("once"), log=lambda *_: None)
+    assert 0 <= report["dubai_val"]["miou"] <= 1
+    assert train(params("resumed", minutes=0.0), log=lambda *_: None) == {"stopped_at": 1}
+    train(params("resumed", resume=True), log=lambda *_: None)
+    assert torch.load(tmp_path / "resumed/last.pt", weights_only=False)["step"] == 3
+    once = torch.load(tmp_path / "once/model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/model.pt", weights_only=True)
+    assert all(torch.equal(once[k], resumed[k]) for k in once)
