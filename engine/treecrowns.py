@@ -103,6 +103,29 @@ def _vegetation_index(names: list[str], wanted: str | None) -> int:
     )
 
 
+MAX_PLAUSIBLE_HEIGHT_M = 120.0  # the tallest trees are ~115 m: a CHM above that is a DSM, an image or feet
+
+
+def _check_heights(ds, chm: Path) -> None:
+    """A CHM is one band of heights above ground in metres; anything else (an RGB layer, a DSM with elevations
+    above sea level, an empty or flat raster) would give nonsense crowns or none: refuse it in one line."""
+    if ds.count != 1:
+        raise InputError(f"CHM {chm} has {ds.count} bands: a canopy height model is one band of heights in metres")
+    h, w = min(ds.height, 1024), min(ds.width, 1024)  # a decimated read: statistics, not every pixel
+    v = ds.read(1, out_shape=(h, w), masked=True).astype(np.float64).filled(np.nan)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise InputError(f"CHM {chm} has no valid heights (all no-data)")
+    p99 = float(np.percentile(v, 99))
+    if p99 > MAX_PLAUSIBLE_HEIGHT_M:
+        raise InputError(
+            f"CHM {chm}: 1% of its values are above {p99:.0f} m, not plausible tree heights (a DSM, an image, or "
+            "feet?): give heights above ground in metres"
+        )
+    if p99 < 0.5:
+        raise InputError(f"CHM {chm} is flat (99% of it below {p99:.2f} m): no tree can be found in it")
+
+
 def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
     if not Path(chm).exists():
         raise InputError(f"CHM not found: {chm}")
@@ -117,6 +140,11 @@ def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
             f"CHM {chm} is in {crs} but the image is in {image_ds.crs.to_string()}: "
             "reproject the CHM to the image's CRS first"
         )
+    try:
+        _check_heights(ds, chm)
+    except InputError:
+        ds.close()
+        raise
     if ds.transform == image_ds.transform and ds.shape == image_ds.shape:
         return ds
     return WarpedVRT(

@@ -219,6 +219,8 @@ class LandSegDock(QgsDockWidget):
             combo = QgsMapLayerComboBox()
             combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
             combo.setAllowEmptyLayer(True)
+            if "optional" in text:  # no other layer may silently stand in for an optional one (e.g. RGB as CHM)
+                combo.setLayer(None)
             self.inputs_table.setCellWidget(row, 0, label)
             self.inputs_table.setCellWidget(row, 1, combo)
             self.inputs_table.setCellWidget(row, 2, QLineEdit(",".join(str(b) for b in range(1, n_bands + 1))))

@@ -185,3 +185,24 @@ def test_tree_crowns_bad_chm(tmp_path):
     with pytest.raises(InputError, match="CHM .* is in EPSG:4326 but the image is in EPSG:32611"):
         run_treecrowns(TreeCrownParams(image=SJER, chm=other, out_dir=tmp_path / "o"))
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("rgb", "has 3 bands: a canopy height model is one band of heights in metres"),
+        ("dsm", "not plausible tree heights"),
+        ("flat", "is flat"),
+    ],
+)
+def test_tree_crowns_refuse_an_implausible_chm(tmp_path, what, message):
+    """The RGB image itself, a DSM (elevations above sea level) or an all-zero raster is no CHM."""
+    if what == "rgb":
+        chm = SJER
+    else:
+        with rasterio.open(SJER) as src:
+            values = np.full((1, *src.shape), 1350.0 if what == "dsm" else 0.0, np.float32)
+            chm = write_raster(tmp_path / f"{what}.tif", values, transform=src.transform, crs=src.crs)
+    with pytest.raises(InputError, match=message):
+        run_treecrowns(TreeCrownParams(image=SJER, chm=chm, out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []

@@ -164,6 +164,7 @@ def test_dock_treecrowns_task(dock, qgis_app, tmp_path):
     QgsProject.instance().addMapLayer(layer)
     _set_task(dock, "treecrowns")
     assert dock.inputs_table.rowCount() == 2 and not dock.method_combo.isVisibleTo(dock)
+    assert dock.inputs_table.cellWidget(1, 1).currentLayer() is None  # the optional CHM row starts empty
     dock.set_input(0, layer)
     dock.out_widget.setFilePath(str(tmp_path))
     dock.start_run()
