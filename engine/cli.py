@@ -238,6 +238,14 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts(text: str | None) -> list[str]:
+    """No --prompts: every class. --prompts that holds no prompt ("", ",", "  ") is a mistake, not "every class"."""
+    prompts = parse_prompts(text)
+    if text is not None and not prompts:
+        raise InputError(f'--prompts {text!r} holds no prompt: give class names (e.g. "trees, water") or leave it out')
+    return prompts
+
+
 def _landcover(args: argparse.Namespace) -> int:
     from .landcover import LandcoverParams, run_landcover
 
@@ -258,7 +266,7 @@ def _landcover(args: argparse.Namespace) -> int:
         batch=args.batch,
         runtime=_runtime(args),
         polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify),
-        prompts=parse_prompts(args.prompts),
+        prompts=_prompts(args.prompts),
         unasked=args.unasked,
         prompt_threshold=args.prompt_threshold,
         fuse_models=args.fuse_model,

@@ -22,6 +22,7 @@ from .model_package import ClassInfo, ModelMeta
 
 DEFAULT_ENCODER = Path(__file__).resolve().parent.parent / "models" / "text_encoder"
 DEFAULT_THRESHOLD = 0.5
+MAX_PROMPT_CHARS = 200  # a class name or a short phrase, not a paragraph
 OTHER_COLOR = "#bdbdbd"
 
 
@@ -31,6 +32,8 @@ def parse_prompts(text: str | list[str] | None) -> list[str]:
     items = text if isinstance(text, list) else text.replace(";", ",").split(",")
     seen, out = set(), []
     for p in (s.strip() for s in items):
+        if len(p) > MAX_PROMPT_CHARS:
+            raise InputError(f"prompt '{p[:40]}...' is {len(p)} characters long: at most {MAX_PROMPT_CHARS}")
         if p and p.lower() not in seen:
             seen.add(p.lower())
             out.append(p)
@@ -88,10 +91,17 @@ class PromptMapping:
     matrix: np.ndarray
     dropped: np.ndarray | None  # model classes whose pixels become nodata ("drop"), or None ("other")
     messages: list[str] = field(default_factory=list)
+    other: np.ndarray | None = None  # model classes folded into "other" (its last row), or None
 
     def apply(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(model classes, h, w) -> (output classes, h, w), plus a mask of pixels to drop (or None)."""
+        """(model classes, h, w) -> (output classes, h, w), plus a mask of pixels to drop (or None).
+
+        "other" gets the largest of its classes' probabilities, not their sum: a sum of several unasked classes
+        would outvote the class a prompt asked for, and a prompt must never move pixels out of its class. So
+        every pixel keeps the model's own answer, renamed; "other"'s confidence is its best class's."""
         out = np.tensordot(self.matrix, probs, axes=1)
+        if self.other is not None:
+            out[-1] = probs[self.other].max(axis=0)
         if self.dropped is None:
             return out, None
         return out, np.isin(probs.argmax(axis=0), self.dropped)  # the model's own answer was an unasked class
@@ -154,7 +164,8 @@ def map_prompts(
         others = ", ".join(meta.classes[c].name for c in rest)
         out_classes.append(ClassInfo(len(asked), "other", OTHER_COLOR, f"classes not asked for: {others}"))
     dropped = np.asarray(rest) if rest and unasked == "drop" else None
-    return PromptMapping(matches, tuple(out_classes), matrix, dropped, messages)
+    other = np.asarray(rest) if rest and unasked == "other" else None
+    return PromptMapping(matches, tuple(out_classes), matrix, dropped, messages, other)
 
 
 PALETTE = [

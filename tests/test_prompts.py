@@ -266,3 +266,31 @@ def test_class_wise_confidence_fusion_of_two_models(tmp_path):
         cls = ds.read(1)
     assert (cls[:, :20] == 0).all() and (cls[:, 20:40] == 2).all() and (cls[:, 40:] == 1).all()
     assert any("fusing 2 models" in m for m in res.messages)
+
+
+@pytest.mark.parametrize("model", ["colour rule", "trained"])
+def test_a_prompt_never_moves_pixels_out_of_its_class(tmp_path, model):
+    """--prompts trees keeps every vegetation pixel (unasked classes summed into 'other' used to outvote it)."""
+    from engine.model_package import DEFAULT_LANDCOVER_MODEL
+
+    path = DEFAULT_MODEL if model == "colour rule" else DEFAULT_LANDCOVER_MODEL
+    plain = run_landcover(LandcoverParams(inputs=[SJER], model=path, out_dir=tmp_path / "plain"))
+    asked = run_landcover(LandcoverParams(inputs=[SJER], model=path, out_dir=tmp_path / "asked", prompts=["trees"]))
+    with rasterio.open(plain.class_map) as a, rasterio.open(asked.class_map) as b:
+        veg = a.read(1) == next(c.id for c in load_model_package(path).meta.classes if c.name == "vegetation")
+        trees = b.read(1) == 0
+    assert veg.sum() > 1000 and np.array_equal(veg, trees)
+    assert asked.class_pixels["vegetation"] == plain.class_pixels["vegetation"]
+
+
+@pytest.mark.parametrize("text", ["", ",", "   ", "x" * 201])
+def test_empty_or_overlong_prompts_are_one_line_errors(tmp_path, text):
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "-i", str(SJER), "--out", str(tmp_path / "o"),
+         "--prompts", text, "--progress", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("holds no prompt" in lines[0] or "at most 200" in lines[0]), lines
+    assert len(lines[0]) < 200 and not (tmp_path / "o").exists()
