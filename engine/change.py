@@ -29,7 +29,7 @@ from .errors import InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
-from .outputs import PredictionWriter, geotiff_profile
+from .outputs import PredictionWriter, check_outputs_spare_inputs, geotiff_profile
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
@@ -182,6 +182,7 @@ def run_change(
         for p, suffix in zip(finals, (".tif", ".gpkg", ".csv"), strict=True):
             if p.suffix.lower() != suffix:
                 raise OutputError(f"output {p} must end in {suffix}")
+        check_outputs_spare_inputs(list(finals), [*params.before, *params.after, params.model], name=params.name)
         runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
             map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)

@@ -18,7 +18,7 @@ from .errors import InputError, OutputError
 from .fusion import FusedInputs, FusedModel, check_fusable, common_classes, to_common
 from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 from .model_package import load_model_package
-from .outputs import PredictionWriter
+from .outputs import PredictionWriter, check_outputs_spare_inputs
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
 from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
@@ -170,6 +170,9 @@ def run_landcover(
             ):
                 if p.suffix.lower() not in suffixes:
                     raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
+            check_outputs_spare_inputs(
+                list(final_paths), [*params.inputs, params.model, *params.fuse_models], params.name
+            )
             runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
             device = runtime.device_label

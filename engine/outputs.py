@@ -23,6 +23,25 @@ CLASS_NODATA = 255
 CONFIDENCE_NODATA = -1.0
 
 
+def check_outputs_spare_inputs(outputs: list[Path], inputs: list[Path], name: str = "") -> None:
+    """An output that is an input (the same file once links are resolved, or its .qml/.aux.xml sidecar) would
+    overwrite it when the run commits: refuse before anything runs. A name must stay inside the output folder."""
+    if name and (Path(name).name != name or name in (".", "..")):
+        raise OutputError(f"--name {name!r} must be a file name, not a path (outputs go into --out)")
+    seen = {}
+    for i in inputs:
+        try:
+            seen[Path(i).resolve()] = Path(i)
+        except OSError:
+            continue
+    for o in outputs:
+        o = Path(o)
+        for cand in (o, o.with_suffix(".qml"), Path(str(o) + ".aux.xml")):
+            src = seen.get(cand.resolve())
+            if src is not None:
+                raise OutputError(f"output {o} would overwrite the input {src}: choose another output path or name")
+
+
 class OutputSet:
     """Temporary paths for a run's outputs, renamed together on success."""
 

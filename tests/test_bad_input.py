@@ -135,3 +135,40 @@ def test_success_exit_code_and_summary(tmp_path):
 
     res = json.loads(p.stdout)
     assert res["n_polygons"] > 0 and res["class_map"].endswith("landcover_classes.tif")
+
+
+def _copy(src, dst):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("case", ["out-classes", "out-confidence", "in-out-folder", "link"])
+def test_an_output_never_overwrites_an_input(tmp_path, case):
+    """An output path that is the input (or reaches it through a link) is a one-line error; the input is intact."""
+    import hashlib
+
+    out = tmp_path / "o"
+    if case == "in-out-folder":  # the input is named like an output, inside --out
+        raster = _copy(SJER, out / "landcover_classes.tif")
+        args = ["-i", str(raster), "--out", str(out)]
+    elif case == "link":
+        raster = _copy(SJER, tmp_path / "ortho.tif")
+        (tmp_path / "alias.tif").symlink_to(raster)
+        args = ["-i", str(raster), "--out-classes", str(tmp_path / "alias.tif"),
+                "--out-confidence", str(out / "c.tif"), "--out-polygons", str(out / "p.gpkg")]  # fmt: skip
+    else:
+        raster = _copy(SJER, tmp_path / "ortho.tif")
+        other = "--out-confidence" if case == "out-classes" else "--out-classes"
+        args = ["-i", str(raster), f"--{case}", str(raster), other, str(out / "x.tif"),
+                "--out-polygons", str(out / "p.gpkg")]  # fmt: skip
+    before = hashlib.sha256(raster.read_bytes()).hexdigest()
+    p = run_cli(*args)
+    assert_clean_failure(p, 4, "would overwrite the input")
+    assert hashlib.sha256(raster.read_bytes()).hexdigest() == before
+
+
+def test_name_cannot_escape_the_output_folder(tmp_path):
+    p = run_cli("-i", str(SJER), "--out", str(tmp_path / "o"), "--name", "../escaped")
+    assert_clean_failure(p, 4, "must be a file name")
+    assert not list(tmp_path.glob("escaped*"))
