@@ -246,6 +246,8 @@ class AlignedInputs:
             if self._needs_mask[src_map.raster]:
                 masks = src.read_masks(list(src_map.bands), window=inner)
                 raw_valid &= np.all(masks > 0, axis=0)
+            if raw.dtype.kind == "f":  # NaN / Inf are no-data always, tagged or not
+                raw_valid &= np.isfinite(raw).all(axis=0)
             raws[mi.name] = (mi, raw)
         valid[pad[0][0] : h - pad[0][1], pad[1][0] : w - pad[1][1]] &= raw_valid
         for name, (mi, raw) in raws.items():

@@ -172,3 +172,29 @@ def test_name_cannot_escape_the_output_folder(tmp_path):
     p = run_cli("-i", str(SJER), "--out", str(tmp_path / "o"), "--name", "../escaped")
     assert_clean_failure(p, 4, "must be a file name")
     assert not list(tmp_path.glob("escaped*"))
+
+
+def test_nan_pixels_are_nodata_without_a_nodata_tag(tmp_path):
+    """NaN in a float raster with no nodata value: no class, no polygon there (was class 0)."""
+    import fiona
+    import numpy as np
+    import rasterio
+    from shapely.geometry import box, shape
+
+    with rasterio.open(SJER) as src:
+        data, profile = src.read().astype("float32"), src.profile
+    data[:, 100:200, 100:200] = np.nan
+    data[0, 300:310, 300:310] = np.inf
+    profile.update(dtype="float32", nodata=None)
+    raster = tmp_path / "nan.tif"
+    with rasterio.open(raster, "w", **profile) as dst:
+        dst.write(data)
+    p = run_cli("-i", str(raster), "--out", str(tmp_path / "o"), "--model", str(DEFAULT_MODEL))
+    assert p.returncode == 0, p.stderr
+    with rasterio.open(tmp_path / "o/landcover_classes.tif") as ds:
+        cls, t = ds.read(1), ds.transform
+    assert (cls[100:200, 100:200] == ds.nodata).all() and (cls[300:310, 300:310] == ds.nodata).all()
+    assert (cls[:100] != ds.nodata).all()
+    hole = box(*(t * (110, 190)), *(t * (190, 110)))
+    with fiona.open(tmp_path / "o/landcover.gpkg") as layer:
+        assert not any(shape(f.geometry).contains(hole) for f in layer)
