@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup apt venv demo test lint bench model package clean
+.PHONY: setup apt venv demo demo-crowns test lint bench model package clean
 
 setup: apt venv
 
@@ -36,6 +36,11 @@ demo: setup
 	$(PY) -m engine landcover --input data/sample/urban_river_rgb.tif --out $(DEMO_OUT) \
 		--prompts "buildings, trees, river, paved roads, bare soil"
 	@echo "Open $(DEMO_OUT)/landcover.gpkg and $(DEMO_OUT)/landcover_classes.tif in QGIS (styles load automatically)."
+
+# Tree crowns with the trained detector on the bundled NEON plot (RGB only; add --chm chm.tif where you have one).
+demo-crowns: setup
+	$(PY) -m engine treecrowns --input data/sample/neon_sjer_rgb.tif --out $(DEMO_OUT)
+	@echo "Open $(DEMO_OUT)/treecrowns.gpkg in QGIS over the image."
 
 test: venv
 	$(PY) -m pytest -q

@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from render_map import render  # noqa: E402
+from render_map import render, render_crowns  # noqa: E402
 
 from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
+from engine.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 from export import landcover_data as D  # noqa: E402
 
 
@@ -70,6 +71,19 @@ def main() -> None:
                     320,
                     f"held-out NEON plot {rgb_path.stem}",
                 )
+
+        # Tree crowns: `make demo-crowns` on the bundled NEON plot, and a held-out TEAK plot with its CHM.
+        demo = ROOT / "data/sample/neon_sjer_rgb.tif"
+        truth_csv = a.data / "neon_trees/2018_SJER_3_252000_4107000_image_477_truth.csv"
+        # columns xmin, xmax, ymin, ymax -> x0, y0, x1, y1
+        truth = np.loadtxt(truth_csv, delimiter=",", skiprows=1, usecols=(1, 3, 2, 4)) if truth_csv.exists() else None
+        res = run_treecrowns(TreeCrownParams(image=demo, out_dir=work / "crowns_demo"))
+        title = f"make demo-crowns: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
+        render_crowns(demo, res.crowns, a.out / "demo_treecrowns.png", 480, title, truth)
+        _site, rgb_path, xml, chm_path = next(p for p in D.neon_plots(a.data, "val") if p[1].stem == "TEAK_057")
+        res = run_treecrowns(TreeCrownParams(image=rgb_path, chm=chm_path, out_dir=work / "crowns_teak"))
+        title = f"held-out TEAK_057 with its CHM: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
+        render_crowns(rgb_path, res.crowns, a.out / "card_crowns_TEAK_057.png", 480, title, D.voc_boxes(xml))
 
         img, mask, (x0, y0) = D.kampala_mosaic(a.data, 21)
         # The z21 tiles form two patches: show the larger one.

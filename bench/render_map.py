@@ -54,6 +54,32 @@ def render(image: Path, classes: Path, out: Path, width: int = 640, title: str =
     return out
 
 
+def render_crowns(image: Path, crowns: Path, out: Path, width: int = 640, title: str = "", truth_px=None) -> Path:
+    """The image with the crowns' outlines (yellow) and, when given, the annotated boxes (cyan, pixel coords)."""
+    import fiona
+    from shapely.geometry import shape
+
+    with rasterio.open(image) as ds:
+        scale = width / ds.width
+        h = max(1, round(ds.height * scale))
+        rgb = ds.read([1, 2, 3], out_shape=(3, h, width), resampling=Resampling.average)
+        inv = ~ds.transform
+    canvas = Image.new("RGB", (width, h + (24 if title else 0)), "white")
+    canvas.paste(Image.fromarray(np.moveaxis(rgb, 0, -1).astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for x0, y0, x1, y1 in truth_px if truth_px is not None else []:
+        draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], outline=(0, 255, 255), width=1)
+    with fiona.open(crowns) as layer:
+        for f in layer:
+            ring = shape(f.geometry).exterior.coords
+            draw.line([tuple(np.multiply(inv * xy, scale)) for xy in ring], fill=(255, 230, 0), width=2)
+    if title:
+        draw.text((4, h + 5), title, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("image", type=Path)

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from .errors import Cancelled, InputError, LandSegError
-from .model_package import COLOUR_RULE_MODEL, DEFAULT_LANDCOVER_MODEL
+from .model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 from .polygonize import PolygonizeOptions
 from .prompts import parse_prompts
 from .raster_input import BandSource
@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument(
         "--model",
         type=Path,
-        default=COLOUR_RULE_MODEL,
-        help="land-cover model for the vegetation mask (default: %(default)s)",
+        default=DEFAULT_TREECROWN_MODEL,
+        help="crown detector (task treecrowns; default: %(default)s), or a land-cover model whose vegetation "
+        "mask feeds the watershed method (e.g. models/rgb_index_baseline.onnx)",
     )
     tc.add_argument("--vegetation-class", help="class of the model to use as vegetation (default: by name)")
     tc.add_argument("--sam", type=Path, help="SAM folder from `python -m export sam` (default: watershed)")
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--min-height", type=float, default=2.0, help="CHM: lowest tree, m (default: 2)")
     tc.add_argument("--min-distance", type=float, default=3.0, help="between tree tops, m (default: 3)")
     tc.add_argument("--min-area", type=float, default=2.0, help="smallest crown, m2 (default: 2)")
+    tc.add_argument("--score-threshold", type=float, help="detector models: lowest crown score (default: the model's)")
     tc.add_argument("--device", choices=DEVICES, default="auto")
     tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     tc.add_argument("--json", action="store_true")
@@ -353,6 +355,7 @@ def _treecrowns(args: argparse.Namespace) -> int:
         min_height_m=args.min_height,
         min_distance_m=args.min_distance,
         min_area_m2=args.min_area,
+        score_threshold=args.score_threshold,
         runtime=RuntimeOptions(device=args.device),
     )
     rep = Reporter(args.progress, "treecrowns")

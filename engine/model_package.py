@@ -40,6 +40,7 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # The shipped models (MODEL_CARD.md): the trained land-cover default, and the colour rule kept as a named fallback.
 DEFAULT_LANDCOVER_MODEL = MODELS_DIR / "landcover_unet_lite0.onnx"
 COLOUR_RULE_MODEL = MODELS_DIR / "rgb_index_baseline.onnx"
+DEFAULT_TREECROWN_MODEL = MODELS_DIR / "treecrowns_centernet_lite0.onnx"  # the trained crown detector
 METADATA_KEY = "landseg"
 TASKS = ("landcover", "change", "treecrowns")
 MODALITIES = ("rgb", "nir", "ndsm", "dsm", "sar", "multispectral", "any")

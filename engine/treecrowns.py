@@ -32,7 +32,7 @@ from shapely.geometry import mapping, shape
 from .errors import Cancelled, InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
-from .model_package import COLOUR_RULE_MODEL, load_model_package
+from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
 from .outputs import geotiff_profile
 from .polygonize import AreaCalculator
 from .predict import predict_blocks
@@ -62,7 +62,9 @@ class TreeCrownParams:
     image: Path
     out_dir: Path
     chm: Path | None = None
-    model: Path | None = None  # land-cover model for the vegetation mask (default: the bundled baseline)
+    # A crown detector (task "treecrowns"; default: the shipped one), or a land-cover model whose vegetation mask
+    # feeds the watershed / SAM method.
+    model: Path | None = None
     vegetation_class: str | None = None  # default: the first class named like vegetation/tree/woodland
     sam: Path | None = None  # folder with sam.json, encoder.onnx, decoder.onnx
     modalities: dict[str, BandSource] = field(default_factory=dict)
@@ -75,6 +77,7 @@ class TreeCrownParams:
     max_crown_diameter_m: float = 30.0  # sets the window overlap, so no crown is cut twice
     window: int = 1024  # pixels
     iou_nms: float = 0.5
+    score_threshold: float | None = None  # detector models: None = the threshold in the model's metadata
     batch: int = 4
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
@@ -211,16 +214,18 @@ def run_treecrowns(
     t0 = time.perf_counter()
     say = Messages(notify)
 
-    model_path = params.model or COLOUR_RULE_MODEL
+    model_path = params.model or DEFAULT_TREECROWN_MODEL
     package = load_model_package(model_path)
     meta = package.meta
+    final = Path(params.crowns_path or Path(params.out_dir) / f"{params.name}.gpkg")
+    if final.suffix.lower() != ".gpkg":
+        raise OutputError(f"crowns output {final} must end in .gpkg")
+    if meta.task == "treecrowns":
+        return _run_detector(params, package, final, say, t0, progress, cancelled)
     if meta.task != "landcover":
         raise InputError(f"tree crowns need a land-cover model for the vegetation mask; '{meta.name}' is {meta.task}")
     veg_idx = _vegetation_index([c.name for c in meta.classes], params.vegetation_class)
     method = "sam" if params.sam else "watershed"
-    final = Path(params.crowns_path or Path(params.out_dir) / f"{params.name}.gpkg")
-    if final.suffix.lower() != ".gpkg":
-        raise OutputError(f"crowns output {final} must end in .gpkg")
 
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024),
@@ -311,19 +316,7 @@ def run_treecrowns(
                             if progress:
                                 progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
                 crowns = _nms(crowns, params.iou_nms)
-                with (
-                    fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
-                    fiona.open(
-                        gpkg_tmp,
-                        "w",
-                        driver="GPKG",
-                        layer="crowns",
-                        schema=SCHEMA,
-                        crs=grid.crs.to_wkt() if grid.crs else None,
-                    ) as sink,
-                ):
-                    for cr in crowns:
-                        sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
+                _write_crowns(crowns, gpkg_tmp, grid.crs)
                 outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
                 outputs.commit()
         finally:
@@ -332,6 +325,49 @@ def run_treecrowns(
     if progress:
         progress(1.0, "done")
     return TreeCrownResult(final, "crowns", len(crowns), method, round(time.perf_counter() - t0, 3), say.items)
+
+
+def _write_crowns(crowns: list[dict], path: Path, crs) -> None:
+    with (
+        fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
+        fiona.open(path, "w", driver="GPKG", layer="crowns", schema=SCHEMA, crs=crs.to_wkt() if crs else None) as sink,
+    ):
+        for cr in crowns:
+            sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
+
+
+def _run_detector(params, package, final: Path, say, t0, progress, cancelled) -> TreeCrownResult:
+    """Crowns from a trained detector model (engine.crown_detector)."""
+    from .crown_detector import detect_crowns
+
+    if params.sam:
+        raise InputError("--sam shapes crowns from the vegetation mask's tree tops; a detector model needs no SAM")
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_image(params.image) as img:
+        chm_ds = _open_chm(params.chm, img) if params.chm else None
+        try:
+            runtime = make_runtime(package.path, package.meta.output_name, params.runtime, notify=say)
+            with atomic_outputs(final.parent) as outputs:
+                gpkg_tmp = outputs.temp_for(final)
+                crowns = detect_crowns(params, package.meta, runtime, chm_ds, say, progress, cancelled)
+                crowns = _nms(crowns, params.iou_nms)
+                _write_crowns(crowns, gpkg_tmp, img.crs)
+                outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
+                outputs.commit()
+        finally:
+            if chm_ds is not None:
+                chm_ds.close()
+    if progress:
+        progress(1.0, "done")
+    return TreeCrownResult(final, "crowns", len(crowns), "detector", round(time.perf_counter() - t0, 3), say.items)
+
+
+def _open_image(path: Path):
+    if not Path(path).exists():
+        raise InputError(f"image not found: {path}")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError:
+        raise InputError(f"image is not a raster GDAL can read: {path}") from None
 
 
 def _crown(region, top, transform, veg, chm, area_of, score, method) -> dict | None:

@@ -6,7 +6,7 @@
   python -m export sam --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --out-dir models/sam_vit_b
   python -m export text-encoder            # class-prompt encoder (all-MiniLM-L6-v2, offline) -> models/text_encoder
   python -m export embed-classes --model model.onnx
-  python -m export train landcover [--iterations 1800] [--seed 0] [--resume] [--minutes M]
+  python -m export train landcover|treecrowns [--iterations N] [--seed 0] [--resume] [--minutes M]
   python -m export baseline --out models/rgb_index_baseline.onnx
 
 Exit codes: 0 ok, 5 export/parity/tool error (one line on stderr), 2 usage.
@@ -64,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--model", type=Path, required=True)
 
     tr = sub.add_parser("train", help="train a shipped model (deterministic for a seed, resumable)")
-    tr.add_argument("task", choices=("landcover",))
+    tr.add_argument("task", choices=("landcover", "treecrowns"))
     tr.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data)")
-    tr.add_argument("--out", type=Path, default=Path("models/landcover_unet_lite0.onnx"))
-    tr.add_argument("--work", type=Path, default=Path("out/train_landcover"), help="checkpoints, report")
-    tr.add_argument("--iterations", type=int, default=1800)
+    tr.add_argument("--out", type=Path, help="model package (default: models/<the task's model>.onnx)")
+    tr.add_argument("--work", type=Path, help="checkpoints, report (default: out/train_<task>)")
+    tr.add_argument("--iterations", type=int, help="default: 1800 (landcover), 2000 (treecrowns)")
     tr.add_argument("--minutes", type=float, help="stop after this wall time (checkpointed; --resume goes on)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=2)
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
     pk.add_argument("--checkpoint", type=Path, default=Path("out/train_landcover/model.pt"))
     pk.add_argument("--out", type=Path, default=Path("models/landcover_unet_lite0.onnx"))
+
+    pt = sub.add_parser("package-treecrowns", help="trained crown detector -> ONNX package (parity, metadata)")
+    pt.add_argument("--checkpoint", type=Path, default=Path("out/train_treecrowns/model.pt"))
+    pt.add_argument("--out", type=Path, default=Path("models/treecrowns_centernet_lite0.onnx"))
 
     b = sub.add_parser("baseline", help="write the physically based RGB index baseline model")
     b.add_argument("--out", type=Path, default=Path("models/rgb_index_baseline.onnx"))
@@ -137,26 +141,28 @@ def run(args: argparse.Namespace) -> int:
         print(args.model)
     elif args.command == "train":
         from .landcover_data import data_root
-        from .train_landcover import TrainParams, train
 
-        train(
-            TrainParams(
-                data=data_root(args.data),
-                out=args.out,
-                work=args.work,
-                iterations=args.iterations,
-                minutes=args.minutes,
-                seed=args.seed,
-                threads=args.threads,
-                resume=args.resume,
-                limit_images=args.limit_images,
-                export=not args.no_export,
-            )
-        )
+        given = {k: v for k, v in (("out", args.out), ("work", args.work), ("iterations", args.iterations)) if v}
+        common = dict(
+            data=data_root(args.data), minutes=args.minutes, seed=args.seed, threads=args.threads,
+            resume=args.resume, limit_images=args.limit_images, **given,
+        )  # fmt: skip
+        if args.task == "landcover":
+            from .train_landcover import TrainParams, train
+
+            train(TrainParams(export=not args.no_export, **common))
+        else:
+            from .train_treecrowns import CrownTrainParams, train_treecrowns
+
+            train_treecrowns(CrownTrainParams(**common))
     elif args.command == "package-landcover":
         from .landcover_package import export_landcover
 
         export_landcover(args.checkpoint, args.out)
+    elif args.command == "package-treecrowns":
+        from .treecrowns_package import export_treecrowns
+
+        export_treecrowns(args.checkpoint, args.out)
     elif args.command == "baseline":
         from .baseline import write
 

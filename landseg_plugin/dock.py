@@ -31,11 +31,11 @@ from .engine_process import (
     RESAMPLE_MODES,
     EngineError,
     change_args,
-    colour_rule_model,
     default_model,
     describe_model,
     installed_models,
     landcover_args,
+    treecrown_model,
     treecrowns_args,
 )
 from .settings import DEVICES, models_dir_setting, python_setting
@@ -206,7 +206,8 @@ class LandSegDock(QgsDockWidget):
             n = len(first["bands"])
             self._fill_rows([("before", "first date", n), ("after", "second date", n)])
         elif task == "treecrowns":
-            n = len(self._meta["inputs"][0]["bands"])
+            # A detector's one input holds RGB + CHM bands; the image row takes the red, green and blue.
+            n = 3 if self._meta.get("task") == "treecrowns" else len(self._meta["inputs"][0]["bands"])
             self._fill_rows([("image", "RGB image", n), ("chm", "CHM / nDSM (optional), metres", 1)])
         else:
             self._fill_inputs(self._meta["inputs"])
@@ -310,9 +311,9 @@ class LandSegDock(QgsDockWidget):
             image = self._row_layer(0, "RGB image")
             chm = self._row_layer(1, "CHM", required=False)
             if model == str(default_model()):
-                # The tree-crown job has no pixel-size resampling yet, and the default land-cover model works at
-                # 0.5 m: its vegetation mask comes from the colour rule, as in the CLI and Processing.
-                model = str(colour_rule_model())
+                # The default land-cover model is for land cover: tree crowns come from the crown detector, as in
+                # the CLI and Processing (another model chosen on purpose is used as it is).
+                model = str(treecrown_model())
             return treecrowns_args(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
         paths, mapping = self.collect()
         return landcover_args(

@@ -43,9 +43,9 @@ def default_model() -> Path:
     return engine_root() / "models" / "landcover_unet_lite0.onnx"
 
 
-def colour_rule_model() -> Path:
-    """engine.model_package.COLOUR_RULE_MODEL: the tree-crown job's vegetation mask (until a crown model ships)."""
-    return engine_root() / "models" / "rgb_index_baseline.onnx"
+def treecrown_model() -> Path:
+    """engine.model_package.DEFAULT_TREECROWN_MODEL: the trained crown detector."""
+    return engine_root() / "models" / "treecrowns_centernet_lite0.onnx"
 
 
 def installed_models(extra_dir: str | None = None) -> list[Path]:

@@ -31,10 +31,10 @@ from .engine_process import (
     EngineError,
     change_args,
     chm_args,
-    colour_rule_model,
     default_model,
     landcover_args,
     run_engine,
+    treecrown_model,
     treecrowns_args,
 )
 from .settings import DEVICES, python_setting
@@ -392,10 +392,10 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 self.MODEL,
-                "Land-cover model for the vegetation mask",
+                "Crown detector, or a land-cover model for the watershed method",
                 extension="onnx",
                 optional=True,
-                defaultValue=str(colour_rule_model()),
+                defaultValue=str(treecrown_model()),
             )
         )
         self.addParameter(
@@ -433,7 +433,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             image,
             crowns,
             chm=chm,
-            model=self.parameterAsFile(parameters, self.MODEL, context) or str(colour_rule_model()),
+            model=self.parameterAsFile(parameters, self.MODEL, context) or str(treecrown_model()),
             sam=self.parameterAsFile(parameters, self.SAM, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             min_height=self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),

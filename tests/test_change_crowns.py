@@ -142,7 +142,9 @@ def test_tree_crowns_with_chm(tmp_path):
     with rasterio.open(SJER) as src:
         write_raster(green, data, transform=src.transform, crs=src.crs)
     res = run_treecrowns(
-        TreeCrownParams(image=green, chm=chm_path, out_dir=tmp_path, window=256, max_crown_diameter_m=10)
+        TreeCrownParams(
+            image=green, model=DEFAULT_MODEL, chm=chm_path, out_dir=tmp_path, window=256, max_crown_diameter_m=10
+        )
     )
     with fiona.open(res.crowns) as layer:
         feats = sorted(layer, key=lambda f: -f["properties"]["height_max"])
@@ -156,8 +158,8 @@ def test_tree_crowns_with_chm(tmp_path):
 
 def test_tree_crowns_rgb_only_merge_across_windows(tmp_path):
     """Same crowns whether the image is processed in one window or in many small ones."""
-    one = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path / "a", window=2048))
-    many = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path / "b", window=512))
+    one = run_treecrowns(TreeCrownParams(image=URBAN, model=DEFAULT_MODEL, out_dir=tmp_path / "a", window=2048))
+    many = run_treecrowns(TreeCrownParams(image=URBAN, model=DEFAULT_MODEL, out_dir=tmp_path / "b", window=512))
     assert one.n_crowns > 20
     assert abs(many.n_crowns - one.n_crowns) <= max(2, 0.05 * one.n_crowns)
 
@@ -167,7 +169,11 @@ def test_tree_crowns_with_sam(tmp_path):
     from export.sam_export import SamExportParams, export_sam
 
     export_sam(SamExportParams("tiny", tmp_path / "sam"), log=lambda m: None)
-    res = run_treecrowns(TreeCrownParams(image=URBAN, out_dir=tmp_path, sam=tmp_path / "sam", max_crown_diameter_m=5))
+    res = run_treecrowns(
+        TreeCrownParams(
+            image=URBAN, model=DEFAULT_MODEL, out_dir=tmp_path, sam=tmp_path / "sam", max_crown_diameter_m=5
+        )
+    )
     assert res.method == "sam"
     with fiona.open(res.crowns) as layer:
         feats = list(layer)

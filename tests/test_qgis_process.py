@@ -190,7 +190,7 @@ def test_treecrowns_headless(qgis_env, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with fiona.open(tmp_path / "crowns.gpkg") as layer:
         feats = list(layer)
-    assert len(feats) > 20
+    assert len(feats) >= 10 and {f["properties"]["method"] for f in feats} == {"detector"}  # 15 on this scene
     assert {"score", "height_max", "area_m2", "diameter_m"} <= set(feats[0]["properties"])
     assert (tmp_path / "crowns.qml").exists()
 

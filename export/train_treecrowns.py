@@ -1,0 +1,350 @@
+"""Train the tree-crown detector: ``python -m export train treecrowns``.
+
+A CenterNet-style one-stage detector (why: boxes from a heat map of crown centres and a size map need no anchors
+and no NMS-heavy post-processing, decode to plain ONNX outputs, and suit round objects of one class) on the
+ImageNet EfficientNet-Lite0 encoder with the land-cover U-Net's decoder down to stride 4. Input: RGB plus an
+optional canopy height model (metres / 10) and a "CHM missing" flag; the stem's CHM weights start at 0 (so the
+network starts as the ImageNet one) and the CHM is dropped at random in training, so one model serves both.
+Data: NEON SJER (both years) and TEAK plots, YELL; validation by plot id (SJER every 4th id, TEAK_057/061) and by
+site (SOAP is never trained on). 0.1 m pixels. Deterministic for a seed, resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import landcover_data as D
+from .augment import photometric
+from .effnet_lite import DecoderBlock, Lite0Encoder, SameConv, load_imagenet
+
+PIXEL_M = 0.1
+STRIDE = 4
+CHM_SCALE = 10.0  # metres per input unit
+IOU_MATCH = 0.4
+
+
+class CrownNet(nn.Module):
+    """(N, 5, H, W): RGB normalised (x - 127) / 128, CHM / 10 m, CHM-missing flag -> (N, 3, H/4, W/4): centre
+    heat-map logit, log box width and log box height in pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = Lite0Encoder()
+        self.encoder._conv_stem = SameConv(5, 32, 3, 2)
+        c = self.encoder.channels
+        self.dec = nn.ModuleList(
+            [DecoderBlock(c[4], c[3], 128), DecoderBlock(128, c[2], 64), DecoderBlock(64, c[1], 48)]
+        )
+        self.heat = nn.Sequential(nn.Conv2d(48, 48, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(48, 1, 1))
+        self.size = nn.Sequential(nn.Conv2d(48, 48, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(48, 2, 1))
+        nn.init.constant_(self.heat[-1].bias, -2.19)  # prior 0.1: the focal loss starts stable (CenterNet)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.encoder(x)
+        y = f[4]
+        for block, skip in zip(self.dec, (f[3], f[2], f[1]), strict=True):
+            y = block(y, skip)
+        return torch.cat([self.heat(y), self.size(y)], 1)
+
+
+def build_crownnet() -> CrownNet:
+    return CrownNet()
+
+
+def load_imagenet_rgb(model: CrownNet) -> None:
+    """ImageNet weights everywhere; the stem's RGB filters from ImageNet, its CHM and flag filters 0."""
+    stem = model.encoder._conv_stem
+    model.encoder._conv_stem = SameConv(3, 32, 3, 2)
+    load_imagenet(model.encoder)
+    w = model.encoder._conv_stem.weight.data
+    model.encoder._conv_stem = stem
+    with torch.no_grad():
+        stem.weight.zero_()
+        stem.weight[:, :3] = w
+
+
+@dataclass
+class Plot:
+    name: str
+    site: str
+    rgb: np.ndarray  # (3, H, W) uint8
+    chm: np.ndarray | None  # (H, W) metres
+    boxes: np.ndarray  # (n, 4) x0 y0 x1 y1 px
+
+
+def load_plots(root: Path, split: str, limit: int | None = None) -> list[Plot]:
+    out = []
+    for site, rgb_path, xml, chm_path in D.neon_plots(root, split)[:limit]:
+        rgb, chm = D.read_plot(rgb_path, chm_path)
+        out.append(Plot(f"{site}/{rgb_path.parent.name}/{rgb_path.stem}", site, rgb, chm, D.voc_boxes(xml)))
+    return out
+
+
+@dataclass
+class CrownTrainParams:
+    data: Path = field(default_factory=D.data_root)
+    out: Path = Path("models/treecrowns_centernet_lite0.onnx")
+    work: Path = Path("out/train_treecrowns")
+    iterations: int = 2000
+    batch: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    encoder_lr_mult: float = 0.3
+    chm_drop: float = 0.5
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 100
+    resume: bool = False
+    limit_images: int | None = None
+    minutes: float | None = None
+    device: str = "cpu"
+
+
+def _targets(boxes: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian centre heat map (1, s, s), log sizes (2, s, s) and their mask at stride 4."""
+    s = size // STRIDE
+    heat = np.zeros((s, s), np.float32)
+    wh = np.zeros((2, s, s), np.float32)
+    mask = np.zeros((s, s), np.float32)
+    yy, xx = np.mgrid[0:s, 0:s]
+    for x0, y0, x1, y1 in boxes:
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
+        ix, iy = int(cx), int(cy)
+        if not (0 <= ix < s and 0 <= iy < s) or w < 2 or h < 2:
+            continue
+        sigma = max(0.8, min(w, h) / STRIDE / 6)
+        heat = np.maximum(heat, np.exp(-((xx - cx + 0.5) ** 2 + (yy - cy + 0.5) ** 2) / (2 * sigma**2)))
+        heat[iy, ix] = 1.0
+        wh[:, iy, ix] = np.log([w, h])
+        mask[iy, ix] = 1.0
+    return torch.from_numpy(heat)[None], torch.from_numpy(wh), torch.from_numpy(mask)
+
+
+def _transform_boxes(boxes: np.ndarray, k: int, flip: bool, size: int) -> np.ndarray:
+    """Boxes after torch.rot90(k, dims=(1, 2)) then a horizontal flip, on a size x size crop."""
+    b = boxes.copy()
+    for _ in range(k % 4):  # rot90 counter-clockwise: (x, y) -> (y, size - x)
+        x0, y0, x1, y1 = b.T
+        b = np.stack([y0, size - x1, y1, size - x0], 1)
+    if flip:
+        x0, y0, x1, y1 = b.T
+        b = np.stack([size - x1, y0, size - x0, y1], 1)
+    return b
+
+
+def make_input(rgb: np.ndarray | torch.Tensor, chm: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+    rgb = torch.as_tensor(rgb).float()
+    x = (rgb - 127.0) / 128.0
+    if chm is None:
+        extra = torch.zeros((2, *x.shape[1:]))
+        extra[1] = 1.0
+    else:
+        extra = torch.stack([torch.as_tensor(chm).float() / CHM_SCALE, torch.zeros(x.shape[1:])])
+    return torch.cat([x, extra], 0)
+
+
+class CrownBatches:
+    def __init__(self, p: CrownTrainParams, log=print):
+        self.p = p
+        self.plots = load_plots(p.data, "train", p.limit_images)
+        log(f"data: {len(self.plots)} training plots ({sum(len(q.boxes) for q in self.plots)} tree boxes)")
+
+    def __call__(self, step: int):
+        g = torch.Generator().manual_seed(self.p.seed * 1_000_003 + step)
+        xs, heats, whs, masks = [], [], [], []
+        s = self.p.crop
+        for _ in range(self.p.batch):
+            q = self.plots[int(torch.randint(0, len(self.plots), (), generator=g))]
+            _, h, w = q.rgb.shape
+            r = int(torch.randint(0, max(1, h - s + 1), (), generator=g))
+            c = int(torch.randint(0, max(1, w - s + 1), (), generator=g))
+            rgb = torch.from_numpy(q.rgb[:, r : r + s, c : c + s]).float()
+            chm = None
+            if q.chm is not None and float(torch.rand((), generator=g)) >= self.p.chm_drop:
+                chm = torch.from_numpy(q.chm[r : r + s, c : c + s]).float()
+            pad = (0, s - rgb.shape[2], 0, s - rgb.shape[1])
+            rgb = F.pad(rgb, pad)
+            chm = F.pad(chm, pad) if chm is not None else None
+            boxes = q.boxes - [c, r, c, r]
+            boxes = boxes[(boxes[:, 2] > 0) & (boxes[:, 3] > 0) & (boxes[:, 0] < s) & (boxes[:, 1] < s)]
+            boxes = np.clip(boxes, 0, s)
+            k = int(torch.randint(0, 4, (), generator=g))
+            flip = float(torch.rand((), generator=g)) < 0.5
+            stack = torch.cat([rgb, chm[None]]) if chm is not None else rgb
+            stack = torch.rot90(stack, k, (1, 2))
+            if flip:
+                stack = stack.flip(2)
+            rgb = photometric(stack[:3], g, strength=0.7)
+            chm = stack[3] if chm is not None else None
+            xs.append(make_input(rgb, chm))
+            ht, wh, m = _targets(_transform_boxes(boxes, k, flip, s), s)
+            heats.append(ht)
+            whs.append(wh)
+            masks.append(m)
+        return torch.stack(xs), torch.stack(heats), torch.stack(whs), torch.stack(masks)
+
+
+def crown_loss(out: torch.Tensor, heat: torch.Tensor, wh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss on the heat map + L1 on log sizes at the centres."""
+    p = out[:, :1].sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = heat.eq(1).float()
+    neg = 1 - pos
+    pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
+    neg_loss = (torch.log(1 - p) * p**2 * (1 - heat) ** 4 * neg).sum()
+    n = pos.sum().clamp(min=1)
+    size = (F.l1_loss(out[:, 1:], wh, reduction="none") * mask[:, None]).sum() / n
+    return -(pos_loss + neg_loss) / n + 0.1 * size
+
+
+def decode(out: np.ndarray, threshold: float, max_boxes: int = 300) -> np.ndarray:
+    """(3, h, w) network output -> (n, 5) boxes x0 y0 x1 y1 score, in input pixels."""
+    heat = 1 / (1 + np.exp(-out[0]))
+    t = torch.from_numpy(heat)[None, None]
+    peaks = (F.max_pool2d(t, 3, 1, 1) == t)[0, 0].numpy() & (heat >= threshold)
+    ys, xs = np.nonzero(peaks)
+    order = np.argsort(-heat[ys, xs])[:max_boxes]
+    ys, xs = ys[order], xs[order]
+    w, h = np.exp(out[1, ys, xs]), np.exp(out[2, ys, xs])
+    cx, cy = (xs + 0.5) * STRIDE, (ys + 0.5) * STRIDE
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, heat[ys, xs]], 1).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def match(pred: np.ndarray, truth: np.ndarray, iou: float = IOU_MATCH) -> int:
+    """True positives of a greedy one-to-one matching by IoU (highest first)."""
+    if len(pred) == 0 or len(truth) == 0:
+        return 0
+    m = box_iou(pred[:, :4], truth)
+    tp, used_p, used_t = 0, set(), set()
+    for i, j in zip(*np.unravel_index(np.argsort(-m, axis=None), m.shape), strict=True):
+        if m[i, j] < iou:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        tp += 1
+    return tp
+
+
+@torch.no_grad()
+def predict_plot(model: CrownNet, rgb: np.ndarray, chm: np.ndarray | None) -> np.ndarray:
+    x = make_input(rgb, chm)[None]
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 32, (-w) % 32
+    x = F.pad(x, (0, pw, 0, ph))
+    return model(x.to(next(model.parameters()).device))[0].cpu().numpy()
+
+
+def evaluate(
+    model: CrownNet, plots: list[Plot], thresholds=(0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5), use_chm: bool = True
+) -> dict:
+    """{threshold: {site: [tp, n_pred, n_truth]}}"""
+    model.eval()
+    outs = [(q, predict_plot(model, q.rgb, q.chm if use_chm else None)) for q in plots]
+    res: dict = {}
+    for t in thresholds:
+        per = res.setdefault(t, {})
+        for q, out in outs:
+            boxes = decode(out, t)
+            a = per.setdefault(q.site, [0, 0, 0])
+            a[0] += match(boxes, q.boxes)
+            a[1] += len(boxes)
+            a[2] += len(q.boxes)
+    return res
+
+
+def prf(tp: int, n_pred: int, n_truth: int) -> tuple[float, float, float]:
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_truth if n_truth else 0.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def train_treecrowns(p: CrownTrainParams, log=print) -> dict:
+    from tqdm import tqdm
+
+    torch.manual_seed(p.seed)
+    torch.set_num_threads(p.threads)
+    torch.use_deterministic_algorithms(p.device == "cpu")
+    p.work.mkdir(parents=True, exist_ok=True)
+    model = CrownNet()
+    load_imagenet_rgb(model)
+    model.to(p.device)
+    enc = list(model.encoder.parameters())
+    rest = [q for n, q in model.named_parameters() if not n.startswith("encoder.")]
+    opt = torch.optim.AdamW(
+        [{"params": enc, "mult": p.encoder_lr_mult}, {"params": rest, "mult": 1.0}], lr=p.lr, weight_decay=1e-4
+    )
+    ckpt, start = p.work / "last.pt", 0
+    if p.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=p.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        log(f"resumed from {ckpt} at step {start}")
+    batches = CrownBatches(p, log)
+    t0 = time.time()
+    bar = tqdm(range(start, p.iterations), initial=start, total=p.iterations, desc="train treecrowns", mininterval=5)
+    running = None
+    for step in bar:
+        model.train()
+        for m in model.encoder.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        warm = min(1.0, (step + 1) / 100)
+        cos = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / p.iterations))
+        for group in opt.param_groups:
+            group["lr"] = p.lr * warm * cos * group["mult"]
+        x, heat, wh, mask = (t.to(p.device) for t in batches(step))
+        loss = crown_loss(model(x), heat, wh, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.3f}")
+        done = step + 1
+        stop = p.minutes is not None and (time.time() - t0) > p.minutes * 60
+        if done % p.checkpoint_every == 0 or done == p.iterations or stop:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+        if stop:
+            log(f"stopped after {p.minutes} min at step {done}; continue with --resume")
+            return {"stopped_at": done}
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p.work / "model.pt")
+    report: dict = {
+        "params": {k: str(v) for k, v in asdict(p).items()},
+        "train_minutes": round((time.time() - t0) / 60, 1),
+    }
+    # The score threshold is chosen on the training plots (F1 over all of them), never on the validation plots.
+    train_res = evaluate(model, batches.plots)
+    best = max(train_res, key=lambda t: prf(*np.sum(list(train_res[t].values()), axis=0))[2])
+    report["threshold"] = best
+    log(f"score threshold {best} (best F1 on the training plots)")
+    val = load_plots(p.data, "val", p.limit_images)
+    for label, use in (("rgb+chm", True), ("rgb", False)):
+        res = evaluate(model, val, (best,), use_chm=use)[best]
+        report[f"val_{label}"] = {
+            s: dict(zip(("precision", "recall", "f1"), prf(*a), strict=True)) for s, a in res.items()
+        }
+        tot = prf(*np.sum(list(res.values()), axis=0))
+        report[f"val_{label}"]["all"] = dict(zip(("precision", "recall", "f1"), tot, strict=True))
+        for s, m in report[f"val_{label}"].items():
+            log(f"validation {label:8} {s:5}: precision {m['precision']:.3f} recall {m['recall']:.3f} F1 {m['f1']:.3f}")
+    (p.work / "report.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -1,0 +1,91 @@
+"""The trained crown detector -> the shipped ONNX package: ``python -m export package-treecrowns``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from engine.model_package import embed_metadata, parse_metadata
+
+from .errors import ExportError
+from .train_treecrowns import CHM_SCALE, PIXEL_M, STRIDE, CrownNet
+
+
+def metadata(report: dict) -> dict:
+    rgb = report.get("val_rgb", {}).get("all", {})
+    chm = report.get("val_rgb+chm", {}).get("TEAK", {})
+    return {
+        "format": "landseg-model/1",
+        "name": "treecrowns-centernet-lite0",
+        "task": "treecrowns",
+        "description": (
+            "CenterNet-style tree-crown detector on an ImageNet EfficientNet-Lite0 encoder, RGB + optional CHM, "
+            "trained on NEON plots at 0.1 m; see MODEL_CARD.md"
+        ),
+        "inputs": [
+            {
+                "name": "x",
+                "modality": "any",
+                "bands": ["red", "green", "blue", "chm", "chm_missing"],
+                "normalization": {
+                    "type": "scale_offset",
+                    "scale": [1 / 128, 1 / 128, 1 / 128, 1 / CHM_SCALE, 1.0],
+                    "offset": [-127 / 128, -127 / 128, -127 / 128, 0.0, 0.0],
+                },
+            }
+        ],
+        "output": {"name": "out", "kind": "logits"},
+        "classes": [{"id": 0, "name": "tree", "color": "#1a9641", "description": "tree crown"}],
+        "tile_size": 512,
+        "overlap": 128,
+        "pixel_size_m": PIXEL_M,
+        "detector": {"kind": "centernet", "stride": STRIDE, "score_threshold": float(report["threshold"])},
+        "card": {
+            "summary": (
+                f"tree crowns (boxes) from RGB + optional CHM at {PIXEL_M} m; validation F1 @ IoU 0.4: "
+                f"RGB {rgb.get('f1', float('nan')):.3f}, TEAK with CHM {chm.get('f1', float('nan')):.3f}"
+            )
+        },
+    }
+
+
+def export_treecrowns(checkpoint: Path, out: Path, log=print) -> Path:
+    model = CrownNet()
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    model.eval()
+    report = json.loads((Path(checkpoint).parent / "report.json").read_text())
+    doc = metadata(report)
+    parse_metadata(doc, "treecrowns metadata")
+    out = Path(out)
+    tmp = out.with_name(f".{out.stem}.tmp.onnx")
+    x = torch.randn(1, 5, 256, 256)
+    torch.onnx.export(
+        model, (x,), str(tmp), input_names=["x"], output_names=["out"], opset_version=17, dynamo=False,
+        dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}, "out": {0: "N", 2: "h", 3: "w"}},
+    )  # fmt: skip
+    proto = onnx.load(str(tmp))
+    onnx.checker.check_model(proto)
+    embed_metadata(proto, doc)
+    onnx.save(proto, str(tmp))
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    diff = 0.0
+    for shape in ((2, 5, 256, 256), (1, 5, 416, 384)):
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        diff = max(diff, float(np.abs(sess.run(None, {"x": x.numpy()})[0] - ref).max()))
+    if diff > 1e-3:
+        tmp.unlink()
+        raise ExportError(f"parity check failed: max |torch - onnxruntime| {diff:.2e}")
+    os.replace(tmp, out)
+    log(f"parity torch vs onnxruntime: max |diff| {diff:.2e}")
+    log(f"model package: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
