@@ -77,25 +77,28 @@ class Reporter:
 
     def __init__(self, mode: str, desc: str) -> None:
         self.jsonl = mode == "jsonl"
-        self.bar = None
-        if mode == "bar":
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=100,
-                desc=desc,
-                file=sys.stderr,
-                leave=False,
-                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
-            )
+        self.mode, self.desc = mode, desc
+        self.bar = None  # started by the first progress report: messages before it (prompts, errors) stay clean
 
     def notify(self, msg: str) -> None:
         if self.jsonl:
             print(json.dumps({"message": msg}), flush=True)
+        elif self.bar is not None:
+            self.bar.write(f"landseg: {msg}", file=sys.stderr)  # above the bar, not inside it
         else:
             print(f"landseg: {msg}", file=sys.stderr)
 
     def progress(self, frac: float, msg: str) -> None:
+        if self.mode == "bar" and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=100,
+                desc=self.desc,
+                file=sys.stderr,
+                leave=False,
+                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
+            )
         if self.jsonl:
             print(json.dumps({"progress": round(frac, 4), "message": msg}), flush=True)
         elif self.bar is not None:

@@ -294,3 +294,14 @@ def test_empty_or_overlong_prompts_are_one_line_errors(tmp_path, text):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and ("holds no prompt" in lines[0] or "at most 200" in lines[0]), lines
     assert len(lines[0]) < 200 and not (tmp_path / "o").exists()
+
+
+def test_prompt_lines_come_before_the_progress_bar(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "-i", str(SJER), "--out", str(tmp_path / "o"),
+         "--prompts", "trees, water"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[:2]
+    assert first[0].startswith("landseg: prompt 'trees' -> ") and first[1].startswith("landseg: prompt 'water' -> ")
