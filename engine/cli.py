@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest prompt-class similarity that counts as a match (default: 0.5)",
     )
     lc.add_argument(
+        "--allow-pixel-coordinates",
+        action="store_true",
+        help="run on a raster without georeference: coordinates in pixels, area_m2 in square pixels",
+    )
+    lc.add_argument(
         "--fuse-model",
         action="append",
         type=Path,
@@ -276,6 +281,7 @@ def _landcover(args: argparse.Namespace) -> int:
         prompt_threshold=args.prompt_threshold,
         fuse_models=args.fuse_model,
         resample=args.resample,
+        allow_pixel_coordinates=args.allow_pixel_coordinates,
     )
     rep = Reporter(args.progress, "landcover")
     try:
@@ -395,6 +401,12 @@ def _chm(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # The jobs say it in their own words (refused, or run with --allow-pixel-coordinates and the unit named).
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
     # SIGTERM (the plugin's Cancel) becomes Cancelled, so temporary outputs are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Cancelled("cancelled")))
     try:

@@ -51,6 +51,7 @@ class LandcoverParams:
     prompt_threshold: float = DEFAULT_THRESHOLD
     fuse_models: list[Path] = field(default_factory=list)  # more land-cover models, fused class-wise by confidence
     resample: str = "auto"  # "auto": infer at the model's pixel size when the input's differs by > 15 %; "off"
+    allow_pixel_coordinates: bool = False  # run on a raster without georeference (areas then in square pixels)
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
@@ -149,7 +150,13 @@ def run_landcover(
         with contextlib.ExitStack() as stack:
             if not params.inputs:
                 raise InputError("no input raster given")
-            plan = plan_resampling(reference_grid(params.inputs[0]), meta.pixel_size_m, params.resample)
+            ref = reference_grid(params.inputs[0])
+            if ref.crs is None and not params.allow_pixel_coordinates:
+                raise InputError(
+                    f"{params.inputs[0]} has no georeference (no CRS): polygons would sit in pixel coordinates and "
+                    "area_m2 would count pixels; georeference it, or pass --allow-pixel-coordinates"
+                )
+            plan = plan_resampling(ref, meta.pixel_size_m, params.resample)
             grid_kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
             if not fused:
                 inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None, **grid_kw))
@@ -192,6 +199,8 @@ def run_landcover(
                     model_paths = class_path, conf_path
                 writer = PredictionWriter(*model_paths, inputs.grid, classes, grid.rows.stride)
                 say(plan.message())  # once inputs and outputs are known to be usable: bad input stays one line
+                if ref.crs is None:
+                    say("no georeference: coordinates are pixel columns/rows and area_m2 holds square pixels")
                 try:
                     for b in predict_blocks(
                         inputs, run, run_meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled

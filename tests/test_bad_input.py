@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,21 @@ def test_nan_pixels_are_nodata_without_a_nodata_tag(tmp_path):
     hole = box(*(t * (110, 190)), *(t * (190, 110)))
     with fiona.open(tmp_path / "o/landcover.gpkg") as layer:
         assert not any(shape(f.geometry).contains(hole) for f in layer)
+
+
+def test_raster_without_georeference_needs_an_explicit_flag(tmp_path):
+    """No CRS: a one-line error, or with --allow-pixel-coordinates a run that says its unit."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(SJER) as src:
+        data = src.read()
+    raster = tmp_path / "plain.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=400, height=400, count=3, dtype="uint8") as dst:
+        dst.write(data)
+    p = run_cli("-i", str(raster), "--out", str(tmp_path / "o"))
+    assert_clean_failure(p, 2, "has no georeference", "--allow-pixel-coordinates")
+    assert not (tmp_path / "o").exists()
+    p = run_cli("-i", str(raster), "--out", str(tmp_path / "o"), "--allow-pixel-coordinates", "--json")
+    assert p.returncode == 0, p.stderr
+    assert "area_m2 holds square pixels" in p.stderr and np.isfinite(json.loads(p.stdout)["n_polygons"])
