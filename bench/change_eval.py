@@ -46,6 +46,15 @@ def _tif(path: Path, png: Path, pixel_m: float) -> Path:
     return path
 
 
+def polygons_mask(polygons: Path, raster: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The change polygons burnt onto the raster's grid: what the analyst gets, scored pixel by pixel."""
+    with rasterio.open(raster) as ds, fiona.open(polygons) as src:
+        geoms = [f.geometry for f in src]
+        if not geoms:
+            return np.zeros(shape, bool)
+        return rasterize(geoms, out_shape=shape, transform=ds.transform).astype(bool)
+
+
 def evaluate(data: Path, model: Path, work: Path) -> dict:
     """{(set, confidence, min_area_px): [tp, fp, fn]}"""
     acc: dict = {}
@@ -62,13 +71,7 @@ def evaluate(data: Path, model: Path, work: Path) -> dict:
                         polygons=PolygonizeOptions(min_area_m2=area * pixel_m**2, layer="change"),
                     )
                 )  # fmt: skip
-                with rasterio.open(a) as ds, fiona.open(res.polygons) as src:
-                    geoms = [f.geometry for f in src]
-                    pred = (
-                        rasterize(geoms, out_shape=truth.shape, transform=ds.transform).astype(bool)
-                        if geoms
-                        else np.zeros_like(truth)
-                    )
+                pred = polygons_mask(res.polygons, a, truth.shape)
                 c = acc.setdefault((name, conf, area), [0, 0, 0])
                 c[0] += int((pred & truth).sum())
                 c[1] += int((pred & ~truth).sum())

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from . import landcover_data as D
 from .augment import crop_scaled, flip_rotate, photometric
 from .effnet_lite import LandcoverUNet, load_imagenet
+from .training import StepLoop, resume, save_weights
 
 
 @dataclass
@@ -193,13 +194,7 @@ def train(p: TrainParams, log=print) -> dict:
     groups = [{"params": enc, "mult": p.encoder_lr_mult}, {"params": rest, "mult": 1.0}]
     opt = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
     ckpt = p.work / "last.pt"
-    start = 0
-    if p.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=p.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        log(f"resumed from {ckpt} at step {start}")
+    start = resume(ckpt, model, opt, p.device, log) if p.resume and ckpt.exists() else 0
     batches = Batches(p, log)
     weight = None
     if p.balanced:
@@ -207,7 +202,6 @@ def train(p: TrainParams, log=print) -> dict:
         w = 1 / np.sqrt(freq / freq.sum())
         weight = torch.tensor(w / w.mean(), dtype=torch.float32, device=p.device)
         log("class weights: " + ", ".join(f"{c} {v:.2f}" for c, v in zip(D.CLASSES, weight.tolist(), strict=True)))
-    t0 = time.time()
     history = []
     loader = torch.utils.data.DataLoader(
         _StepBatches(batches, start, p.iterations),
@@ -216,32 +210,23 @@ def train(p: TrainParams, log=print) -> dict:
         prefetch_factor=4 if p.workers else None,
     )
     bar = tqdm(loader, initial=start, total=p.iterations, desc="train landcover", mininterval=5)
-    running = None
+    loop = StepLoop(model, opt, ckpt, p.iterations, p.checkpoint_every, p.minutes, bar)
     for step, (x, y) in enumerate(bar, start):
         model.train()
         set_encoder_bn_eval(model)
         for group in opt.param_groups:
             group["lr"] = lr_at(p, step) * group["mult"]
         x, y = x.to(p.device), y.to(p.device)
-        loss = loss_fn(model(x), y, weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.3f}")
-        done = step + 1
-        stop = p.minutes is not None and (time.time() - t0) > p.minutes * 60
-        if done % p.checkpoint_every == 0 or done == p.iterations or stop:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+        done, stop = loop.step(step, loss_fn(model(x), y, weight))
         if done % p.eval_every == 0 and done < p.iterations:
             m = evaluate_dubai(model, p.data, limit=p.limit_images)
             history.append({"step": done, "dubai_miou": m["miou"]})
-            log(f"step {done}: loss {running:.3f}, Dubai val mIoU {m['miou']:.3f}")
+            log(f"step {done}: loss {loop.running:.3f}, Dubai val mIoU {m['miou']:.3f}")
         if stop:
             log(f"stopped after {p.minutes} min at step {done}; continue with --resume")
             return {"stopped_at": done}
-    minutes = (time.time() - t0) / 60
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p.work / "model.pt")
+    minutes = (time.time() - loop.t0) / 60
+    save_weights(model, p.work / "model.pt")
     report = {"params": {k: str(v) for k, v in asdict(p).items()}, "train_minutes": round(minutes, 1)}
     report["history"] = history
     report.update(run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log))

@@ -25,6 +25,7 @@ from torch import nn
 from . import landcover_data as D
 from .augment import photometric
 from .effnet_lite import DecoderBlock, Lite0Encoder, SameConv, load_imagenet
+from .training import StepLoop, resume, save_weights
 
 PIXEL_M = 0.1
 STRIDE = 4
@@ -292,17 +293,11 @@ def train_treecrowns(p: CrownTrainParams, log=print) -> dict:
     opt = torch.optim.AdamW(
         [{"params": enc, "mult": p.encoder_lr_mult}, {"params": rest, "mult": 1.0}], lr=p.lr, weight_decay=1e-4
     )
-    ckpt, start = p.work / "last.pt", 0
-    if p.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=p.device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        log(f"resumed from {ckpt} at step {start}")
+    ckpt = p.work / "last.pt"
+    start = resume(ckpt, model, opt, p.device, log) if p.resume and ckpt.exists() else 0
     batches = CrownBatches(p, log)
-    t0 = time.time()
     bar = tqdm(range(start, p.iterations), initial=start, total=p.iterations, desc="train treecrowns", mininterval=5)
-    running = None
+    loop = StepLoop(model, opt, ckpt, p.iterations, p.checkpoint_every, p.minutes, bar)
     for step in bar:
         model.train()
         for m in model.encoder.modules():
@@ -313,23 +308,14 @@ def train_treecrowns(p: CrownTrainParams, log=print) -> dict:
         for group in opt.param_groups:
             group["lr"] = p.lr * warm * cos * group["mult"]
         x, heat, wh, mask = (t.to(p.device) for t in batches(step))
-        loss = crown_loss(model(x), heat, wh, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.3f}")
-        done = step + 1
-        stop = p.minutes is not None and (time.time() - t0) > p.minutes * 60
-        if done % p.checkpoint_every == 0 or done == p.iterations or stop:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+        done, stop = loop.step(step, crown_loss(model(x), heat, wh, mask))
         if stop:
             log(f"stopped after {p.minutes} min at step {done}; continue with --resume")
             return {"stopped_at": done}
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, p.work / "model.pt")
+    save_weights(model, p.work / "model.pt")
     report: dict = {
         "params": {k: str(v) for k, v in asdict(p).items()},
-        "train_minutes": round((time.time() - t0) / 60, 1),
+        "train_minutes": round((time.time() - loop.t0) / 60, 1),
     }
     # The score threshold is chosen on the training plots (F1 over all of them), never on the validation plots.
     train_res = evaluate(model, batches.plots)

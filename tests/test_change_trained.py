@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, SHARED
 
 sys.path.insert(0, str(ROOT / "bench"))
-from change_eval import _tif, prf  # noqa: E402
+from change_eval import _tif, polygons_mask, prf  # noqa: E402
 
 from engine.change import ChangeParams, run_change  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
@@ -75,8 +75,6 @@ def test_unknown_class_is_a_one_line_error(tmp_path):
 
 
 def test_building_change_f1_on_levir(tmp_path):
-    import rasterio
-    from rasterio.features import rasterize
 
     tp = fp = fn = 0
     for label in sorted((LEVIR / "label").glob("*.png")):
@@ -90,12 +88,6 @@ def test_building_change_f1_on_levir(tmp_path):
                 classes=["building"],
             )
         )
-        with rasterio.open(a) as ds, fiona.open(res.polygons) as src:
-            geoms = [f.geometry for f in src]
-            pred = (
-                rasterize(geoms, out_shape=truth.shape, transform=ds.transform).astype(bool)
-                if geoms
-                else np.zeros_like(truth)
-            )
+        pred = polygons_mask(res.polygons, a, truth.shape)
         tp, fp, fn = tp + int((pred & truth).sum()), fp + int((pred & ~truth).sum()), fn + int((~pred & truth).sum())
     assert prf(tp, fp, fn)[2] >= LEVIR_F1 - 0.05
