@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from engine.change import ChangeParams, run_change  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
 from engine.polygonize import PolygonizeOptions  # noqa: E402
+from export.landcover_data import write_rgb_geotiff  # noqa: E402
 
 SETS = {"LEVIR": (0.5, ["building"]), "DSIFN": (2.0, [])}
 CONFIDENCES = (0.0, 0.3, 0.5, 0.7)
@@ -38,12 +39,7 @@ MIN_AREAS_PX = (9, 64, 256)  # in pixels of the input (times the pixel area give
 
 def _tif(path: Path, png: Path, pixel_m: float) -> Path:
     rgb = np.asarray(Image.open(png).convert("RGB")).transpose(2, 0, 1)
-    prof = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 3, "dtype": "uint8"}
-    with rasterio.open(
-        path, "w", crs="EPSG:32650", transform=from_origin(400000, 3000000, pixel_m, pixel_m), **prof
-    ) as ds:
-        ds.write(rgb)
-    return path
+    return write_rgb_geotiff(path, rgb, from_origin(400000, 3000000, pixel_m, pixel_m), "EPSG:32650")
 
 
 def polygons_mask(polygons: Path, raster: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +27,7 @@ from export import landcover_data as D  # noqa: E402
 
 
 def _geotiff(path: Path, rgb: np.ndarray, pixel_m: float, crs: str) -> Path:
-    prof = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 3, "dtype": "uint8"}
-    with rasterio.open(path, "w", crs=crs, transform=from_origin(500000, 2800000, pixel_m, pixel_m), **prof) as ds:
-        ds.write(rgb)
-    return path
+    return D.write_rgb_geotiff(path, rgb, from_origin(500000, 2800000, pixel_m, pixel_m), crs)
 
 
 def _run(raster: Path, work: Path, prompts: list[str] | None = None) -> Path:
@@ -93,13 +89,7 @@ def main() -> None:
         sl = ndimage.find_objects(labels)[int(np.argmax(np.bincount(labels.ravel())[1:]))]
         img, mask = img[:, sl[0], sl[1]], mask[sl]
         x0, y0 = x0 + sl[1].start / 256, y0 + sl[0].start / 256
-        origin = 20037508.342789244
-        tile_m = 2 * origin / 2**21
-        k = work / "kampala.tif"
-        prof = {"driver": "GTiff", "width": img.shape[2], "height": img.shape[1], "count": 3, "dtype": "uint8"}
-        t = from_origin(x0 * tile_m - origin, origin - y0 * tile_m, tile_m / 256, tile_m / 256)
-        with rasterio.open(k, "w", crs="EPSG:3857", transform=t, nodata=0, **prof) as ds:
-            ds.write(img)
+        k = D.write_rgb_geotiff(work / "kampala.tif", img, D.web_mercator_transform(x0, y0, 21), "EPSG:3857", 0)
         truth = np.where(mask == 1, D.BUILDING, np.where(mask == 0, D.BARE, 255)).astype(np.uint8)
         title = "Kampala z21 (0.075 m, check only): image, model, OSM buildings (the rest shown as bare land)"
         render(k, _run(k, work), a.out / "card_kampala.png", 400, title, truth)

@@ -32,11 +32,7 @@ def plot_raster(rgb_path: Path, work: Path) -> Path:
     if rgb_path.suffix == ".tif":
         return rgb_path
     rgb, _ = D.read_plot(rgb_path, None)
-    out = work / f"{rgb_path.stem}.tif"
-    prof = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 3, "dtype": "uint8"}
-    with rasterio.open(out, "w", crs="EPSG:32611", transform=from_origin(300000, 4100000, 0.1, 0.1), **prof) as ds:
-        ds.write(rgb)
-    return out
+    return D.write_rgb_geotiff(work / f"{rgb_path.stem}.tif", rgb, from_origin(300000, 4100000, 0.1, 0.1), "EPSG:32611")
 
 
 def crown_boxes_px(gpkg: Path, raster: Path) -> np.ndarray:

@@ -315,16 +315,22 @@ def run_treecrowns(
                                     crowns.append(crown)
                             if progress:
                                 progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
-                crowns = _nms(crowns, params.iou_nms)
-                _write_crowns(crowns, gpkg_tmp, grid.crs)
-                outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
-                outputs.commit()
+                n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, grid.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
     if progress:
         progress(1.0, "done")
-    return TreeCrownResult(final, "crowns", len(crowns), method, round(time.perf_counter() - t0, 3), say.items)
+    return TreeCrownResult(final, "crowns", n, method, round(time.perf_counter() - t0, 3), say.items)
+
+
+def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, final: Path, crs) -> int:
+    """What both crown methods end with: overlaps suppressed, the GeoPackage and its style, committed together."""
+    crowns = _nms(crowns, iou)
+    _write_crowns(crowns, gpkg_tmp, crs)
+    outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
+    outputs.commit()
+    return len(crowns)
 
 
 def _write_crowns(crowns: list[dict], path: Path, crs) -> None:
@@ -349,16 +355,13 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
             with atomic_outputs(final.parent) as outputs:
                 gpkg_tmp = outputs.temp_for(final)
                 crowns = detect_crowns(params, package.meta, runtime, chm_ds, say, progress, cancelled)
-                crowns = _nms(crowns, params.iou_nms)
-                _write_crowns(crowns, gpkg_tmp, img.crs)
-                outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
-                outputs.commit()
+                n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, img.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
     if progress:
         progress(1.0, "done")
-    return TreeCrownResult(final, "crowns", len(crowns), "detector", round(time.perf_counter() - t0, 3), say.items)
+    return TreeCrownResult(final, "crowns", n, "detector", round(time.perf_counter() - t0, 3), say.items)
 
 
 def _open_image(path: Path):

@@ -8,7 +8,6 @@ the other classes). Weak labels carry negatives as well as positives, so "everyt
 
 from __future__ import annotations
 
-import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -247,13 +246,28 @@ def kampala_mosaic(root: Path, zoom: int = 21) -> tuple[np.ndarray, np.ndarray, 
     return img, mask, (x0, y0)
 
 
+def web_mercator_transform(x0: float, y0: float, zoom: int, tile_px: int = 256):
+    """The EPSG:3857 transform of a mosaic whose top-left tile has web-mercator tile indices (x0, y0)."""
+    from rasterio.transform import from_origin
+
+    origin = 20037508.342789244  # half the web-mercator world width, m
+    tile_m = 2 * origin / 2**zoom
+    return from_origin(x0 * tile_m - origin, origin - y0 * tile_m, tile_m / tile_px, tile_m / tile_px)
+
+
+def write_rgb_geotiff(path: Path, rgb: np.ndarray, transform, crs: str, nodata: float | None = None) -> Path:
+    """An 8-bit RGB GeoTIFF, for imagery that comes without georeference (PNG/JPEG plots, tiles, pairs)."""
+    import rasterio
+
+    prof = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs=crs, transform=transform, nodata=nodata, **prof) as ds:
+        ds.write(rgb)
+    return path
+
+
 def web_mercator_pixel_m(zoom: int, lat_deg: float = 0.35) -> float:
     """Ground size of one pixel of a 256-px web-mercator tile (Kampala is at 0.35 N)."""
     return 2 * np.pi * 6378137.0 * np.cos(np.radians(lat_deg)) / (256 * 2**zoom)
-
-
-def oam_tcd_json(root: Path) -> dict:
-    return json.loads((root / "trees/other/test_20221010_single.json").read_text())
 
 
 def data_root(default: str | Path | None = None) -> Path:

@@ -119,9 +119,7 @@ def test_vegetation_in_held_out_neon_tree_boxes(tmp_path):
 
 def _kampala_raster(tmp_path):
     img, mask, (x0, y0) = D.kampala_mosaic(SHARED, 21)
-    origin = 20037508.342789244
-    tile_m = 2 * origin / 2**21
-    transform = from_origin(x0 * tile_m - origin, origin - y0 * tile_m, tile_m / 256, tile_m / 256)
+    transform = D.web_mercator_transform(x0, y0, 21)
     # Where no tile is, the mosaic is 0: no-data, not black ground.
     return write_raster(tmp_path / "kampala.tif", img, transform=transform, crs="EPSG:3857", nodata=0), mask
 
