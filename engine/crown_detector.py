@@ -20,6 +20,7 @@ from shapely import affinity
 
 from .errors import Cancelled, InputError
 from .polygonize import AreaCalculator
+from .raster_input import read_error
 
 PIXEL_TOLERANCE = 0.15
 
@@ -38,7 +39,43 @@ def decode(out: np.ndarray, threshold: float, stride: int, max_boxes: int = 500)
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, heat[ys, xs]], 1)
 
 
-def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=None) -> list[dict]:
+TTA_MODES = ("d4", "flips", "none")
+
+
+def _dihedral(mode: str) -> list[tuple[int, bool]]:
+    """(quarter turns, horizontal flip) of each test-time view."""
+    if mode == "d4":
+        return [(k, f) for k in range(4) for f in (False, True)]
+    if mode == "flips":
+        return [(0, False), (0, True), (2, False), (2, True)]
+    return [(0, False)]
+
+
+def predict_views(run, x: np.ndarray, mode: str) -> np.ndarray:
+    """Detector output averaged over rotated/flipped views of x (1, c, h, w) -> (3, h', w').
+
+    Why: with a few dozen training plots the heat map's peaks move with the view; averaging the views' crown
+    probabilities (and log sizes, sizes swapped back for quarter turns) found +8 F1 points on the validation
+    plots (see MODEL_CARD).
+    """
+    heat, size = None, None
+    views = _dihedral(mode)
+    for k, flip in views:
+        v = np.rot90(x, k, axes=(2, 3))
+        v = np.ascontiguousarray(v[..., ::-1] if flip else v)
+        o = run(v)
+        o = o[..., ::-1] if flip else o
+        o = np.rot90(o, -k, axes=(1, 2))
+        if k % 2:
+            o = o[[0, 2, 1]]
+        p = 1 / (1 + np.exp(-o[0].astype(np.float64)))
+        heat = p if heat is None else heat + p
+        size = o[1:].astype(np.float64) if size is None else size + o[1:]
+    heat = np.clip(heat / len(views), 1e-6, 1 - 1e-6)
+    return np.concatenate([np.log(heat / (1 - heat))[None], size / len(views)])
+
+
+def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=None, stretch=None) -> list[dict]:
     det = meta.extra.get("detector", {})
     if det.get("kind") != "centernet":
         raise InputError(f"model '{meta.name}' is a treecrowns model without a known detector kind ({det})")
@@ -67,8 +104,13 @@ def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=N
                     raise Cancelled("cancelled by the user")
                 k += 1
                 w = Window(c0 - halo, r0 - halo, win, win).intersection(Window(0, 0, img.width, img.height))
-                rgb = img.read([1, 2, 3], window=w).astype(np.float32)
-                valid = img.read_masks(1, window=w) > 0
+                try:
+                    rgb = img.read([1, 2, 3], window=w).astype(np.float32)
+                    valid = img.read_masks(1, window=w) > 0
+                except rasterio.errors.RasterioError as exc:
+                    raise read_error(params.image, exc) from None
+                if stretch is not None:  # engine.value_range: 16-bit / reflectance onto the model's 8-bit range
+                    rgb = stretch.apply(rgb)
                 if not valid.any():
                     continue
                 chm = None
@@ -79,7 +121,8 @@ def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=N
                 x = norm.apply(raw)
                 h, wd = x.shape[1:]
                 x = np.pad(x, ((0, 0), (0, (-h) % 32), (0, (-wd) % 32)), mode="edge")[None]
-                boxes = decode(runtime.run({meta.inputs[0].name: x})[0], threshold, stride)
+                out = predict_views(lambda v: runtime.run({meta.inputs[0].name: v})[0], x, params.tta)
+                boxes = decode(out, threshold, stride)
                 transform = img.window_transform(w)
                 cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
                 for x0, y0, x1, y1, score in boxes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from .errors import LandSegError, OutputError
 from .outputs import OutputSet
+from .run_lock import folder_lock
 
 ProgressFn = Callable[[float, str], None]
 
@@ -45,23 +48,75 @@ def stage(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | Non
 
 @contextmanager
 def atomic_outputs(where: Path, overwrite: bool = True) -> Iterator[OutputSet]:
-    """Outputs that appear together on commit() or not at all: any failure removes the temporaries, and an
-    OSError while writing becomes a one-line OutputError naming the folder."""
-    outputs = OutputSet(overwrite)
+    """Outputs that appear together on commit() or not at all, written by one run at a time (engine.run_lock:
+    the folder's lock, stale temporaries of killed runs removed, a folder this run created removed again when
+    the run fails). Any failure removes the temporaries; an OSError while writing becomes a one-line OutputError
+    naming the folder (and "no space left on device" when that is the cause)."""
+    with folder_lock(where):
+        outputs = OutputSet(overwrite)
+        try:
+            yield outputs
+        except BaseException as exc:
+            outputs.discard()
+            if not isinstance(exc, LandSegError) and _is_io_error(exc):
+                raise OutputError(f"writing outputs in {where} failed: {describe_os_error(exc, where)}") from None
+            raise
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """OSErrors, and what GDAL/OGR raise through rasterio and fiona while writing (reads are mapped to
+    InputError where they happen), e.g. SQLite's "database or disk is full" in a GeoPackage."""
+    if isinstance(exc, OSError):
+        return True
+    module = type(exc).__module__ or ""
+    return module.startswith(("fiona", "rasterio", "pyogrio")) or type(exc).__name__.startswith("CPLE_")
+
+
+def _cannot_write(where: Path, size: int = 1 << 20) -> bool:
+    """Is the folder out of space? GDAL's own messages ("Write error at scanline 1344") do not say, so write a
+    1 MiB probe (named like a temporary of this process, removed at once) and look at its errno."""
+    probe = Path(where) / f".probe.{os.getpid()}-0.tmp.bin"
     try:
-        yield outputs
-    except BaseException as exc:
-        outputs.discard()
-        if isinstance(exc, OSError) and not isinstance(exc, LandSegError):
-            raise OutputError(f"writing outputs in {where} failed: {exc}") from None
-        raise
+        with open(probe, "wb") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def describe_os_error(exc: BaseException, where: Path) -> str:
+    """An OSError in words; a full disk (ENOSPC, EFBIG, or GDAL/SQLite's "disk full") is named as such.
+    GDAL's errors come chained ("Write failed. See previous exception"): the whole chain is read."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    texts = [str(e) for e in chain]
+    full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) for e in chain) or any(
+        k in t.lower()
+        for t in texts
+        for k in ("no space left", "disk full", "database or disk is full", "file too large", "disk is full")
+    )
+    if full or _cannot_write(where):
+        try:
+            free = shutil.disk_usage(where).free / 2**20
+            return f"no space left on device ({free:.0f} MB free in {where})"
+        except OSError:
+            return "no space left on device"
+    useful = [t for t in texts if t and "see previous exception" not in t.lower()]
+    return (useful[0] if useful else texts[0]).strip().splitlines()[0]
 
 
 @contextmanager
 def scratch_folder(near: Path) -> Iterator[Path]:
-    """A hidden temporary folder for intermediates, next to the outputs (same disk), always removed."""
+    """A hidden temporary folder for intermediates, next to the outputs (same disk), always removed. Its name
+    carries the PID, so a killed run's folder is recognised and removed by the next run (engine.run_lock)."""
     Path(near).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".landseg_", dir=near))
+    work = Path(tempfile.mkdtemp(prefix=f".landseg_{os.getpid()}_", dir=near))
     try:
         yield work
     finally:

@@ -18,7 +18,7 @@ from .errors import InputError, OutputError
 from .fusion import FusedInputs, FusedModel, check_fusable, common_classes, to_common
 from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 from .model_package import load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs
+from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import predict_blocks
 from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
@@ -50,6 +50,7 @@ class LandcoverParams:
     unasked: str = "other"  # classes no prompt asked for: "other" or "drop"
     prompt_threshold: float = DEFAULT_THRESHOLD
     fuse_models: list[Path] = field(default_factory=list)  # more land-cover models, fused class-wise by confidence
+    rescale: str = "auto"  # values beyond the model's value_range: engine.value_range (auto, percentile, off)
     resample: str = "auto"  # "auto": infer at the model's pixel size when the input's differs by > 15 %; "off"
     allow_pixel_coordinates: bool = False  # run on a raster without georeference (areas then in square pixels)
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
@@ -82,6 +83,7 @@ class LandcoverResult(JsonResult):
     prompt_matches: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     resampling: dict = field(default_factory=dict)  # engine.resample.ResamplePlan.as_dict()
+    rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
 
 
 def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSource] | None:
@@ -158,6 +160,7 @@ def run_landcover(
                 )
             plan = plan_resampling(ref, meta.pixel_size_m, params.resample)
             grid_kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
+            grid_kw["rescale"] = params.rescale
             if not fused:
                 inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None, **grid_kw))
             else:
@@ -189,16 +192,23 @@ def run_landcover(
             if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
                 tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
-            with atomic_outputs(final_paths[0].parent, params.overwrite) as outputs:
+            with (
+                atomic_outputs(final_paths[0].parent, params.overwrite) as outputs,
+                contextlib.ExitStack() as scratch_stack,  # removed before a failed run's folder is
+            ):
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
                 t_infer = time.perf_counter()
                 if plan.active:  # infer on the model grid into scratch files, warp back afterwards
-                    scratch = stack.enter_context(scratch_folder(final_paths[0].parent))
+                    scratch = scratch_stack.enter_context(scratch_folder(final_paths[0].parent))
                     model_paths = scratch / "classes.tif", scratch / "confidence.tif"
                 else:
                     model_paths = class_path, conf_path
                 writer = PredictionWriter(*model_paths, inputs.grid, classes, grid.rows.stride)
                 say(plan.message())  # once inputs and outputs are known to be usable: bad input stays one line
+                every_input = inputs.inputs if fused else [inputs]
+                for part in every_input:
+                    for msg in part.messages:
+                        say(msg)
                 if ref.crs is None:
                     say("no georeference: coordinates are pixel columns/rows and area_m2 holds square pixels")
                 try:
@@ -231,13 +241,17 @@ def run_landcover(
                     stage(progress, 0.85, 1.0),
                     cancelled,
                 )
+                t_cog = time.perf_counter()
+                to_cog(class_path, "NEAREST")
+                to_cog(conf_path, "AVERAGE")
                 styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
                 for final, qml in zip(final_paths, styles, strict=True):
                     outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
                 finals = outputs.commit()
                 timings = {
                     "inference": round(t_poly - t_infer, 3),
-                    "polygonize": round(time.perf_counter() - t_poly, 3),
+                    "polygonize": round(t_cog - t_poly, 3),
+                    "cloud_optimize": round(time.perf_counter() - t_cog, 3),
                 }
     if progress:
         progress(1.0, "done")
@@ -256,4 +270,5 @@ def run_landcover(
         messages=say.items,
         prompt_matches=[m.__dict__ for m in matches],
         resampling=plan.as_dict(),
+        rescaling={k: v for part in every_input for k, v in part.rescaling.items()},
     )

@@ -90,6 +90,10 @@ class ModelInput:
     bands: tuple[str, ...]
     normalization: Normalization
     date: str | None = None  # change models: "before" or "after"
+    # Raw values the model was trained on, e.g. (0, 255) for 8-bit imagery; None: not stated, not checked.
+    # The first `value_range_bands` bands are checked (a crown detector's CHM bands are metres, not colours).
+    value_range: tuple[float, float] | None = None
+    value_range_bands: int | None = None
 
     @property
     def n_bands(self) -> int:
@@ -169,7 +173,16 @@ def parse_metadata(doc: dict[str, Any], where: str = "model metadata") -> ModelM
         date = ri.get("date")
         if date not in (None, "before", "after"):
             raise ModelError(f"{w}: date must be 'before' or 'after', not {date!r}")
-        inputs.append(ModelInput(name, modality, bands, norm, date))
+        vr, vr_bands = ri.get("value_range"), ri.get("value_range_bands")
+        if vr is not None:
+            if not (isinstance(vr, list) and len(vr) == 2 and all(isinstance(v, (int, float)) for v in vr)):
+                raise ModelError(f"{w}: value_range must be [low, high], not {vr!r}")
+            if not vr[0] < vr[1]:
+                raise ModelError(f"{w}: value_range low must be below high, not {vr!r}")
+            vr = (float(vr[0]), float(vr[1]))
+        if vr_bands is not None and not (isinstance(vr_bands, int) and 1 <= vr_bands <= len(bands)):
+            raise ModelError(f"{w}: value_range_bands must be 1..{len(bands)}, not {vr_bands!r}")
+        inputs.append(ModelInput(name, modality, bands, norm, date, vr, vr_bands))
     if len({(i.modality, i.date) for i in inputs}) != len(inputs):
         raise ModelError(f"{where}: two inputs share one modality (and date)")
     if task == "change" and {i.date for i in inputs} != {"before", "after"}:
@@ -247,6 +260,8 @@ def meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
                     "offset": list(i.normalization.offset),
                 },
                 **({"date": i.date} if i.date else {}),
+                **({"value_range": list(i.value_range)} if i.value_range else {}),
+                **({"value_range_bands": i.value_range_bands} if i.value_range_bands else {}),
             }
             for i in meta.inputs
         ],

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from .errors import OutputError
 from .model_package import ClassInfo
 from .raster_input import Grid
+from .run_lock import remove_stale
 
 CLASS_NODATA = 255
 CONFIDENCE_NODATA = -1.0
@@ -58,10 +59,12 @@ class OutputSet:
             raise OutputError(f"cannot create output folder {folder}: {exc.strerror}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"output folder is not writable: {folder}")
+        remove_stale(folder)  # a killed run's temporaries (only of processes that no longer exist)
         if final.exists() and not self.overwrite:
             raise OutputError(f"output exists and overwrite is off: {final}")
-        # Same folder as the final file so the rename is atomic; hidden so QGIS/file browsers skip it.
-        tmp = folder / f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}"
+        # Same folder as the final file so the rename is atomic; hidden so QGIS/file browsers skip it; the PID
+        # lets the next run recognise a killed run's leftovers (engine.run_lock).
+        tmp = folder / f".{final.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{final.suffix}"
         self._pending.append((tmp, final))
         return tmp
 
@@ -104,6 +107,27 @@ def geotiff_profile(grid: Grid, dtype: str, nodata: float, block: int) -> dict:
         ),
         "BIGTIFF": "IF_SAFER",
     }
+
+
+def to_cog(path: Path, resampling: str = "NEAREST") -> None:
+    """Rewrite a finished GeoTIFF in place as a Cloud-Optimized GeoTIFF with overviews, so QGIS draws a 16k²
+    result at any zoom at once (class maps: NEAREST overviews keep class ids; confidence: AVERAGE). Colour table,
+    class-name tags, nodata and compression are kept."""
+    from rasterio.shutil import copy as gdal_copy
+
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.cog")
+    with rasterio.open(path) as src:
+        float_data = src.dtypes[0].startswith("float")
+        opts = {"COMPRESS": "ZSTD" if float_data else "DEFLATE", "PREDICTOR": "YES", "BLOCKSIZE": 512}
+        if float_data:
+            opts["LEVEL"] = 1
+    try:
+        gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", **opts)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class PredictionWriter:

@@ -60,7 +60,9 @@ def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int, prefetch: int = 
             for i, j, window in grid.tiles():
                 if stop.is_set():
                     return
-                feeds, valid = inputs.read(window)
+                # No data anywhere in the window (a mosaic's empty corners): neither read nor inferred.
+                has_data = getattr(inputs, "may_have_data", None)
+                feeds, valid = inputs.read(window) if has_data is None or has_data(window) else inputs.empty(window)
                 buf.append((i, j, feeds, valid))
                 if len(buf) == batch:
                     flush()
@@ -116,15 +118,20 @@ def predict_blocks(
     for group, feeds in _batches(grid, inputs, max(1, batch)):
         if cancelled and cancelled():
             raise Cancelled("cancelled by the user")
-        out = np.require(run(feeds), dtype=np.float32, requirements=["W", "C"])
-        if out.ndim != 4 or out.shape[0] != len(group) or out.shape[2:] != (T, T):
-            raise ModelError(
-                f"model output has shape {tuple(out.shape)}; expected (batch={len(group)}, classes, {T}, {T})"
-            )
-        if out.shape[1] != n_cls:
-            raise ModelError(f"model output has {out.shape[1]} channels but its metadata lists {n_cls} classes")
-        if meta.output_kind == "logits":
-            out = softmax(out)
+        # Tiles without a valid pixel are not inferred: their share of the blend is zero, and every pixel they
+        # share with a neighbour is invalid too (it is in their window), so no valid pixel changes.
+        live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
+        out = np.zeros((len(group), n_cls, T, T), np.float32)
+        if live:
+            sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
+            got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
+            if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
+                raise ModelError(
+                    f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
+                )
+            if got.shape[1] != n_cls:
+                raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
+            out[live] = softmax(got) if meta.output_kind == "logits" else got
         for (i, j, valid), probs in zip(group, out, strict=False):
             acc = probs  # a view into `out`, which we own: weight it in place
             acc *= weights(i, j)

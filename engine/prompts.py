@@ -54,7 +54,7 @@ class TextEncoder:
         if not side.exists():
             raise ModelError(
                 f"no text encoder in {folder}: class prompts need it; create it with "
-                "`python -m export text-encoder` (part of `make setup`)"
+                "`make text-encoder` (it ships in models/text_encoder/)"
             )
         self.doc = json.loads(side.read_text())
         from tokenizers import Tokenizer

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .model_package import ModelMeta
+from .value_range import Stretch, describe, plan_stretch
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ def bounds_overlap(a: tuple[float, float, float, float], b: tuple[float, float, 
 
 def overlap_grid(path_a: Path, path_b: Path, label_a: str = "before", label_b: str = "after") -> Grid:
     """The part of raster A's grid that raster B covers: the common grid of a bi-temporal pair."""
-    a = _open(Path(path_a), f"{label_a} raster")
-    b = _open(Path(path_b), f"{label_b} raster")
+    a = open_raster(raster_path(path_a), f"{label_a} raster")
+    b = open_raster(raster_path(path_b), f"{label_b} raster")
     with a, b:
         if a.crs is None or b.crs is None:
             if a.crs != b.crs or a.transform != b.transform:
@@ -93,19 +94,43 @@ def overlap_grid(path_a: Path, path_b: Path, label_a: str = "before", label_b: s
 
 def reference_grid(path: Path, label: str = "input raster") -> Grid:
     """The grid of a raster (the first input's sets the outputs' grid)."""
-    with _open(Path(path), label) as ds:
+    with open_raster(raster_path(path), label) as ds:
         return Grid(ds.crs, ds.transform, ds.width, ds.height)
 
 
-def _open(path: Path, label: str) -> rasterio.DatasetReader:
-    if not path.exists():
+def is_gdal_virtual(path: str | Path) -> bool:
+    """/vsizip/, /vsicurl/, /vsis3/ ... and URLs: paths GDAL opens that are not files on this disk."""
+    s = str(path)
+    return s.startswith("/vsi") or "://" in s
+
+
+def raster_path(text: str | Path) -> str | Path:
+    """A raster argument as given: GDAL virtual paths stay strings (Path would fold their double slashes)."""
+    return str(text) if is_gdal_virtual(text) else Path(text)
+
+
+def open_raster(path: str | Path, label: str) -> rasterio.DatasetReader:
+    virtual = is_gdal_virtual(path)
+    if not virtual and not Path(path).exists():
         raise InputError(f"{label} not found: {path}")
-    if path.is_dir():
+    if not virtual and Path(path).is_dir():
         raise InputError(f"{label} is a folder, not a raster: {path}")
     try:
         return rasterio.open(path)
-    except rasterio.errors.RasterioIOError:
-        raise InputError(f"{label} is not a raster GDAL can read: {path}") from None
+    except rasterio.errors.RasterioIOError as exc:
+        why = "not found or" if virtual else ""
+        raise InputError(f"{label} is {why} not a raster GDAL can read: {path} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_error(path, exc: BaseException) -> InputError:
+    """A failed read of an opened raster (truncated file, broken compression): an input problem, exit 2."""
+    cause = exc.__cause__ or exc.__context__ or exc  # rasterio's "Read failed. See previous exception"
+    return InputError(f"reading {path} failed (truncated or corrupt raster?): {_first_line(cause)}")
 
 
 def default_mapping(meta: ModelMeta, band_counts: list[int]) -> dict[str, BandSource]:
@@ -120,7 +145,7 @@ def default_mapping(meta: ModelMeta, band_counts: list[int]) -> dict[str, BandSo
             described = " + ".join(f"{mi.modality} ({', '.join(mi.bands)})" for mi in meta.inputs)
             raise InputError(
                 f"input has {band_counts[0]} band(s) but model '{meta.name}' takes {sum(need)}: {described}; "
-                "map bands explicitly, e.g. --modality rgb=1,2,3"
+                "map bands explicitly with --modality rgb=1,2,3"
             )
         mapping, start = {}, 1
         for mi in meta.inputs:
@@ -145,10 +170,11 @@ class AlignedInputs:
         mapping: dict[str, BandSource] | None = None,
         resampling: Resampling = Resampling.bilinear,
         grid: Grid | None = None,  # target grid; None: the first raster's
+        rescale: str = "auto",  # engine.value_range: values that do not fit the model's value_range
     ) -> None:
         if not paths:
             raise InputError("no input raster given")
-        self.paths = [Path(p) for p in paths]
+        self.paths = [raster_path(p) for p in paths]
         self.meta = meta
         self._datasets: list[rasterio.DatasetReader] = []
         self._sources: list = []
@@ -157,6 +183,7 @@ class AlignedInputs:
             counts = [ds.count for ds in self._datasets]
             self.mapping = dict(mapping) if mapping else default_mapping(meta, counts)
             self._check_mapping(counts)
+            self._plan_rescaling(rescale)
         except BaseException:
             self.close()
             raise
@@ -166,7 +193,7 @@ class AlignedInputs:
 
     def _open_all(self, resampling: Resampling, grid: Grid | None) -> None:
         for i, p in enumerate(self.paths):
-            self._datasets.append(_open(p, self._label(i)))
+            self._datasets.append(open_raster(p, self._label(i)))
         ref = self._datasets[0]
         self.grid = grid or Grid(ref.crs, ref.transform, ref.width, ref.height)
         g = self.grid
@@ -222,6 +249,61 @@ class AlignedInputs:
                     f"{len(src.bands)} were mapped from {self.paths[src.raster]} (bands {src})"
                 )
 
+    def _plan_rescaling(self, mode: str) -> None:
+        self.stretches: dict[str, Stretch] = {}
+        self.rescaling: dict[str, dict] = {}  # for the JSON result
+        self.messages: list[str] = []
+        for mi in self.meta.inputs:
+            if mi.value_range is None:
+                continue
+            src_map = self.mapping[mi.modality]
+            bands = list(src_map.bands[: mi.value_range_bands or mi.n_bands])
+            ds = self._datasets[src_map.raster]
+            label = f"{self.paths[src_map.raster]}"
+            st = plan_stretch(ds, bands, mi.value_range, mode, label)
+            if st is not None:
+                self.stretches[mi.name] = st
+                self.rescaling[mi.name] = {"raster": label, "bands": bands, **st.as_dict()}
+                self.messages.append(describe(label, bands, ds.dtypes[bands[0] - 1], st))
+
+    COARSE_SIDE = 1024  # the data map's longest side (engine.predict skips tiles with no data in it)
+
+    def may_have_data(self, window: Window) -> bool:
+        """False only when no pixel of the window can be valid: a coarse map of where every input has data
+        (each cell the maximum of the masks it covers, so a single valid pixel keeps its cell), built once."""
+        if not any(self._needs_mask):
+            return True
+        if getattr(self, "_coarse", None) is None:
+            g = self.grid
+            f = max(1, int(np.ceil(max(g.height, g.width) / self.COARSE_SIDE)))
+            shape = (int(np.ceil(g.height / f)), int(np.ceil(g.width / f)))
+            coarse = np.ones(shape, bool)
+            for src, needs in zip(self._sources, self._needs_mask, strict=True):
+                if not needs:
+                    continue
+                # Strips of f full-resolution rows, each reduced to one coarse row by a block maximum: a
+                # decimated read would sample, and miss data narrower than a cell.
+                for k, r in enumerate(range(0, g.height, f)):
+                    h = min(f, g.height - r)
+                    try:
+                        m = src.read_masks(1, window=Window(0, r, g.width, h)) > 0
+                    except rasterio.errors.RasterioError as exc:
+                        raise read_error(src.name, exc) from None
+                    m = np.pad(m, ((0, 0), (0, shape[1] * f - g.width)))
+                    coarse[k] &= m.reshape(h, shape[1], f).any(axis=(0, 2))
+            self._coarse, self._coarse_f = coarse, f
+        f = self._coarse_f
+        r0, c0 = max(0, int(window.row_off) // f - 1), max(0, int(window.col_off) // f - 1)
+        r1 = int(np.ceil((window.row_off + window.height) / f)) + 1
+        c1 = int(np.ceil((window.col_off + window.width) / f)) + 1
+        return bool(self._coarse[r0:r1, c0:c1].any())
+
+    def empty(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """What read() returns for a window without data, without reading it."""
+        h, w = int(window.height), int(window.width)
+        feeds = {mi.name: np.zeros((mi.n_bands, h, w), np.float32) for mi in self.meta.inputs}
+        return feeds, np.zeros((h, w), bool)
+
     def read(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read a window (may extend past the raster: edge-padded) for every model input.
 
@@ -242,15 +324,20 @@ class AlignedInputs:
         for mi in self.meta.inputs:
             src_map = self.mapping[mi.modality]
             src = self._sources[src_map.raster]
-            raw = src.read(list(src_map.bands), window=inner)
-            if self._needs_mask[src_map.raster]:
-                masks = src.read_masks(list(src_map.bands), window=inner)
+            try:
+                raw = src.read(list(src_map.bands), window=inner)
+                masks = src.read_masks(list(src_map.bands), window=inner) if self._needs_mask[src_map.raster] else None
+            except rasterio.errors.RasterioError as exc:
+                raise read_error(self.paths[src_map.raster], exc) from None
+            if masks is not None:
                 raw_valid &= np.all(masks > 0, axis=0)
             if raw.dtype.kind == "f":  # NaN / Inf are no-data always, tagged or not
                 raw_valid &= np.isfinite(raw).all(axis=0)
             raws[mi.name] = (mi, raw)
         valid[pad[0][0] : h - pad[0][1], pad[1][0] : w - pad[1][1]] &= raw_valid
         for name, (mi, raw) in raws.items():
+            if name in self.stretches:
+                raw = self.stretches[name].apply(raw)
             x = mi.normalization.apply(raw)
             x[:, ~raw_valid] = 0.0
             if any(p for pp in pad for p in pp):

@@ -60,13 +60,14 @@ class OnnxRuntime:
     ) -> None:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(4)  # errors reach the user once, as our one line, not as ORT's log
         providers, message = choose_providers(options.device, ort.get_available_providers())
         if message and notify:
             notify(message)
         so = ort.SessionOptions()
         if options.threads:
             so.intra_op_num_threads = options.threads
-        so.log_severity_level = 3
+        so.log_severity_level = 4
         provider_options = []
         for p in providers:
             if p == "TensorrtExecutionProvider":
@@ -89,13 +90,19 @@ class OnnxRuntime:
             raise ModelError(f"onnxruntime cannot load model {model_path}: {first}") from None
         self.providers = self.session.get_providers()
         self.output_name = output_name
+        self.model_path = model_path
 
     @property
     def device_label(self) -> str:
         return self.providers[0].replace("ExecutionProvider", "")
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feeds)[0]
+        try:
+            return self.session.run([self.output_name], feeds)[0]
+        except Exception as exc:  # onnxruntime's own InvalidArgument/Fail/RuntimeException types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            raise ModelError(f"model {self.model_path} failed on its input ({shapes}): {first}") from None
 
 
 def make_runtime(model_path: Path, output_name: str, options: RuntimeOptions, notify=None):

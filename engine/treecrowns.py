@@ -36,10 +36,11 @@ from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
 from .outputs import geotiff_profile
 from .polygonize import AreaCalculator
 from .predict import predict_blocks
-from .raster_input import AlignedInputs, BandSource
+from .raster_input import AlignedInputs, BandSource, open_raster
 from .runtime import RuntimeOptions, make_runtime
 from .styles import crowns_qml
 from .tiling import TileGrid, fit_overlap
+from .value_range import describe, plan_stretch
 
 VEGETATION_NAMES = ("vegetation", "tree", "trees", "woodland", "forest", "canopy")
 SCHEMA = {
@@ -78,6 +79,8 @@ class TreeCrownParams:
     window: int = 1024  # pixels
     iou_nms: float = 0.5
     score_threshold: float | None = None  # detector models: None = the threshold in the model's metadata
+    rescale: str = "auto"  # values beyond the model's value_range (engine.value_range: auto, percentile, off)
+    tta: str = "d4"  # detector models: test-time views averaged: d4 (8 turns/flips), flips (4), none (1; 8x faster)
     batch: int = 4
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
@@ -90,6 +93,7 @@ class TreeCrownResult(JsonResult):
     method: str
     seconds: float
     messages: list[str] = field(default_factory=list)
+    rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
 
 
 def _vegetation_index(names: list[str], wanted: str | None) -> int:
@@ -196,11 +200,39 @@ class SamPrompter:
 
 
 def _tree_tops(surface: np.ndarray, mask: np.ndarray, min_dist_px: int) -> np.ndarray:
-    from skimage.feature import peak_local_max
-
+    """(row, col) of the highest point within min_dist_px (a square window) inside the mask, one per plateau,
+    highest first."""
     if not mask.any():
         return np.zeros((0, 2), int)
-    return peak_local_max(surface, min_distance=max(1, min_dist_px), labels=mask.astype(np.int32), exclude_border=False)
+    s = np.where(mask, surface.astype(np.float64), -np.inf)
+    size = 2 * max(1, min_dist_px) + 1
+    peaks = mask & (s == ndimage.maximum_filter(s, size=size, mode="constant", cval=-np.inf))
+    lab, n = ndimage.label(peaks, structure=np.ones((3, 3)))
+    if n == 0:
+        return np.zeros((0, 2), int)
+    # one top per plateau of equal maxima: its first pixel in row order
+    first = ndimage.minimum(np.arange(lab.size).reshape(lab.shape), lab, index=np.arange(1, n + 1)).astype(int)
+    tops = np.stack(np.unravel_index(first, lab.shape), 1)
+    return tops[np.argsort(-s[tops[:, 0], tops[:, 1]], kind="stable")]
+
+
+def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Marker-controlled watershed of the surface's high points, inside the mask (scipy's image foresting
+    transform). Outside the mask the cost is the highest, so a region never grows through it before its own
+    pixels are taken; mask parts without a marker stay 0."""
+    lab = np.zeros(markers.shape, np.int32)
+    if not mask.any():
+        return lab
+    s = surface.astype(np.float64)
+    lo, hi = float(s[mask].min()), float(s[mask].max())
+    cost = np.full(s.shape, 65535, np.uint16)
+    cost[mask] = np.round((hi - s[mask]) / max(hi - lo, 1e-12) * 65534).astype(np.uint16)
+    flooded = ndimage.watershed_ift(cost, markers.astype(np.int32))
+    comp, _ = ndimage.label(mask)
+    seeded = np.unique(comp[(markers > 0) & mask])
+    keep = mask & np.isin(comp, seeded[seeded > 0])
+    lab[keep] = flooded[keep]
+    return lab
 
 
 def run_treecrowns(
@@ -209,8 +241,6 @@ def run_treecrowns(
     cancelled: Callable[[], bool] | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> TreeCrownResult:
-    from skimage.segmentation import watershed
-
     t0 = time.perf_counter()
     say = Messages(notify)
 
@@ -229,8 +259,10 @@ def run_treecrowns(
 
     with (
         rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024),
-        AlignedInputs([params.image], meta, params.modalities or None) as inputs,
+        AlignedInputs([params.image], meta, params.modalities or None, rescale=params.rescale) as inputs,
     ):
+        for msg in inputs.messages:
+            say(msg)
         grid = inputs.grid
         img_ds = inputs._datasets[0]
         chm_ds = _open_chm(params.chm, img_ds) if params.chm else None
@@ -303,7 +335,7 @@ def run_treecrowns(
                                 markers = np.zeros(mask.shape, np.int32)
                                 for i, (r, c) in enumerate(tops, start=1):
                                     markers[r, c] = i
-                                labels = watershed(-surface, markers, mask=mask)
+                                labels = _watershed(surface, markers, mask)
                                 owned = {int(markers[r, c]): (r, c) for r, c in own}
                                 pieces = [(labels == lab, (r, c), None) for lab, (r, c) in owned.items()]
                             else:
@@ -321,7 +353,8 @@ def run_treecrowns(
                 chm_ds.close()
     if progress:
         progress(1.0, "done")
-    return TreeCrownResult(final, "crowns", n, method, round(time.perf_counter() - t0, 3), say.items)
+    seconds = round(time.perf_counter() - t0, 3)
+    return TreeCrownResult(final, "crowns", n, method, seconds, say.items, inputs.rescaling)
 
 
 def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, final: Path, crs) -> int:
@@ -349,28 +382,30 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
     if params.sam:
         raise InputError("--sam shapes crowns from the vegetation mask's tree tops; a detector model needs no SAM")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_image(params.image) as img:
+        mi = package.meta.inputs[0]
+        stretch = None
+        if mi.value_range is not None and img.count >= 3:
+            stretch = plan_stretch(img, [1, 2, 3], mi.value_range, params.rescale, str(params.image))
         chm_ds = _open_chm(params.chm, img) if params.chm else None
+        if stretch is not None:
+            say(describe(str(params.image), [1, 2, 3], img.dtypes[0], stretch))
         try:
             runtime = make_runtime(package.path, package.meta.output_name, params.runtime, notify=say)
             with atomic_outputs(final.parent) as outputs:
                 gpkg_tmp = outputs.temp_for(final)
-                crowns = detect_crowns(params, package.meta, runtime, chm_ds, say, progress, cancelled)
+                crowns = detect_crowns(params, package.meta, runtime, chm_ds, say, progress, cancelled, stretch)
                 n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, img.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
     if progress:
         progress(1.0, "done")
-    return TreeCrownResult(final, "crowns", n, "detector", round(time.perf_counter() - t0, 3), say.items)
+    rescaling = {mi.name: {"raster": str(params.image), "bands": [1, 2, 3], **stretch.as_dict()}} if stretch else {}
+    return TreeCrownResult(final, "crowns", n, "detector", round(time.perf_counter() - t0, 3), say.items, rescaling)
 
 
-def _open_image(path: Path):
-    if not Path(path).exists():
-        raise InputError(f"image not found: {path}")
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError:
-        raise InputError(f"image is not a raster GDAL can read: {path}") from None
+def _open_image(path):
+    return open_raster(path, "image")
 
 
 def _crown(region, top, transform, veg, chm, area_of, score, method) -> dict | None:

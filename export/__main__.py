@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--checkpoint", type=Path, default=Path("out/train_landcover/model.pt"))
     pk.add_argument("--out", type=Path, default=Path("models/landcover_unet_lite0.onnx"))
 
+    vt = sub.add_parser("validate-treecrowns", help="re-run a crown checkpoint's validation into its report.json")
+    vt.add_argument("--checkpoint", type=Path, default=Path("out/train_treecrowns/model.pt"))
+    vt.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data)")
     pt = sub.add_parser("package-treecrowns", help="trained crown detector -> ONNX package (parity, metadata)")
     pt.add_argument("--checkpoint", type=Path, default=Path("out/train_treecrowns/model.pt"))
     pt.add_argument("--out", type=Path, default=Path("models/treecrowns_centernet_lite0.onnx"))
@@ -159,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
         from .landcover_package import export_landcover
 
         export_landcover(args.checkpoint, args.out)
+    elif args.command == "validate-treecrowns":
+        from .landcover_data import data_root
+        from .train_treecrowns import revalidate
+
+        revalidate(args.checkpoint, data_root(args.data))
     elif args.command == "package-treecrowns":
         from .treecrowns_package import export_treecrowns
 

@@ -45,6 +45,7 @@ def metadata() -> dict:
                 "modality": "rgb",
                 "bands": ["red", "green", "blue"],
                 "normalization": {"type": "scale_offset", "scale": 1 / 255, "offset": 0.0},
+                "value_range": [0, 255],  # 8-bit imagery; other data is stretched onto it (engine.value_range)
             }
         ],
         "output": {"name": "logits", "kind": "logits"},

@@ -38,6 +38,7 @@ def metadata(report: dict | None = None) -> dict:
                 "modality": "rgb",
                 "bands": ["red", "green", "blue"],
                 "normalization": {"type": "mean_std", "mean": 127.0, "std": 128.0},
+                "value_range": [0, 255],  # 8-bit imagery; other data is stretched onto it (engine.value_range)
             }
         ],
         "output": {"name": "logits", "kind": "logits"},

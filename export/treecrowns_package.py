@@ -37,6 +37,8 @@ def metadata(report: dict) -> dict:
                     "scale": [1 / 128, 1 / 128, 1 / 128, 1 / CHM_SCALE, 1.0],
                     "offset": [-127 / 128, -127 / 128, -127 / 128, 0.0, 0.0],
                 },
+                "value_range": [0, 255],  # the RGB bands: 8-bit (engine.value_range); the CHM is metres
+                "value_range_bands": 3,
             }
         ],
         "output": {"name": "out", "kind": "logits"},

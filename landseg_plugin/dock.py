@@ -3,7 +3,6 @@ tiling, press Run. It only collects parameters; the engine does the work (see ta
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from .engine_process import (
     treecrown_model,
     treecrowns_args,
 )
-from .settings import DEVICES, models_dir_setting, python_setting
+from .settings import DEVICES, models_dir_setting, output_dir_setting, python_setting, remember_output_dir
 from .task import EngineTask
 
 TASKS = [("landcover", "Land cover"), ("change", "Change detection"), ("treecrowns", "Tree crowns")]
@@ -136,7 +135,10 @@ class LandSegDock(QgsDockWidget):
         opts.addRow("Resample", self.resample_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
-        self.out_widget.lineEdit().setPlaceholderText("[temporary folder]")
+        self.out_widget.setFilePath(output_dir_setting())
+        self.out_widget.setToolTip(
+            "results are written here (remembered); default: a LandSeg folder next to the project"
+        )
         opts.addRow("Output folder", self.out_widget)
         lay.addLayout(opts)
 
@@ -333,7 +335,9 @@ class LandSegDock(QgsDockWidget):
 
     def start_run(self) -> None:
         self.last_error = None
-        out_dir = self.out_widget.filePath() or tempfile.mkdtemp(prefix="landseg_")
+        out_dir = self.out_widget.filePath() or output_dir_setting()
+        self.out_widget.setFilePath(out_dir)
+        remember_output_dir(out_dir)
         try:
             args, what = self.build_args(out_dir)
         except EngineError as exc:
@@ -366,6 +370,7 @@ class LandSegDock(QgsDockWidget):
 
     def _fail(self, message: str) -> None:
         self.last_error = message
+        self.progress.setValue(0)  # a cancelled or failed run has no partial result to show progress for
         self._set_status(f"<span style='color:#b00020'>{message}</span>")
         self._idle()
 

@@ -70,7 +70,8 @@ def engine_python(configured: str | None = None) -> str:
             return c
     raise EngineError(
         "LandSeg cannot find its engine's Python environment: run `make setup` in "
-        f"{engine_root()} or set LANDSEG_PYTHON (or Settings > LandSeg > Python) to a Python with the engine's "
+        f"{engine_root()}, or point the environment variable LANDSEG_PYTHON or the QGIS setting landseg/python "
+        "(Settings > Options > Advanced) to a Python with the engine's "
         "requirements installed"
     )
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from qgis.core import (
+    QgsApplication,
     QgsMapLayerType,
     QgsProcessing,
     QgsProcessingAlgorithm,
@@ -75,7 +76,36 @@ def run_in_processing(args: list[str], feedback) -> dict | None:
         feedback.reportError("LandSeg: cancelled; no output was written")
         return None
     except EngineError as exc:
-        raise QgsProcessingException(f"LandSeg: {exc}") from None
+        message = f"LandSeg: {in_processing_words(str(exc))}"
+        if QgsApplication.instance() is not None and QgsApplication.instance().platform() == "qgis_process":
+            # Headless, qgis_process logs, reports and prints an exception's text (three times): report it
+            # once here and raise an empty exception, which only sets the exit code.
+            feedback.reportError(message, False)
+            raise QgsProcessingException("") from None
+        raise QgsProcessingException(message) from None  # in QGIS and processing.run(): the text is the API
+
+
+# Engine (CLI) options named in error messages -> the Processing parameter that sets the same thing.
+CLI_TO_PARAMETER = {
+    "--modality": "the band mapping parameter (BANDS)",
+    "--resample": "the RESAMPLE parameter",
+    "--classes": "the CLASSES parameter",
+    "--prompts": "the PROMPTS parameter",
+}
+
+
+def in_processing_words(message: str) -> str:
+    """An engine error with its CLI options replaced by the Processing parameters that set them."""
+    import re
+
+    def swap(m: re.Match) -> str:
+        flag, value = m.group(1), (m.group(2) or "").rstrip(".,")
+        name = CLI_TO_PARAMETER.get(flag)
+        if name is None:
+            return m.group(0)
+        return f"{name}, e.g. {value.removeprefix('NAME=')}" if value else name
+
+    return re.sub(r"(--[a-z-]+)(?:[ =]([^\s;,)]+(?:=[^\s;,)]+)?))?", swap, message)
 
 
 class LandSegAlgorithm(QgsProcessingAlgorithm):

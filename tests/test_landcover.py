@@ -69,7 +69,8 @@ def test_nodata_pixels_stay_nodata(tmp_path):
     assert (conf[hole] == cprof["nodata"]).all() and (conf[~hole] > 0).all()
     with fiona.open(res.polygons) as layer:
         total = sum(f["properties"]["area_m2"] for f in layer)
-    assert total == pytest.approx(64 * 64 - 200, abs=1)
+    # ellipsoidal m²: on UTM's central meridian (scale 0.9996) a 1 m pixel is 1.0008 m² of ground
+    assert total == pytest.approx((64 * 64 - 200) / 0.9996**2, rel=1e-4)
 
 
 def test_real_nodata_footprint(tmp_path):
@@ -164,8 +165,14 @@ def test_polygons_merge_across_strips(tmp_path):
     assert n_strips == n_whole
     for k in a_whole:
         assert a_strips[k] == pytest.approx(a_whole[k], rel=1e-5)  # areas are rounded to mm²
-    cls, _ = _read(res.class_map)
-    assert sum(a_whole.values()) == pytest.approx((cls != 255).sum() * 0.100235 * 0.0997475, rel=1e-4)
+    cls, prof = _read(res.class_map)
+    # ellipsoidal m²: planar pixel area over UTM's areal scale here (250 km west of the central meridian)
+    from pyproj import Proj, Transformer
+
+    x, y = prof["transform"] * (200, 200)
+    lon, lat = Transformer.from_crs(prof["crs"], "EPSG:4326", always_xy=True).transform(x, y)
+    k2 = Proj(prof["crs"]).get_factors(lon, lat).areal_scale
+    assert sum(a_whole.values()) == pytest.approx((cls != 255).sum() * 0.100235 * 0.0997475 / k2, rel=1e-4)
 
 
 def test_regions_across_seams_keep_exact_areas(tmp_path):
@@ -184,9 +191,10 @@ def test_regions_across_seams_keep_exact_areas(tmp_path):
     polygonize(class_map, conf, out, classes[:3], PolygonizeOptions(strip_rows=10, simplify_px=0))
     with fiona.open(out) as layer:
         feats = {f["properties"]["class_id"]: f for f in layer if f["properties"]["class_id"] != 0}
-    assert feats[1]["properties"]["area_m2"] == pytest.approx(9 * 0.09)
+    k2 = 0.9996**2  # UTM's areal scale on its central meridian: areas are ellipsoidal m²
+    assert feats[1]["properties"]["area_m2"] == pytest.approx(9 * 0.09 / k2, abs=1e-3)  # rounded to 0.001 m²
     assert feats[2]["geometry"]["type"] == "Polygon" and len(feats[2]["geometry"]["coordinates"]) == 1
-    assert feats[2]["properties"]["area_m2"] == pytest.approx((23 * 3 + 3 * 12) * 0.09)
+    assert feats[2]["properties"]["area_m2"] == pytest.approx((23 * 3 + 3 * 12) * 0.09 / k2, abs=1e-3)
 
 
 def test_cancel_leaves_no_output(tmp_path):
@@ -236,6 +244,6 @@ def test_huge_region_is_cut_at_seams_with_exact_areas(tmp_path):
     with fiona.open(out) as layer:
         areas = [f["properties"]["area_m2"] for f in layer]
     assert n == len(areas) == 2  # closed once past 12000 px (after 150 rows), then the last 50 rows
-    assert sum(areas) == pytest.approx(200 * 120)
+    assert sum(areas) == pytest.approx(200 * 120 / 0.9996**2, rel=1e-5)  # ellipsoidal m² (UTM scale 0.9996)
     with fiona.open(res.polygons) as layer:
-        assert len(layer) == 1  # default cap (4M px) keeps it whole
+        assert len(layer) == 1  # by default a region is never cut

@@ -123,8 +123,40 @@ def test_dock_cancel_leaves_no_layers_or_files(dock, qgis_app, tmp_path):
     dock.cancel_run()
     wait_for(dock, qgis_app)
     assert dock.last_error and "cancelled" in dock.last_error
+    assert dock.progress.value() == 0  # not frozen at the value it had when cancelled
     assert len(QgsProject.instance().mapLayers()) == n_layers
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dock_output_folder_is_not_temporary_and_is_remembered(dock, qgis_app, tmp_path):
+    from qgis.core import QgsSettings
+
+    from landseg_plugin.settings import KEY_OUTPUT_DIR, output_dir_setting
+
+    QgsSettings().remove(KEY_OUTPUT_DIR)
+    assert output_dir_setting() == str(Path.home() / "LandSeg")  # no project saved: not a temporary folder
+    layer = QgsRasterLayer(str(SJER), "sjer")
+    QgsProject.instance().addMapLayer(layer)
+    dock.set_input(0, layer)
+    dock.out_widget.setFilePath(str(tmp_path / "chosen"))
+    dock.start_run()
+    wait_for(dock, qgis_app)
+    assert QgsSettings().value(KEY_OUTPUT_DIR) == str(tmp_path / "chosen")
+    assert output_dir_setting() == str(tmp_path / "chosen")  # what the next panel starts with
+
+
+def test_missing_engine_help_names_a_setting_that_exists(monkeypatch):
+    from landseg_plugin import engine_process
+
+    monkeypatch.setenv("LANDSEG_PYTHON", "/nowhere/python")
+    monkeypatch.setattr(engine_process, "engine_root", lambda: Path("/nowhere"))
+    try:
+        engine_process.engine_python(None)
+    except engine_process.EngineError as exc:
+        text = str(exc)
+    else:
+        pytest.skip("an engine Python was found anyway")
+    assert "Settings > LandSeg" not in text and "landseg/python" in text
 
 
 def _set_task(dock, key: str) -> None:

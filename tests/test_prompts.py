@@ -1,4 +1,4 @@
-"""Class prompts: the real text encoder (all-MiniLM-L6-v2 exported to ONNX by `make setup`) maps prompts to
+"""Class prompts: the real text encoder (all-MiniLM-L6-v2, an int8 ONNX in models/text_encoder) maps prompts to
 model classes; unmatched prompts are reported; prompts reach the engine from the CLI and from Processing."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CLASSES = [
 
 @pytest.fixture(scope="module")
 def encoder():
-    assert (DEFAULT_ENCODER / "text_encoder.json").exists(), "run `make setup` (it exports the text encoder)"
+    assert (DEFAULT_ENCODER / "text_encoder.json").exists(), "models/text_encoder/ is committed: check it out"
     return TextEncoder()
 
 

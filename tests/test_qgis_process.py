@@ -89,6 +89,20 @@ def test_bad_input_is_reported_in_the_log(qgis_env, tmp_path, args, message):
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
 
 
+def test_an_engine_error_is_reported_once_in_processing_words(qgis_env, tmp_path):
+    import numpy as np
+
+    from conftest import write_raster
+
+    gray = write_raster(tmp_path / "gray.tif", np.zeros((1, 40, 40), np.uint8))
+    proc = qgis_process(qgis_env, "run", "landseg:landcover", f"--INPUT={gray}", *outputs(tmp_path / "o"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    # once as the error; QGIS echoes what a feedback reports into its message log (stderr) as well
+    assert proc.stdout.count("input has 1 band(s)") <= 1 and log.count("input has 1 band(s)") <= 2, log
+    assert "--modality" not in log and "band mapping parameter (BANDS)" in log, log
+
+
 def test_non_raster_input_is_rejected(qgis_env, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a raster")
@@ -204,3 +218,27 @@ def test_chm_headless(qgis_env, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with rasterio.open(out) as ds:
         assert ds.crs.to_epsg() == 32611 and ds.res == (0.5, 0.5) and 20 < ds.read(1).max() < 60
+
+
+def test_example_graphical_model_runs_headless(qgis_env, tmp_path):
+    """resources/models/landcover_class_area.model3: land cover -> one class's polygons -> area statistics."""
+    import re
+
+    model = ROOT / "resources" / "models" / "landcover_class_area.model3"
+    proc = qgis_process(
+        qgis_env,
+        "run",
+        str(model),
+        f"--image={SJER}",
+        "--class_name=vegetation",
+        f"--one_class:class_polygons={tmp_path / 'veg.gpkg'}",
+        f"--area_stats:area_report={tmp_path / 'area.html'}",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with fiona.open(tmp_path / "veg.gpkg") as layer:
+        names = {f["properties"]["class_name"] for f in layer}
+        total = sum(f["properties"]["area_m2"] for f in layer)
+    assert names == {"vegetation"} and total > 100
+    html = (tmp_path / "area.html").read_text()
+    m = re.search(r"Sum:\s*([0-9.]+)", html)
+    assert m and float(m.group(1)) == pytest.approx(total, rel=1e-3), html

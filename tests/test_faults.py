@@ -1,0 +1,201 @@
+"""Faults (issue: outputs an analyst can trust): killed runs, two runs in one folder, read/model/disk errors
+mapped to their exit codes, GDAL virtual paths, mostly-nodata rasters. Real sample rasters throughout."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+from rasterio.windows import Window
+from test_bad_input import assert_clean_failure, run_cli
+
+from conftest import DEFAULT_MODEL, ROOT, SJER, URBAN, conv_model
+from engine.model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
+from engine.predict import predict_blocks
+from engine.raster_input import AlignedInputs
+from engine.run_lock import LOCK_NAME
+from engine.tiling import TileGrid
+
+
+def assert_fails_mid_run(proc, code: int, *fragments: str) -> None:
+    """Failed after the run started: progress messages may come first, then exactly one error line."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    errors = [x for x in lines if x.startswith("landseg: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in proc.stderr, proc.stderr
+    for frag in fragments:
+        assert frag in errors[0], (frag, errors[0])
+
+
+def dead_pid() -> int:
+    """A PID no process has: one of our children after it exited and was reaped."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "engine", "landcover", "-i", str(URBAN), "--model", str(DEFAULT_LANDCOVER_MODEL),
+            "--resample", "off", "-o", str(out), "--progress", "none"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".tmp." in n for n in (leftovers(out) if out.exists() else [])):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stale = leftovers(out)
+    assert any(".tmp." in n for n in stale) and LOCK_NAME in stale, stale  # what kill -9 leaves
+    p = run_cli("-i", str(SJER), "--model", str(DEFAULT_MODEL), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert leftovers(out) == [], leftovers(out)
+    assert (out / "landcover.gpkg").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}")
+        p = run_cli("-i", str(SJER), "--model", str(DEFAULT_MODEL), "-o", str(out))
+        assert_clean_failure(p, 4, "in use by another LandSeg run", f"PID {sleeper.pid}")
+        assert sorted(x.name for x in out.iterdir()) == [LOCK_NAME]  # nothing written, the lock untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # a lock whose process is gone is taken over
+    (out / LOCK_NAME).write_text(f"{dead_pid()} {os.uname().nodename}")
+    p = run_cli("-i", str(SJER), "--model", str(DEFAULT_MODEL), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert not (out / LOCK_NAME).exists()
+
+
+def truncated_copy(tmp_path, keep: float):
+    """The real urban sample with its image data cut short (header and tile index intact)."""
+    src = tmp_path / "full.tif"
+    with rasterio.open(URBAN) as ds:
+        prof = ds.profile | {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+                             "photometric": "RGB"}  # fmt: skip
+        with rasterio.open(src, "w", **prof) as dst:
+            dst.write(ds.read())
+    data = src.read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: int(len(data) * keep)])
+    return bad
+
+
+def test_a_truncated_input_is_an_input_error_and_leaves_no_folder(tmp_path):
+    bad = truncated_copy(tmp_path, 0.5)
+    out = tmp_path / "new" / "out"
+    p = run_cli("-i", str(bad), "--model", str(DEFAULT_MODEL), "-o", str(out))
+    assert_fails_mid_run(p, 2, "truncated.tif", "reading")
+    assert not (tmp_path / "new").exists()  # the folders this run created are gone again
+
+
+def test_a_model_that_fails_at_run_time_is_a_model_error_in_one_line(tmp_path):
+    """The graph takes any channel count (symbolic), its metadata lists 4 bands, its first conv needs 3."""
+    model = conv_model(tmp_path / "conv.onnx", in_channels=3)
+    m = onnx.load(str(model))
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    doc = load_model_package(model).meta
+    from engine.model_package import embed_metadata, meta_to_dict
+
+    d = meta_to_dict(doc)
+    d["inputs"][0]["bands"] = ["b0", "b1", "b2", "b3"]
+    d["inputs"][0]["normalization"] = {"type": "scale_offset", "scale": 1.0, "offset": 0.0}
+    embed_metadata(m, d)
+    bad = tmp_path / "four.onnx"
+    onnx.save(m, str(bad))
+    four = tmp_path / "four_band.tif"
+    with rasterio.open(SJER) as ds:
+        prof = ds.profile | {"count": 4}
+        with rasterio.open(four, "w", **prof) as dst:
+            dst.write(np.concatenate([ds.read(), ds.read(1)[None]]))
+    out = tmp_path / "out"
+    p = run_cli("-i", str(four), "--model", str(bad), "-o", str(out))
+    assert_fails_mid_run(p, 3, "four.onnx", "failed on its input")
+    assert "\x1b[" not in p.stderr  # onnxruntime's own coloured log stays silent
+    assert not out.exists()
+
+
+def test_a_full_disk_is_named_exit_4(tmp_path):
+    """A file-size limit stands in for a full disk: writes fail with EFBIG like ENOSPC, mid-run."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "engine", "landcover", "-i", str(URBAN), "--model", str(DEFAULT_MODEL), "-o",
+            str(out), "--progress", "none"]  # fmt: skip
+    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert_fails_mid_run(p, 4, "no space left on device", str(out))
+    assert not out.exists()
+
+
+def test_gdal_virtual_paths_are_accepted(tmp_path):
+    z = tmp_path / "sample.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(SJER, "inside/neon_sjer_rgb.tif")
+    out = tmp_path / "out"
+    p = run_cli("-i", f"/vsizip/{z}/inside/neon_sjer_rgb.tif", "--model", str(DEFAULT_MODEL), "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert (out / "landcover_classes.tif").exists()
+    p = run_cli("-i", f"/vsizip/{z}/inside/missing.tif", "--model", str(DEFAULT_MODEL), "-o", str(out))
+    assert_clean_failure(p, 2, "missing.tif")
+
+
+def test_tiles_without_data_are_neither_read_nor_inferred(tmp_path):
+    """A 4096² mosaic that is nodata except for the real SJER crop in one corner area: only the tiles that
+    touch the data run through the model, and the class map is the same as inferring every tile."""
+    big = tmp_path / "mosaic.tif"
+    with rasterio.open(SJER) as ds:
+        prof = ds.profile | {"width": 4096, "height": 4096, "nodata": 0, "tiled": True, "blockxsize": 256,
+                             "blockysize": 256, "compress": "deflate", "sparse_ok": True}  # fmt: skip
+        with rasterio.open(big, "w", **prof) as dst:
+            dst.write(np.maximum(ds.read(), 1), window=Window(1000, 1200, 400, 400))
+    meta = load_model_package(DEFAULT_MODEL).meta
+    grid = TileGrid(4096, 4096, 256, 32)
+    calls: list[int] = []
+
+    def counting(feeds):
+        calls.append(next(iter(feeds.values())).shape[0])
+        from engine.runtime import OnnxRuntime, RuntimeOptions
+
+        return OnnxRuntime(DEFAULT_MODEL, meta.output_name, RuntimeOptions()).run(feeds)
+
+    t0 = time.perf_counter()
+    with AlignedInputs([big], meta) as inputs:
+        blocks = list(predict_blocks(inputs, counting, meta, grid, batch=4))
+    seconds = time.perf_counter() - t0
+    touching = sum(
+        1
+        for _i, _j, w in grid.tiles()
+        if w.row_off < 1600 and w.row_off + w.height > 1200 and w.col_off < 1400 and w.col_off + w.width > 1000
+    )
+    assert sum(calls) == touching, (sum(calls), touching, len(grid))
+    assert touching < len(grid) / 20
+    valid = sum(int(b.valid.sum()) for b in blocks)
+    assert valid == 400 * 400
+    assert seconds < 60
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_leftovers(tmp_path):
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)

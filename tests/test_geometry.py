@@ -1,0 +1,125 @@
+"""Polygons an analyst can measure: ellipsoidal areas in any CRS, and no region cut at a strip seam."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fiona
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from pyproj import Geod, Transformer
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.windows import Window
+from shapely.geometry import shape
+
+from conftest import DEFAULT_MODEL, URBAN
+from engine.landcover import LandcoverParams, run_landcover
+from engine.model_package import load_model_package
+from engine.polygonize import PolygonizeOptions, polygonize
+
+GEOD = Geod(ellps="WGS84")
+
+
+def geodesic_area(geom, crs) -> float:
+    """Independent reference: the polygon's vertices to lon/lat, then the WGS84 ellipsoid."""
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    ll = shapely.transform(geom, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    return abs(GEOD.geometry_area_perimeter(ll)[0])
+
+
+@pytest.fixture(scope="module")
+def urban_classes(tmp_path_factory) -> tuple[Path, Path]:
+    """A real class map: the colour rule on a 512² crop of the urban river orthophoto (EPSG:3395, 25° N)."""
+    d = tmp_path_factory.mktemp("urban")
+    with rasterio.open(URBAN) as src:
+        win = Window(768, 768, 512, 512)
+        prof = src.profile | {"width": 512, "height": 512, "transform": src.window_transform(win)}
+        with rasterio.open(d / "crop.tif", "w", **prof) as dst:
+            dst.write(src.read(window=win))
+    res = run_landcover(LandcoverParams(inputs=[d / "crop.tif"], model=DEFAULT_MODEL, out_dir=d / "o"))
+    return res.class_map, res.confidence
+
+
+def warp(src_path: Path, dst_path: Path, crs: str, resampling: Resampling) -> Path:
+    with rasterio.open(src_path) as src:
+        transform, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        prof = src.profile | {"crs": crs, "transform": transform, "width": w, "height": h}
+        with rasterio.open(dst_path, "w", **prof) as dst:
+            reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=resampling)
+    return dst_path
+
+
+@pytest.mark.parametrize("crs", ["EPSG:3395", "EPSG:4326", "EPSG:32640"])
+def test_area_m2_is_ellipsoidal_in_any_crs(urban_classes, tmp_path, crs):
+    cls, conf = urban_classes
+    if crs != "EPSG:3395":
+        cls = warp(cls, tmp_path / "cls.tif", crs, Resampling.nearest)
+        conf = warp(conf, tmp_path / "conf.tif", crs, Resampling.bilinear)
+    out = tmp_path / "p.gpkg"
+    n = polygonize(
+        cls, conf, out, load_model_package(DEFAULT_MODEL).meta.classes, PolygonizeOptions(simplify_px=0, min_area_m2=0)
+    )
+    assert n > 20
+    with fiona.open(out) as layer:
+        got, ref = [], []
+        for f in layer:
+            got.append(f["properties"]["area_m2"])
+            ref.append(geodesic_area(shape(f.geometry), crs))
+    got, ref = np.array(got), np.array(ref)
+    big = ref > 1.0  # areas are rounded to mm²; compare regions of a square metre and more
+    assert np.all(np.abs(got[big] / ref[big] - 1) < 0.005), np.max(np.abs(got[big] / ref[big] - 1))
+    if crs == "EPSG:3395":  # planar areas here are ~ +10 % (scale factor 1/cos 25°, squared): that is the bug
+        planar = sum(shape(f.geometry).area for f in fiona.open(out))
+        assert planar / ref.sum() > 1.05
+
+
+def test_a_region_larger_than_a_strip_budget_is_one_polygon(tmp_path):
+    """The real urban class map, 2x nearest-upsampled (4096², 16 polygonize strips of 256 rows): its big regions
+    (the river, > 1 Mpx) span many seams; no two polygons of a class may share an edge."""
+    res = run_landcover(LandcoverParams(inputs=[URBAN], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
+    with rasterio.open(res.class_map) as src, rasterio.open(res.confidence) as cf:
+        cls = np.repeat(np.repeat(src.read(1), 2, 0), 2, 1)
+        conf = np.repeat(np.repeat(cf.read(1), 2, 0), 2, 1)
+        t = src.transform * src.transform.scale(0.5, 0.5)
+        prof = src.profile | {"width": cls.shape[1], "height": cls.shape[0], "transform": t}
+        paths = []
+        for name, a in (("cls.tif", cls), ("conf.tif", conf)):
+            with rasterio.open(tmp_path / name, "w", **(prof | {"dtype": a.dtype})) as dst:
+                dst.write(a, 1)
+            paths.append(tmp_path / name)
+    out = tmp_path / "p.gpkg"
+    classes = load_model_package(DEFAULT_MODEL).meta.classes
+    polygonize(*paths, out, classes, PolygonizeOptions(simplify_px=0, min_area_m2=0))
+    with fiona.open(out) as layer:
+        feats = [(f["properties"]["class_id"], shape(f.geometry)) for f in layer]
+    largest = max(g.area for _, g in feats) / abs(t.a * t.e)
+    assert largest > (1 << 20), largest  # a region above the old 1 Mpx cap
+    for cid in {c for c, _ in feats}:
+        geoms = np.array([g for c, g in feats if c == cid], dtype=object)
+        tree = shapely.STRtree(geoms)
+        left, right = tree.query(geoms, predicate="touches")
+        pairs = [(i, j) for i, j in zip(left, right, strict=True) if i < j]
+        shared = [shapely.intersection(geoms[i], geoms[j]).length for i, j in pairs]
+        assert not [s for s in shared if s > 0], f"class {cid}: {len([s for s in shared if s > 0])} shared edges"
+    # every labelled pixel is in exactly one polygon
+    with rasterio.open(paths[0]) as src:
+        counts = np.bincount(src.read(1).ravel(), minlength=256)
+    for cid in {c for c, _ in feats}:
+        px = sum(g.area for c, g in feats if c == cid) / abs(t.a * t.e)
+        assert px == pytest.approx(counts[cid], rel=1e-6)
+
+
+def test_class_maps_are_cloud_optimized_with_overviews(tmp_path):
+    res = run_landcover(LandcoverParams(inputs=[URBAN], model=DEFAULT_MODEL, out_dir=tmp_path))
+    for path in (res.class_map, res.confidence):
+        with rasterio.open(path) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG", path
+            assert ds.overviews(1)[:2] == [2, 4]
+            assert ds.block_shapes[0] == (512, 512)
+    with rasterio.open(res.class_map) as ds:
+        assert ds.nodata == 255 and ds.colormap(1)[0][:3] != (0, 0, 0)  # colour table kept
+        assert ds.tags(1).get("CLASS_0")  # class names kept
+        ov = ds.read(1, out_shape=(512, 512))  # an overview holds class ids, not averages of them
+        assert set(np.unique(ov)) <= set(range(len(load_model_package(DEFAULT_MODEL).meta.classes))) | {255}
