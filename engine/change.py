@@ -37,7 +37,7 @@ from .resample import plan as plan_resampling
 from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import change_polygon_qml, change_raster_qml
-from .tiling import TileGrid, fit_overlap, fit_tile
+from .tiling import TileGrid, fit_tile, requested_overlap
 
 CHANGE_NODATA = 65535
 DEFAULT_MIN_CONFIDENCE = 0.0  # best mean F1 over LEVIR-CD and DSIFN-CD (bench/change_eval.py, MODEL_CARD.md)
@@ -165,7 +165,7 @@ def run_change(
     wanted = _class_filter(params.classes, meta.classes) if params.method == "postclass" else None
     grid = overlap_grid(params.before[0], params.after[0])
     tile = params.tile or meta.tile_size
-    overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
+    overlap = requested_overlap(tile, params.overlap, meta.overlap)
     tiles = TileGrid(grid.height, grid.width, tile, overlap)
     # Direct change models are applied as they are: their metadata rarely states a pixel size.
     plan = plan_resampling(grid, meta.pixel_size_m, params.resample if params.method == "postclass" else "off")

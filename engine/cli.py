@@ -251,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     cm.add_argument("--json", action="store_true")
 
+    ac = sub.add_parser("accuracy", help="accuracy of a class map against reference points/polygons, or a sample")
+    ac.add_argument("--classes", required=True, type=raster_path, help="class map (LandSeg's, or any classified)")
+    ac.add_argument("--reference", type=Path, help="reference points or polygons (GeoPackage, Shapefile, ...)")
+    ac.add_argument("--class-field", default="class", help="the reference layer's class field (default: class)")
+    ac.add_argument("--class-names", help="names of class ids 0,1,2... for a map without LandSeg class tags")
+    ac.add_argument("--sample", type=int, help="draw a stratified random sample of N points to label instead")
+    ac.add_argument("--min-per-class", type=int, default=50, help="sample: fewest points a class gets (50)")
+    ac.add_argument("--seed", type=int, default=0)
+    ac.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    ac.add_argument("--name", default="accuracy")
+    ac.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    ac.add_argument("--json", action="store_true")
+
     ds = sub.add_parser("describe", help="validate a model package and print its metadata as JSON")
     ds.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     return parser
@@ -422,6 +435,44 @@ def _chm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy(args: argparse.Namespace) -> int:
+    from .accuracy import AccuracyParams, run_accuracy
+
+    names = [n.strip() for n in (args.class_names or "").split(",") if n.strip()]
+    rep = Reporter(args.progress, "accuracy")
+    try:
+        res = run_accuracy(
+            AccuracyParams(
+                class_map=args.classes,
+                out_dir=args.out,
+                reference=args.reference,
+                class_field=args.class_field,
+                class_names=names,
+                sample=args.sample,
+                min_per_class=args.min_per_class,
+                seed=args.seed,
+                name=args.name,
+            ),  # fmt: skip
+            notify=rep.notify,
+        )
+    finally:
+        rep.close()
+    if res.sample:
+        lines = [f"sample: {res.sample} ({res.n} points; fill in the 'reference' field, then pass --reference)"]
+    else:
+        adj = res.area_adjusted
+        lines = [
+            f"overall accuracy {res.overall_accuracy:.3f} (area-adjusted {adj['overall_accuracy']:.3f} ± "
+            f"{adj['overall_ci95']:.3f}), kappa {res.kappa:.3f} on {res.n} reference units"
+        ]
+        for c, m in res.per_class.items():
+            ua, pa = (("-" if v is None else f"{v:.3f}") for v in (m["users_accuracy"], m["producers_accuracy"]))
+            lines.append(f"  {c:12} user's {ua}  producer's {pa}")
+        lines.append(f"report: {res.report}")
+    rep.result(res, args.json, lines)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import warnings
@@ -443,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             return _chm(args)
         if args.command == "describe":
             return _describe(args)
+        if args.command == "accuracy":
+            return _accuracy(args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

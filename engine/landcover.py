@@ -27,7 +27,7 @@ from .resample import plan as plan_resampling
 from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
-from .tiling import TileGrid, fit_overlap, fit_tile
+from .tiling import TileGrid, fit_tile, requested_overlap
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
 GDAL_CACHE_MB = 16
@@ -105,9 +105,7 @@ def run_landcover(
     if meta.task != "landcover":
         raise InputError(f"model '{meta.name}' is a {meta.task} model, not a landcover model")
     tile = params.tile or meta.tile_size
-    overlap = fit_overlap(tile, meta.overlap if params.overlap is None else params.overlap)
-    if params.overlap is not None and overlap != params.overlap:
-        say(f"overlap raised from {params.overlap} to {overlap} so the stride is a multiple of 16")
+    overlap = requested_overlap(tile, params.overlap, meta.overlap)
     if params.batch < 1:
         raise InputError(f"batch size must be at least 1, not {params.batch}")
     mapping = None

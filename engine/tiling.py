@@ -36,6 +36,24 @@ def fit_overlap(tile: int, overlap: int) -> int:
     return tile - stride
 
 
+def requested_overlap(tile: int, overlap: int | None, model_overlap: int) -> int:
+    """The overlap to use: the model's (fitted to the block constraint) when none was asked for; one that was
+    asked for is used exactly as given, or refused in one line naming the constraint (never changed silently:
+    more overlap is more tiles, and time)."""
+    if overlap is None:
+        return fit_overlap(tile, model_overlap)
+    fitted = fit_overlap(tile, overlap)
+    if fitted != overlap:
+        lower = tile - (tile - fitted + BLOCK_MULTIPLE)
+        options = " or ".join(str(o) for o in (lower, fitted) if 0 <= o <= tile // 2)
+        raise InputError(
+            f"overlap {overlap} with tile {tile} gives a stride of {tile - overlap} pixels; the stride (tile - "
+            f"overlap) must be a multiple of {BLOCK_MULTIPLE} (output blocks are whole GeoTIFF tiles): use overlap "
+            f"{options}"
+        )
+    return overlap
+
+
 def fit_tile(tile: int, overlap: int, height: int, width: int, multiple: int = 32) -> tuple[int, int]:
     """(tile, overlap) for a raster smaller than one tile: a tile just large enough (a multiple of 32, the
     networks' total stride), so the model is not fed a tile that is mostly replicated edge pixels."""

@@ -247,6 +247,23 @@ def chm_args(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> li
     return args + (["--crs", crs] if crs else [])
 
 
+def accuracy_args(
+    class_map: str,
+    out_dir: str,
+    reference: str = "",
+    class_field: str = "class",
+    class_names: str = "",
+    sample: int = 0,
+    name: str = "accuracy",
+) -> list[str]:
+    args = ["accuracy", "--classes", class_map, "--out", out_dir, "--name", name]
+    if sample > 0:
+        args += ["--sample", str(sample)]
+    else:
+        args += ["--reference", reference, "--class-field", class_field]
+    return args + (["--class-names", class_names] if class_names.strip() else [])
+
+
 def treecrowns_args(
     image: str,
     out_crowns: str,

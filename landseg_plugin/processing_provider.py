@@ -14,14 +14,17 @@ from qgis.core import (
     QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
+    QgsProcessingParameterVectorLayer,
     QgsProcessingProvider,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -30,6 +33,7 @@ from .engine_process import (
     RESAMPLE_MODES,
     EngineCancelled,
     EngineError,
+    accuracy_args,
     change_args,
     chm_args,
     default_model,
@@ -524,6 +528,74 @@ class ChmAlgorithm(LandSegAlgorithm):
         return {self.OUTPUT: result["chm"]}
 
 
+class AccuracyAlgorithm(LandSegAlgorithm):
+    CLASSES = "CLASSES"
+    REFERENCE = "REFERENCE"
+    CLASS_FIELD = "CLASS_FIELD"
+    CLASS_NAMES = "CLASS_NAMES"
+    SAMPLE = "SAMPLE"
+    OUTPUT = "OUTPUT"
+
+    def name(self) -> str:
+        return "accuracy"
+
+    def displayName(self) -> str:
+        return "Accuracy assessment of a class map"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Reference points or polygons (a class field holding class names or ids) against a class map: "
+            "confusion matrix, overall/user's/producer's accuracy, IoU, kappa, and area-adjusted accuracy and "
+            "class areas with 95 % confidence intervals (Olofsson et al. 2014). With a sample size instead of a "
+            "reference layer: a stratified random sample of points to label. Class names come from a LandSeg "
+            "class map, or from 'Class names' (ids 0, 1, 2 ...) for any classified raster."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(self.CLASSES, "Class map"))
+        self.addParameter(
+            QgsProcessingParameterVectorLayer(self.REFERENCE, "Reference points or polygons", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.CLASS_FIELD, "Reference class field", parentLayerParameterName=self.REFERENCE, optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(self.CLASS_NAMES, "Class names (ids 0,1,2...)", "", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.SAMPLE, "Sample size (0: assess the reference layer)", QgsProcessingParameterNumber.Integer, 0,
+                minValue=0,
+            )
+        )  # fmt: skip
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        ref = self.parameterAsVectorLayer(parameters, self.REFERENCE, context)
+        sample = self.parameterAsInt(parameters, self.SAMPLE, context)
+        if ref is None and sample <= 0:
+            raise QgsProcessingException("give a reference layer, or a sample size to draw points to label")
+        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        args = accuracy_args(
+            raster_paths(self, [self.parameterAsRasterLayer(parameters, self.CLASSES, context)], "class map")[0],
+            out,
+            ref.source().split("|")[0] if ref is not None else "",
+            self.parameterAsString(parameters, self.CLASS_FIELD, context) or "class",
+            self.parameterAsString(parameters, self.CLASS_NAMES, context),
+            sample,
+        )
+        result = run_in_processing(args, feedback)
+        if result is None:
+            return {}
+        if result.get("sample"):
+            feedback.pushInfo(f"LandSeg: {result['n']} sample points in {result['sample']}")
+        else:
+            feedback.pushInfo(f"LandSeg: overall accuracy {result['overall_accuracy']}, kappa {result['kappa']}")
+        return {self.OUTPUT: out}
+
+
 class LandSegProvider(QgsProcessingProvider):
     def id(self) -> str:
         return "landseg"
@@ -539,3 +611,4 @@ class LandSegProvider(QgsProcessingProvider):
         self.addAlgorithm(ChangeAlgorithm())
         self.addAlgorithm(TreeCrownsAlgorithm())
         self.addAlgorithm(ChmAlgorithm())
+        self.addAlgorithm(AccuracyAlgorithm())

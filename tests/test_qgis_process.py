@@ -242,3 +242,16 @@ def test_example_graphical_model_runs_headless(qgis_env, tmp_path):
     html = (tmp_path / "area.html").read_text()
     m = re.search(r"Sum:\s*([0-9.]+)", html)
     assert m and float(m.group(1)) == pytest.approx(total, rel=1e-3), html
+
+
+def test_accuracy_headless(qgis_env, tmp_path):
+    """landseg:accuracy: a land-cover map of the SJER sample, then a stratified sample of points to label."""
+    proc = qgis_process(qgis_env, "run", "landseg:landcover", f"--INPUT={SJER}", *outputs(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = qgis_process(
+        qgis_env, "run", "landseg:accuracy", f"--CLASSES={tmp_path / 'classes.tif'}", "--SAMPLE=60",
+        f"--OUTPUT={tmp_path / 'acc'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with fiona.open(tmp_path / "acc" / "accuracy_sample.gpkg") as layer:
+        assert len(layer) == 60 and "reference" in layer.schema["properties"]

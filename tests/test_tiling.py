@@ -8,6 +8,7 @@ import pytest
 import rasterio
 
 from conftest import SJER, URBAN, write_raster
+from engine.errors import InputError
 from engine.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.predict import predict_blocks, softmax
@@ -84,3 +85,13 @@ def test_default_model_tiled_equals_whole_image(tmp_path):
         tiled = ds.read(1)
     whole, valid = _whole_image_classes(DEFAULT_MODEL, crop)
     assert (tiled == whole)[valid].mean() >= 0.995
+
+
+def test_a_requested_overlap_is_used_as_given_or_refused_never_changed(tmp_path):
+    from conftest import DEFAULT_MODEL
+
+    res = run_landcover(LandcoverParams(inputs=[SJER], model=DEFAULT_MODEL, out_dir=tmp_path, tile=256, overlap=48))
+    assert (res.tile, res.overlap) == (256, 48)
+    with pytest.raises(InputError, match=r"overlap 51 with tile 256 .* use overlap 48 or 64"):
+        run_landcover(LandcoverParams(inputs=[SJER], model=DEFAULT_MODEL, out_dir=tmp_path / "b", tile=256, overlap=51))
+    assert not (tmp_path / "b").exists()
