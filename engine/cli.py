@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="detector models: views averaged, d4 = 8 turns/flips (default), none = 8x faster, fewer crowns found",
     )
     tc.add_argument("--device", choices=DEVICES, default="auto")
+    tc.add_argument(
+        "--resample",
+        choices=("auto", "off"),
+        default="auto",
+        help="detector: read the image at the model's pixel size (0.1 m) when it differs by more than 15%% (default)",
+    )
     _rescale_option(tc)
     tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     tc.add_argument("--json", action="store_true")
@@ -250,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--like", type=Path, help="write on this raster's grid (CRS, transform, size) instead")
     cm.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     cm.add_argument("--json", action="store_true")
+
+    ad = sub.add_parser("adapt", help="fine-tune a land-cover model on your labelled polygons (needs torch)")
+    ad.add_argument("--input", "-i", action="append", required=True, type=raster_path, help="raster(s) labelled")
+    ad.add_argument("--labels", required=True, type=Path, help="labelled polygons or points (GeoPackage, ...)")
+    ad.add_argument("--class-field", default="class", help="the labels' class field (default: class)")
+    ad.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="base model (default: %(default)s)")
+    ad.add_argument("--minutes", type=float, default=5.0, help="training time budget (default: 5)")
+    ad.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    ad.add_argument("--holdout", type=float, default=0.2, help="share of the labels held out by location (0.2)")
+    ad.add_argument("--name", help="new model's name (default: <base>-adapted)")
+    ad.add_argument("--out", "-o", required=True, type=Path, help="folder for the new model package")
+    ad.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    ad.add_argument("--json", action="store_true")
 
     ac = sub.add_parser("accuracy", help="accuracy of a class map against reference points/polygons, or a sample")
     ac.add_argument("--classes", required=True, type=raster_path, help="class map (LandSeg's, or any classified)")
@@ -401,6 +420,7 @@ def _treecrowns(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         tta=args.tta,
         rescale=args.rescale,
+        resample=args.resample,
         runtime=RuntimeOptions(device=args.device),
     )
     rep = Reporter(args.progress, "treecrowns")
@@ -432,6 +452,36 @@ def _chm(args: argparse.Namespace) -> int:
         f"{res.points} points, ground {res.ground}, highest {res.height_max:.1f} m)"
     )
     rep.result(res, args.json, [summary])
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    try:
+        from export.adapt import AdaptParams, run_adapt
+    except ImportError:
+        raise InputError(
+            "adapting needs the training code (export/) and its extra (torch): run `make dev` in the LandSeg folder"
+        ) from None
+    rep = Reporter(args.progress, "adapt")
+    try:
+        res = run_adapt(
+            AdaptParams(
+                inputs=args.input,
+                labels=args.labels,
+                out_dir=args.out,
+                class_field=args.class_field,
+                model=args.model,
+                minutes=args.minutes,
+                max_steps=args.max_steps,
+                holdout=args.holdout,
+                name=args.name,
+            ),  # fmt: skip
+            progress=rep.progress,
+            notify=rep.notify,
+        )
+    finally:
+        rep.close()
+    rep.result(res, args.json, [f"adapted model: {res.model} ({res.steps} steps, {res.minutes} min)"])
     return 0
 
 
@@ -496,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             return _describe(args)
         if args.command == "accuracy":
             return _accuracy(args)
+        if args.command == "adapt":
+            return _adapt(args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

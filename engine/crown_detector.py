@@ -75,7 +75,8 @@ def predict_views(run, x: np.ndarray, mode: str) -> np.ndarray:
     return np.concatenate([np.log(heat / (1 - heat))[None], size / len(views)])
 
 
-def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=None, stretch=None) -> list[dict]:
+def detect_crowns(params, meta, runtime, img, chm_ds, say, progress=None, cancelled=None, stretch=None) -> list[dict]:
+    """Crowns of `img`: the image, or its view on the model's pixel grid (a WarpedVRT, engine.resample)."""
     det = meta.extra.get("detector", {})
     if det.get("kind") != "centernet":
         raise InputError(f"model '{meta.name}' is a treecrowns model without a known detector kind ({det})")
@@ -83,57 +84,56 @@ def detect_crowns(params, meta, runtime, chm_ds, say, progress=None, cancelled=N
     threshold = params.score_threshold if params.score_threshold is not None else float(det["score_threshold"])
     norm = meta.inputs[0].normalization
     crowns: list[dict] = []
-    with rasterio.open(params.image) as img:
-        if img.count < 3:
-            raise InputError(f"{params.image} has {img.count} band(s): the crown detector needs red, green, blue")
-        px = abs(img.transform.a)
-        if meta.pixel_size_m and img.crs is not None and abs(px / meta.pixel_size_m - 1) > PIXEL_TOLERANCE:
-            say(
-                f"the image's pixels are {px:g} m, the detector was trained at {meta.pixel_size_m:g} m: crowns of "
-                "other sizes in pixels are found less reliably"
-            )
-        area_of = AreaCalculator(img.crs)
-        win = params.window
-        halo = min(win // 4, max(16, math.ceil(params.max_crown_diameter_m / px)))
-        core = win - 2 * halo
-        rows, cols = range(0, img.height, core), range(0, img.width, core)
-        n_win, k = len(rows) * len(cols), 0
-        for r0 in rows:
-            for c0 in cols:
-                if cancelled and cancelled():
-                    raise Cancelled("cancelled by the user")
-                k += 1
-                w = Window(c0 - halo, r0 - halo, win, win).intersection(Window(0, 0, img.width, img.height))
-                try:
-                    rgb = img.read([1, 2, 3], window=w).astype(np.float32)
-                    valid = img.read_masks(1, window=w) > 0
-                except rasterio.errors.RasterioError as exc:
-                    raise read_error(params.image, exc) from None
-                if stretch is not None:  # engine.value_range: 16-bit / reflectance onto the model's 8-bit range
-                    rgb = stretch.apply(rgb)
-                if not valid.any():
-                    continue
-                chm = None
-                if chm_ds is not None:
-                    chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
-                missing = np.full(rgb.shape[1:], 0.0 if chm is not None else 1.0, np.float32)
-                raw = np.concatenate([rgb, (chm if chm is not None else np.zeros_like(missing))[None], missing[None]])
-                x = norm.apply(raw)
-                h, wd = x.shape[1:]
-                x = np.pad(x, ((0, 0), (0, (-h) % 32), (0, (-wd) % 32)), mode="edge")[None]
-                out = predict_views(lambda v: runtime.run({meta.inputs[0].name: v})[0], x, params.tta)
-                boxes = decode(out, threshold, stride)
-                transform = img.window_transform(w)
-                cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
-                for x0, y0, x1, y1, score in boxes:
-                    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-                    if not (cr0 <= cy < cr0 + core and cc0 <= cx < cc0 + core):
-                        continue  # another window's crown
-                    if not (cy < valid.shape[0] and cx < valid.shape[1] and valid[int(cy), int(cx)]):
-                        continue  # centred in the padding or on no-data
-                    crowns.append(_crown(x0, y0, x1, y1, score, transform, chm, area_of))
-                if progress:
-                    progress(0.05 + 0.9 * k / n_win, f"crowns: window {k}/{n_win}")
+    if img.count < 3:
+        raise InputError(f"{params.image} has {img.count} band(s): the crown detector needs red, green, blue")
+    px = abs(img.transform.a)
+    if meta.pixel_size_m and img.crs is not None and abs(px / meta.pixel_size_m - 1) > PIXEL_TOLERANCE:
+        say(
+            f"the image's pixels are {px:g} m, the detector was trained at {meta.pixel_size_m:g} m: crowns of "
+            "other sizes in pixels are found less reliably"
+        )
+    area_of = AreaCalculator(img.crs)
+    win = params.window
+    halo = min(win // 4, max(16, math.ceil(params.max_crown_diameter_m / px)))
+    core = win - 2 * halo
+    rows, cols = range(0, img.height, core), range(0, img.width, core)
+    n_win, k = len(rows) * len(cols), 0
+    for r0 in rows:
+        for c0 in cols:
+            if cancelled and cancelled():
+                raise Cancelled("cancelled by the user")
+            k += 1
+            w = Window(c0 - halo, r0 - halo, win, win).intersection(Window(0, 0, img.width, img.height))
+            try:
+                rgb = img.read([1, 2, 3], window=w).astype(np.float32)
+                valid = img.read_masks(1, window=w) > 0
+            except rasterio.errors.RasterioError as exc:
+                raise read_error(params.image, exc) from None
+            if stretch is not None:  # engine.value_range: 16-bit / reflectance onto the model's 8-bit range
+                rgb = stretch.apply(rgb)
+            if not valid.any():
+                continue
+            chm = None
+            if chm_ds is not None:
+                chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
+            missing = np.full(rgb.shape[1:], 0.0 if chm is not None else 1.0, np.float32)
+            raw = np.concatenate([rgb, (chm if chm is not None else np.zeros_like(missing))[None], missing[None]])
+            x = norm.apply(raw)
+            h, wd = x.shape[1:]
+            x = np.pad(x, ((0, 0), (0, (-h) % 32), (0, (-wd) % 32)), mode="edge")[None]
+            out = predict_views(lambda v: runtime.run({meta.inputs[0].name: v})[0], x, params.tta)
+            boxes = decode(out, threshold, stride)
+            transform = img.window_transform(w)
+            cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
+            for x0, y0, x1, y1, score in boxes:
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                if not (cr0 <= cy < cr0 + core and cc0 <= cx < cc0 + core):
+                    continue  # another window's crown
+                if not (cy < valid.shape[0] and cx < valid.shape[1] and valid[int(cy), int(cx)]):
+                    continue  # centred in the padding or on no-data
+                crowns.append(_crown(x0, y0, x1, y1, score, transform, chm, area_of))
+            if progress:
+                progress(0.05 + 0.9 * k / n_win, f"crowns: window {k}/{n_win}")
     return [c for c in crowns if c["area_m2"] >= params.min_area_m2]
 
 

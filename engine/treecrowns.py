@@ -36,7 +36,8 @@ from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
 from .outputs import geotiff_profile
 from .polygonize import AreaCalculator
 from .predict import predict_blocks
-from .raster_input import AlignedInputs, BandSource, open_raster
+from .raster_input import AlignedInputs, BandSource, Grid, open_raster
+from .resample import plan as plan_resampling
 from .runtime import RuntimeOptions, make_runtime
 from .styles import crowns_qml
 from .tiling import TileGrid, fit_overlap
@@ -80,6 +81,7 @@ class TreeCrownParams:
     iou_nms: float = 0.5
     score_threshold: float | None = None  # detector models: None = the threshold in the model's metadata
     rescale: str = "auto"  # values beyond the model's value_range (engine.value_range: auto, percentile, off)
+    resample: str = "auto"  # detector: read the image at the model's pixel size when it differs by > 15 %
     tta: str = "d4"  # detector models: test-time views averaged: d4 (8 turns/flips), flips (4), none (1; 8x faster)
     batch: int = 4
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -381,7 +383,22 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
 
     if params.sam:
         raise InputError("--sam shapes crowns from the vegetation mask's tree tops; a detector model needs no SAM")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_image(params.image) as img:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_image(params.image) as src:
+        if src.count < 3:
+            raise InputError(f"{params.image} has {src.count} band(s): the crown detector needs red, green, blue")
+        # Crowns are vectors: the detector reads the image on the model's pixel grid (a crown must be as many
+        # pixels wide as in training) and the crowns come out in map coordinates, with nothing to warp back.
+        plan = plan_resampling(Grid(src.crs, src.transform, src.width, src.height), package.meta.pixel_size_m,
+                               params.resample)  # fmt: skip
+        g = plan.model_grid
+        img = (
+            WarpedVRT(
+                src, crs=g.crs, transform=g.transform, width=g.width, height=g.height, resampling=plan.read_resampling
+            )  # fmt: skip
+            if plan.active
+            else src
+        )
+        say(plan.message())
         mi = package.meta.inputs[0]
         stretch = None
         if mi.value_range is not None and img.count >= 3:
@@ -393,11 +410,13 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
             runtime = make_runtime(package.path, package.meta.output_name, params.runtime, notify=say)
             with atomic_outputs(final.parent) as outputs:
                 gpkg_tmp = outputs.temp_for(final)
-                crowns = detect_crowns(params, package.meta, runtime, chm_ds, say, progress, cancelled, stretch)
+                crowns = detect_crowns(params, package.meta, runtime, img, chm_ds, say, progress, cancelled, stretch)
                 n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, img.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
+            if img is not src:
+                img.close()
     if progress:
         progress(1.0, "done")
     rescaling = {mi.name: {"raster": str(params.image), "bands": [1, 2, 3], **stretch.as_dict()}} if stretch else {}

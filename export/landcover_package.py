@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from . import landcover_data as D
@@ -77,6 +78,8 @@ def export_landcover(checkpoint: Path, out: Path, data: Path | None = None, log=
     meta_doc, meta = read_meta(meta_path)
     export_onnx(model, meta_doc, meta, out)
     log(str(check_parity(model, out, meta, [PARITY_RASTER] if PARITY_RASTER.exists() else [], size=256)))
+    # The torch weights beside the package make it adaptable (`python -m engine adapt`, export/adapt.py).
+    shutil.copyfile(checkpoint, out.with_suffix(".pt"))
     from .class_embeddings import embed_classes
 
     if embed_classes(out, missing_ok=True):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsRasterLayer
-from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsDockWidget, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -29,6 +29,7 @@ from qgis.PyQt.QtWidgets import (
 from .engine_process import (
     RESAMPLE_MODES,
     EngineError,
+    adapt_args,
     change_args,
     default_model,
     describe_model,
@@ -141,6 +142,32 @@ class LandSegDock(QgsDockWidget):
         )
         opts.addRow("Output folder", self.out_widget)
         lay.addLayout(opts)
+
+        adapt_box = QGroupBox("Adapt the model to my labels (needs the training extra: make dev)")
+        af = QFormLayout(adapt_box)
+        self.labels_combo = QgsMapLayerComboBox()
+        self.labels_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
+        self.labels_combo.setAllowEmptyLayer(True)
+        self.labels_combo.setLayer(None)
+        self.label_field = QgsFieldComboBox()
+        self.labels_combo.layerChanged.connect(self.label_field.setLayer)
+        self.adapt_minutes = QSpinBox()
+        self.adapt_minutes.setRange(1, 120)
+        self.adapt_minutes.setValue(5)
+        self.adapt_minutes.setSuffix(" min")
+        self.adapt_button = QPushButton("Adapt to my labels")
+        self.adapt_button.setToolTip(
+            "Fine-tune the selected land-cover model on the labelled polygons over the input layer; the new model "
+            "(with its held-out accuracy in its card) is added to the model list"
+        )
+        self.adapt_button.clicked.connect(self.start_adapt)
+        af.addRow("Labels", self.labels_combo)
+        af.addRow("Class field", self.label_field)
+        row = QHBoxLayout()
+        row.addWidget(self.adapt_minutes)
+        row.addWidget(self.adapt_button, 1)
+        af.addRow("Training", row)
+        lay.addWidget(adapt_box)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -357,6 +384,43 @@ class LandSegDock(QgsDockWidget):
         self._set_status("running…")
         QgsApplication.taskManager().addTask(self.task)
 
+    def start_adapt(self) -> None:
+        """`engine adapt` on the labels layer over the first input layer; the new model joins the model list."""
+        self.last_error = None
+        labels = self.labels_combo.currentLayer()
+        layer = self.inputs_table.cellWidget(0, 1).currentLayer() if self.inputs_table.rowCount() else None
+        if labels is None or not self.label_field.currentField() or layer is None:
+            self._fail("choose a land-cover model, its input layer, a labels layer and its class field")
+            return
+        out_dir = str(
+            Path(self.out_widget.filePath() or output_dir_setting()) / f"model_{time.strftime('%Y%m%d_%H%M%S')}"
+        )
+        args = adapt_args(
+            [layer.source()], labels.source().split("|")[0], self.label_field.currentField(), out_dir,
+            self.model_combo.currentData() or "", float(self.adapt_minutes.value()),
+        )  # fmt: skip
+        self.task = EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt")
+        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        self.task.progress_message.connect(self._set_status)
+        self.task.done.connect(self._adapted)
+        self.task.failed.connect(self._fail)
+        self.run_button.setEnabled(False)
+        self.adapt_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self._set_status("adapting…")
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _adapted(self, _group) -> None:
+        result = (self.task.result or {}) if self.task is not None else {}
+        self.progress.setValue(100)
+        if result.get("model"):
+            self.add_model(result["model"])
+        after = result.get("holdout_iou_after", {})
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in after.items() if v is not None)
+        self._set_status(f"new model: {result.get('model')}<br>held-out IoU after: {figures}")
+        self._idle()
+
     def cancel_run(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -376,6 +440,7 @@ class LandSegDock(QgsDockWidget):
 
     def _idle(self) -> None:
         self.run_button.setEnabled(True)
+        self.adapt_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.task = None
 

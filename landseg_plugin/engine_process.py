@@ -247,6 +247,14 @@ def chm_args(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> li
     return args + (["--crs", crs] if crs else [])
 
 
+def adapt_args(
+    inputs: list[str], labels: str, class_field: str, out_dir: str, model: str = "", minutes: float = 5.0
+) -> list[str]:
+    args = ["adapt", *[a for i in inputs for a in ("--input", i)], "--labels", labels, "--class-field", class_field]
+    args += ["--out", out_dir, "--minutes", str(minutes)]
+    return args + (["--model", model] if model else [])
+
+
 def accuracy_args(
     class_map: str,
     out_dir: str,

@@ -34,6 +34,7 @@ from .engine_process import (
     EngineCancelled,
     EngineError,
     accuracy_args,
+    adapt_args,
     change_args,
     chm_args,
     default_model,
@@ -596,6 +597,67 @@ class AccuracyAlgorithm(LandSegAlgorithm):
         return {self.OUTPUT: out}
 
 
+class AdaptAlgorithm(LandSegAlgorithm):
+    INPUT = "INPUT"
+    LABELS = "LABELS"
+    CLASS_FIELD = "CLASS_FIELD"
+    MODEL = "MODEL"
+    MINUTES = "MINUTES"
+    OUTPUT = "OUTPUT"
+
+    def name(self) -> str:
+        return "adapt"
+
+    def displayName(self) -> str:
+        return "Adapt the land-cover model to my labels"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Fine-tunes a land-cover model (default: the shipped one) on labelled polygons or points drawn on "
+            "the raster(s): label values are matched to the model's classes by name or meaning, a value that "
+            "matches none adds a class. 20 % of the labels (by location) are held out and the per-class IoU "
+            "before/after is written into the new model's card. Needs the training extra (torch): `make dev`."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, "Raster(s)", QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterVectorLayer(self.LABELS, "Labelled polygons or points"))
+        self.addParameter(
+            QgsProcessingParameterField(self.CLASS_FIELD, "Class field", parentLayerParameterName=self.LABELS)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                "Base model (empty: the shipped land-cover model)",
+                optional=True,
+                fileFilter="ONNX (*.onnx)",
+            )  # fmt: skip
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MINUTES, "Training time (minutes)", QgsProcessingParameterNumber.Double, 5.0, minValue=0.1
+            )  # fmt: skip
+        )
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Folder for the new model"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        labels = self.parameterAsVectorLayer(parameters, self.LABELS, context)
+        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        args = adapt_args(
+            raster_paths(self, self.parameterAsLayerList(parameters, self.INPUT, context), "input"),
+            labels.source().split("|")[0],
+            self.parameterAsString(parameters, self.CLASS_FIELD, context),
+            out,
+            self.parameterAsFile(parameters, self.MODEL, context),
+            self.parameterAsDouble(parameters, self.MINUTES, context),
+        )
+        result = run_in_processing(args, feedback)
+        if result is None:
+            return {}
+        feedback.pushInfo(f"LandSeg: new model {result['model']}; held-out IoU after: {result['holdout_iou_after']}")
+        return {self.OUTPUT: out}
+
+
 class LandSegProvider(QgsProcessingProvider):
     def id(self) -> str:
         return "landseg"
@@ -612,3 +674,4 @@ class LandSegProvider(QgsProcessingProvider):
         self.addAlgorithm(TreeCrownsAlgorithm())
         self.addAlgorithm(ChmAlgorithm())
         self.addAlgorithm(AccuracyAlgorithm())
+        self.addAlgorithm(AdaptAlgorithm())

@@ -31,6 +31,8 @@ def result_layers(task: str, result: dict[str, Any]) -> list[tuple[str, str, boo
         ]
     if task == "treecrowns":
         return [(f"{result['crowns']}|layername={result['layer']}", "tree crowns", True)]
+    if task == "adapt":  # a new model, not layers: the panel adds it to its model list
+        return []
     return [
         (f"{result['polygons']}|layername={result['layer']}", "land cover polygons", True),
         (result["class_map"], "class map", True),

@@ -381,3 +381,39 @@ def test_plugin_and_engine_agree_on_devices():
     from landseg_plugin.settings import DEVICES as PLUGIN_DEVICES
 
     assert PLUGIN_DEVICES == DEVICES
+
+
+def test_dock_adapt_to_my_labels_adds_the_new_model(dock, qgis_app, tmp_path):
+    """The panel's "Adapt to my labels": a labels layer over the input layer -> a new model in the list."""
+    pytest.importorskip("torch")
+    import fiona
+    import numpy as np
+    import rasterio
+    from rasterio.features import shapes
+
+    from engine.landcover import LandcoverParams, run_landcover
+
+    # labels: the default model's own vegetation/bare-land regions on the SJER sample, as an analyst might draw
+    res = run_landcover(LandcoverParams(inputs=[SJER], model=DEFAULT_LANDCOVER_MODEL, out_dir=tmp_path / "lc"))
+    with rasterio.open(res.class_map) as ds:
+        cls, t = ds.read(1), ds.transform
+    labels = tmp_path / "labels.gpkg"
+    schema = {"geometry": "Polygon", "properties": {"kind": "str"}}
+    with fiona.open(labels, "w", driver="GPKG", schema=schema, crs="EPSG:32611") as sink:
+        for g, v in list(shapes(cls, mask=np.isin(cls, (2, 3)), transform=t))[:20]:
+            sink.write({"geometry": g, "properties": {"kind": "trees" if v == 3 else "bare soil"}})
+    raster = QgsRasterLayer(str(SJER), "sjer")
+    vec = QgsVectorLayer(str(labels), "labels", "ogr")
+    QgsProject.instance().addMapLayers([raster, vec])
+    dock.add_model(str(DEFAULT_LANDCOVER_MODEL))
+    dock.set_input(0, raster)
+    dock.labels_combo.setLayer(vec)
+    dock.label_field.setField("kind")
+    dock.adapt_minutes.setValue(1)
+    dock.out_widget.setFilePath(str(tmp_path / "out"))
+    n = dock.model_combo.count()
+    dock.start_adapt()
+    wait_for(dock, qgis_app, timeout=300)
+    assert dock.last_error is None, dock.last_error
+    assert dock.model_combo.count() == n + 1
+    assert dock.model_combo.currentData().endswith("landcover-unet-lite0-adapted.onnx")

@@ -85,3 +85,34 @@ def test_training_smoke(tmp_path):
     )
     report = train_treecrowns(p, log=lambda *_: None)
     assert (tmp_path / "w/last.pt").exists() and "threshold" in report and "val_rgb" in report
+
+
+def test_other_pixel_sizes_are_read_at_the_models(tmp_path):
+    """A validation plot at 0.05 m (the real 0.1 m pixels, each split in four): with --resample auto the
+    detector reads it back at 0.1 m and finds the crowns it finds on the original; with off it does not."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    _site, rgb_path, xml, _chm = _plot("SJER_010")
+    raster = plot_raster(rgb_path, tmp_path)
+    with rasterio.open(raster) as ds:
+        data = np.repeat(np.repeat(ds.read(), 2, 1), 2, 2)
+        t = ds.transform
+        prof = ds.profile | {"width": data.shape[2], "height": data.shape[1],
+                             "transform": from_origin(t.c, t.f, t.a / 2, -t.e / 2)}  # fmt: skip
+    fine = tmp_path / "fine.tif"
+    with rasterio.open(fine, "w", **prof) as dst:
+        dst.write(data)
+    truth = D.voc_boxes(xml)
+
+    def f1(image, resample):
+        res = run_treecrowns(TreeCrownParams(image=image, out_dir=tmp_path / f"{image.stem}_{resample}",
+                                             resample=resample))  # fmt: skip
+        pred = crown_boxes_px(res.crowns, raster)  # boxes in the original plot's pixels
+        return prf(match(pred, truth), len(pred), len(truth))[2], res.messages
+
+    base, _ = f1(raster, "auto")
+    auto, msgs = f1(fine, "auto")
+    off, _ = f1(fine, "off")
+    assert any("0.05" in m and "0.1" in m for m in msgs), msgs
+    assert auto >= base - 0.1 and auto > off, (base, auto, off)
