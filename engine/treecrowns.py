@@ -202,39 +202,19 @@ class SamPrompter:
 
 
 def _tree_tops(surface: np.ndarray, mask: np.ndarray, min_dist_px: int) -> np.ndarray:
-    """(row, col) of the highest point within min_dist_px (a square window) inside the mask, one per plateau,
-    highest first."""
+    from skimage.feature import peak_local_max
+
     if not mask.any():
         return np.zeros((0, 2), int)
-    s = np.where(mask, surface.astype(np.float64), -np.inf)
-    size = 2 * max(1, min_dist_px) + 1
-    peaks = mask & (s == ndimage.maximum_filter(s, size=size, mode="constant", cval=-np.inf))
-    lab, n = ndimage.label(peaks, structure=np.ones((3, 3)))
-    if n == 0:
-        return np.zeros((0, 2), int)
-    # one top per plateau of equal maxima: its first pixel in row order
-    first = ndimage.minimum(np.arange(lab.size).reshape(lab.shape), lab, index=np.arange(1, n + 1)).astype(int)
-    tops = np.stack(np.unravel_index(first, lab.shape), 1)
-    return tops[np.argsort(-s[tops[:, 0], tops[:, 1]], kind="stable")]
+    return peak_local_max(surface, min_distance=max(1, min_dist_px), labels=mask.astype(np.int32), exclude_border=False)
 
 
 def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Marker-controlled watershed of the surface's high points, inside the mask (scipy's image foresting
-    transform). Outside the mask the cost is the highest, so a region never grows through it before its own
-    pixels are taken; mask parts without a marker stay 0."""
-    lab = np.zeros(markers.shape, np.int32)
-    if not mask.any():
-        return lab
-    s = surface.astype(np.float64)
-    lo, hi = float(s[mask].min()), float(s[mask].max())
-    cost = np.full(s.shape, 65535, np.uint16)
-    cost[mask] = np.round((hi - s[mask]) / max(hi - lo, 1e-12) * 65534).astype(np.uint16)
-    flooded = ndimage.watershed_ift(cost, markers.astype(np.int32))
-    comp, _ = ndimage.label(mask)
-    seeded = np.unique(comp[(markers > 0) & mask])
-    keep = mask & np.isin(comp, seeded[seeded > 0])
-    lab[keep] = flooded[keep]
-    return lab
+    """Marker-controlled watershed of the surface's high points inside the mask (scikit-image; scipy's image
+    foresting transform was tried and halved this method's F1 on the validation plots)."""
+    from skimage.segmentation import watershed
+
+    return watershed(-surface, markers, mask=mask)
 
 
 def run_treecrowns(
