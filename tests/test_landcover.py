@@ -45,7 +45,7 @@ def test_inputs_normalise_per_metadata(tmp_path, dtype, values, normalization, z
     model = sign_model(tmp_path / "m.onnx", normalization)
     data = np.repeat(np.array(values, dtype=dtype)[:, None], 40, axis=1).repeat(20, axis=0)  # 3 bands of rows
     raster = write_raster(tmp_path / "in.tif", data)
-    res = run_landcover(LandcoverParams(inputs=[raster], model=model, out_dir=tmp_path / "o", tile=32, overlap=8))
+    res = run_landcover(LandcoverParams(inputs=[raster], model=model, out_dir=tmp_path / "o", tile=32, overlap=16))
     cls, _ = _read(res.class_map)
     conf, _ = _read(res.confidence)
     for k, zk in enumerate(z):
@@ -59,7 +59,7 @@ def test_nodata_pixels_stay_nodata(tmp_path):
     data[:, 10:20, 30:50] = 0
     raster = write_raster(tmp_path / "in.tif", data, nodata=0)
     res = run_landcover(
-        LandcoverParams(inputs=[raster], model=DEFAULT_MODEL, out_dir=tmp_path / "o", tile=32, overlap=8)
+        LandcoverParams(inputs=[raster], model=DEFAULT_MODEL, out_dir=tmp_path / "o", tile=32, overlap=16)
     )
     cls, prof = _read(res.class_map)
     conf, cprof = _read(res.confidence)
@@ -109,7 +109,7 @@ def test_three_modalities_from_separate_rasters(tmp_path):
             model=model,
             out_dir=tmp_path / "o",
             tile=32,
-            overlap=8,
+            overlap=16,
             modalities={"rgb": BandSource(0, (1, 2, 3)), "nir": BandSource(1, (1,)), "ndsm": BandSource(2, (1,))},
         )
     )
