@@ -103,7 +103,7 @@ class CrownTrainParams:
     lr: float = 1e-3
     encoder_lr_mult: float = 0.3
     chm_drop: float = 0.5
-    size_weight: float = 0.5  # L1 on log box sizes vs the centre focal loss (0.1: RGB F1 0.475 -> 0.5: 0.514, cross-fitted)
+    size_weight: float = 0.5  # L1 on log box sizes vs the focal loss (0.1: RGB F1 0.475; 0.5: 0.514, cross-fitted)
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 100
