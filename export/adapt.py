@@ -132,7 +132,16 @@ def read_labels(p: AdaptParams, crs) -> list[tuple[shapely.Geometry, str]]:
             if not g.is_empty and g.area > 0:
                 out.append((g, str(v).strip()))
     if len(out) < 2:
-        raise InputError(f"labels {p.labels}: at least 2 labelled polygons are needed (found {len(out)})")
+        raise InputError(
+            f"labels {p.labels}: at least 2 labelled polygons are needed (found {len(out)} with a value in "
+            f"{p.class_field!r})"
+        )
+    values = {c for _g, c in out}
+    if len(values) < 2:
+        raise InputError(
+            f"labels {p.labels} hold one class only ({values.pop()!r}): label at least two classes, so the model "
+            "learns where one ends"
+        )
     return out
 
 
@@ -162,7 +171,8 @@ def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip
         cx, cy = inv * g.centroid.coords[0]
         c0, r0 = int(cx) - chip // 2, int(cy) - chip // 2
         key = (r0 // (chip // 2), c0 // (chip // 2))
-        if key in seen:
+        off_grid = c0 + chip <= 0 or r0 + chip <= 0 or c0 >= grid.width or r0 >= grid.height
+        if key in seen or off_grid:
             continue
         seen.add(key)
         win = Window(c0, r0, chip, chip)

@@ -110,3 +110,36 @@ def test_bad_reference_is_a_one_line_error(scene, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "no field 'klasse'" in proc.stderr and "label" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_olofsson_2014_numerical_example():
+    """The worked example of Olofsson et al. (2014, RSE 148: 42-57): strata deforestation, forest gain, stable
+    forest, stable non-forest (30 m pixels); sample counts (rows: map, columns: reference)."""
+    from engine.accuracy import metrics
+
+    m = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
+    pixels = np.array([200_000, 150_000, 3_200_000, 6_450_000])
+    names = ["deforestation", "forest gain", "stable forest", "stable non-forest"]
+    a = metrics(m, names, pixels, 900.0)["area_adjusted"]  # m² per pixel
+    ha = {n: (a["classes"][n]["area_m2"] / 1e4, a["classes"][n]["area_ci95_m2"] / 1e4) for n in names}
+    # the paper's estimates: area ± 95 % (ha), user's accuracy ± 95 %, overall accuracy ± 95 %
+    for n, (area, ci) in zip(names, [(21158, 6158), (11686, 3756), (285770, 15510), (581386, 16282)], strict=True):
+        assert ha[n][0] == pytest.approx(area, abs=1) and ha[n][1] == pytest.approx(ci, abs=1), (n, ha[n])
+    for n, (ua, ci) in zip(names, [(0.88, 0.07), (0.73, 0.10), (0.93, 0.04), (0.96, 0.02)], strict=True):
+        assert round(a["classes"][n]["users_accuracy"], 2) == ua and round(a["classes"][n]["users_ci95"], 2) == ci
+    assert round(a["overall_accuracy"], 2) == 0.95 and round(a["overall_ci95"], 2) == 0.02
+    # producer's accuracy (estimates; their intervals are Olofsson's eq. 7)
+    assert [round(a["classes"][n]["producers_accuracy"], 2) for n in names] == [0.75, 0.85, 0.93, 0.96]
+
+
+def test_a_hand_computed_small_case():
+    from engine.accuracy import metrics
+
+    m = np.array([[8, 2], [1, 9]])  # map a: 8 right, 2 were b; map b: 1 was a, 9 right
+    r = metrics(m, ["a", "b"], np.array([500, 500]), 1.0)
+    assert r["overall_accuracy"] == pytest.approx(17 / 20)
+    assert r["per_class"]["a"]["users_accuracy"] == pytest.approx(8 / 10)
+    assert r["per_class"]["a"]["producers_accuracy"] == pytest.approx(8 / 9)
+    assert r["per_class"]["b"]["iou"] == pytest.approx(9 / (10 + 11 - 9))
+    pe = (10 * 9 + 10 * 11) / 400
+    assert r["kappa"] == pytest.approx((17 / 20 - pe) / (1 - pe), abs=1e-6)

@@ -90,3 +90,32 @@ def test_a_model_without_torch_weights_cannot_be_adapted(labelled, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 3 and "cannot be adapted" in proc.stderr, proc.stderr
     assert DEFAULT_LANDCOVER_MODEL.with_suffix(".pt").exists()
+
+
+@pytest.mark.parametrize("case", ["no overlap", "empty class field", "one class"])
+def test_bad_labels_are_one_line_errors(labelled, tmp_path, case):
+    from shapely.affinity import translate
+    from shapely.geometry import mapping, shape
+
+    image, labels, _ = labelled
+    bad = tmp_path / "bad.gpkg"
+    with fiona.open(labels) as src, fiona.open(bad, "w", **src.profile) as dst:
+        for f in src:
+            g, v = shape(f.geometry), f["properties"]["landuse"]
+            if case == "no overlap":
+                g = translate(g, 50_000, 0)
+            elif case == "empty class field":
+                v = ""
+            else:
+                v = "trees"
+            dst.write({"geometry": mapping(g), "properties": {"landuse": v}})
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "adapt", "-i", str(image), "--labels", str(bad), "--class-field", "landuse",
+         "--max-steps", "1", "--out", str(tmp_path / "m"), "--progress", "none"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    expected = {"no overlap": "no labelled pixel lies on the input", "empty class field": "at least 2 labelled",
+                "one class": "one class only"}[case]  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("landseg: error: ") and expected in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
