@@ -88,17 +88,20 @@ def match_labels(values: list[str], meta, say) -> tuple[dict[str, str], list[str
             unknown.append(v)
     new: list[str] = []
     if unknown:
-        from engine.prompts import map_prompts
+        from engine.prompts import DEFAULT_THRESHOLD, TextEncoder, class_embeddings
 
-        mapping = map_prompts(unknown, meta)
-        for m in mapping.matches:
-            if m.matched:
-                out[m.prompt] = m.class_name
-                say(f"label '{m.prompt}' -> class '{m.class_name}' (by meaning, score {m.score:.2f})")
+        encoder = TextEncoder()
+        sims = encoder.embed(unknown) @ class_embeddings(meta, encoder).T
+        for value, row in zip(unknown, sims, strict=True):
+            best = int(row.argmax())
+            closest, score = meta.classes[best].name, float(row[best])
+            if score >= DEFAULT_THRESHOLD:
+                out[value] = closest
+                say(f"label '{value}' -> class '{closest}' (by meaning, score {score:.2f})")
             else:
-                out[m.prompt] = m.prompt
-                new.append(m.prompt)
-                say(f"label '{m.prompt}' matches no class (closest '{m.class_name}', {m.score:.2f}): a new class")
+                out[value] = value
+                new.append(value)
+                say(f"label '{value}' matches no class (closest '{closest}', {score:.2f}): a new class")
     return out, new
 
 

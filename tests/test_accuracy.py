@@ -58,7 +58,17 @@ def test_polygon_reference_gives_the_pixel_confusion_matrix(scene, tmp_path):
     assert res.overall_accuracy == pytest.approx(np.trace(direct) / direct.sum(), abs=1e-6)
     iou_veg = direct[3, 3] / (direct[3].sum() + direct[:, 3].sum() - direct[3, 3])
     assert res.per_class["vegetation"]["iou"] == pytest.approx(iou_veg, abs=1e-6)
-    assert -1 <= res.kappa <= 1 and res.report.read_text().startswith("# Accuracy")
+    assert -1 <= res.kappa <= 1
+    html = res.report.read_text()
+    assert "<img src='report.png'" in html and "Confusion matrix" in html and "vegetation" in html
+    from PIL import Image
+
+    assert Image.open(res.report.with_name("report.png")).size[0] > 800
+    import csv
+
+    rows = list(csv.DictReader(res.report.with_name("classes.csv").open()))
+    assert [r["class"] for r in rows] == list(D.CLASSES)
+    assert float(rows[0]["iou"]) == pytest.approx(res.per_class["building"]["iou"])
 
 
 def test_sample_then_assess_estimates_the_true_areas(scene, tmp_path):
