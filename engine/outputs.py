@@ -106,6 +106,9 @@ def geotiff_profile(grid: Grid, dtype: str, nodata: float, block: int) -> dict:
             else {"compress": "zstd", "zstd_level": 1, "predictor": 3}
         ),
         "BIGTIFF": "IF_SAFER",
+        # Blocks never written (tiles without data) stay absent and read back as nodata: a mostly empty mosaic
+        # costs neither writes nor disk.
+        "SPARSE_OK": True,
     }
 
 
@@ -123,7 +126,7 @@ def to_cog(path: Path, resampling: str = "NEAREST") -> None:
         if float_data:
             opts["LEVEL"] = 1
     try:
-        gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", **opts)
+        gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE", **opts)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -148,6 +151,8 @@ class PredictionWriter:
         self.counts = np.zeros(len(classes), dtype=np.int64)
 
     def write(self, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        if not valid.any():
+            return  # a block without data: left absent in the sparse GeoTIFF, read back as nodata
         cls = probs.argmax(axis=0).astype(np.uint8)
         conf = probs.max(axis=0)
         if not valid.all():

@@ -214,6 +214,7 @@ def polygonize_values(
     """Polygons of the regions of ``value_path`` whose value is a key of ``value_props``; each feature gets
     those properties plus area (m2) and mean confidence. Returns the number of features."""
     wanted = set(value_props)
+    wanted_ids = np.array(sorted(wanted))
     schema = {"geometry": "Polygon", "properties": {**schema_props, "area_m2": "float", conf_field: "float"}}
     class_path = value_path
     with rasterio.open(class_path) as cds, rasterio.open(conf_path) as fds:
@@ -276,6 +277,15 @@ def polygonize_values(
                 r1 = min(height, r0 + strip_rows)
                 win = Window(0, r0, width, r1 - r0)
                 cls = cds.read(1, window=win)
+                if not np.isin(cls, wanted_ids).any():  # a strip without any wanted value (no-data margins)
+                    for part in open_parts:  # nothing below continues them: they are complete
+                        close(part)
+                    open_parts = []
+                    prev_bottom = np.full(width, -1, dtype=np.int64)
+                    flush(sink)
+                    if progress:
+                        progress(r1 / height, f"polygonizing rows {r1}/{height}")
+                    continue
                 conf = fds.read(1, window=win)
                 labels, label_class = _components(cls, wanted)
                 n_lab, n_open = len(label_class), len(open_parts)
