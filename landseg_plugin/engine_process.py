@@ -281,6 +281,7 @@ def treecrowns_args(
     device: str = "auto",
     min_height: float = 2.0,
     min_distance: float = 3.0,
+    score_threshold: float = -1.0,  # < 0: the model's
 ) -> list[str]:
     args = [
         "treecrowns",
@@ -301,6 +302,8 @@ def treecrowns_args(
         args += ["--model", model]
     if sam:
         args += ["--sam", sam]
+    if score_threshold >= 0:
+        args += ["--score-threshold", str(score_threshold)]
     return args
 
 

@@ -405,6 +405,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
     DEVICE = "DEVICE"
     MIN_HEIGHT = "MIN_HEIGHT"
     MIN_DISTANCE = "MIN_DISTANCE"
+    SCORE_THRESHOLD = "SCORE_THRESHOLD"
     OUTPUT = "OUTPUT"
 
     def name(self) -> str:
@@ -454,6 +455,16 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterNumber(
+                self.SCORE_THRESHOLD,
+                "Detector: lowest crown score (-1: the model's, chosen on validation)",
+                QgsProcessingParameterNumber.Double,
+                -1.0,
+                minValue=-1.0,
+                maxValue=1.0,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Tree crowns", QgsProcessing.TypeVectorPolygon)
         )
 
@@ -473,6 +484,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             min_height=self.parameterAsDouble(parameters, self.MIN_HEIGHT, context),
             min_distance=self.parameterAsDouble(parameters, self.MIN_DISTANCE, context),
+            score_threshold=self.parameterAsDouble(parameters, self.SCORE_THRESHOLD, context),
         )
         result = run_in_processing(args, feedback)
         if result is None:

@@ -207,6 +207,15 @@ def test_treecrowns_headless(qgis_env, tmp_path):
     assert len(feats) >= 10 and {f["properties"]["method"] for f in feats} == {"detector"}  # 15 on this scene
     assert {"score", "height_max", "area_m2", "diameter_m"} <= set(feats[0]["properties"])
     assert (tmp_path / "crowns.qml").exists()
+    # the score threshold is a parameter: a stricter one keeps the stronger crowns only
+    proc = qgis_process(
+        qgis_env, "run", "landseg:treecrowns", f"--INPUT={URBAN}", "--SCORE_THRESHOLD=0.5",
+        f"--OUTPUT={tmp_path / 'strict.gpkg'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with fiona.open(tmp_path / "strict.gpkg") as layer:
+        strict = [f["properties"]["score"] for f in layer]
+    assert len(strict) < len(feats) and min(strict, default=1) >= 0.5
 
 
 def test_chm_headless(qgis_env, tmp_path):
