@@ -455,6 +455,16 @@ def _chm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reported(args: argparse.Namespace, desc: str, run, params, with_progress: bool = True):
+    """Run a job with the console/JSONL reporter; returns (reporter, result) for rep.result(...)."""
+    rep = Reporter(args.progress, desc)
+    try:
+        res = run(params, **({"progress": rep.progress} if with_progress else {}), notify=rep.notify)
+    finally:
+        rep.close()
+    return rep, res
+
+
 def _adapt(args: argparse.Namespace) -> int:
     try:
         from export.adapt import AdaptParams, run_adapt
@@ -462,25 +472,9 @@ def _adapt(args: argparse.Namespace) -> int:
         raise InputError(
             "adapting needs the training code (export/) and its extra (torch): run `make dev` in the LandSeg folder"
         ) from None
-    rep = Reporter(args.progress, "adapt")
-    try:
-        res = run_adapt(
-            AdaptParams(
-                inputs=args.input,
-                labels=args.labels,
-                out_dir=args.out,
-                class_field=args.class_field,
-                model=args.model,
-                minutes=args.minutes,
-                max_steps=args.max_steps,
-                holdout=args.holdout,
-                name=args.name,
-            ),  # fmt: skip
-            progress=rep.progress,
-            notify=rep.notify,
-        )
-    finally:
-        rep.close()
+    keys = ("labels", "class_field", "model", "minutes", "max_steps", "holdout", "name")
+    params = AdaptParams(inputs=args.input, out_dir=args.out, **{k: getattr(args, k) for k in keys})
+    rep, res = _reported(args, "adapt", run_adapt, params)
     rep.result(res, args.json, [f"adapted model: {res.model} ({res.steps} steps, {res.minutes} min)"])
     return 0
 
@@ -489,24 +483,11 @@ def _accuracy(args: argparse.Namespace) -> int:
     from .accuracy import AccuracyParams, run_accuracy
 
     names = [n.strip() for n in (args.class_names or "").split(",") if n.strip()]
-    rep = Reporter(args.progress, "accuracy")
-    try:
-        res = run_accuracy(
-            AccuracyParams(
-                class_map=args.classes,
-                out_dir=args.out,
-                reference=args.reference,
-                class_field=args.class_field,
-                class_names=names,
-                sample=args.sample,
-                min_per_class=args.min_per_class,
-                seed=args.seed,
-                name=args.name,
-            ),  # fmt: skip
-            notify=rep.notify,
-        )
-    finally:
-        rep.close()
+    keys = ("reference", "class_field", "sample", "min_per_class", "seed", "name")
+    params = AccuracyParams(
+        class_map=args.classes, out_dir=args.out, class_names=names, **{k: getattr(args, k) for k in keys}
+    )
+    rep, res = _reported(args, "accuracy", run_accuracy, params, with_progress=False)
     if res.sample:
         lines = [f"sample: {res.sample} ({res.n} points; fill in the 'reference' field, then pass --reference)"]
     else:

@@ -160,15 +160,20 @@ def test_gdal_virtual_paths_are_accepted(tmp_path):
     assert_clean_failure(p, 2, "missing.tif")
 
 
+def sparse_mosaic(path, size: int, block: int, window: Window):
+    """A size² no-data mosaic (sparse GeoTIFF) holding the real SJER crop (values >= 1) at `window`."""
+    with rasterio.open(SJER) as ds:
+        prof = ds.profile | {"width": size, "height": size, "nodata": 0, "tiled": True, "blockxsize": block,
+                             "blockysize": block, "compress": "deflate", "sparse_ok": True}  # fmt: skip
+        with rasterio.open(path, "w", **prof) as dst:
+            dst.write(np.maximum(ds.read(), 1), window=window)
+    return path
+
+
 def test_tiles_without_data_are_neither_read_nor_inferred(tmp_path):
     """A 4096² mosaic that is nodata except for the real SJER crop in one corner area: only the tiles that
     touch the data run through the model, and the class map is the same as inferring every tile."""
-    big = tmp_path / "mosaic.tif"
-    with rasterio.open(SJER) as ds:
-        prof = ds.profile | {"width": 4096, "height": 4096, "nodata": 0, "tiled": True, "blockxsize": 256,
-                             "blockysize": 256, "compress": "deflate", "sparse_ok": True}  # fmt: skip
-        with rasterio.open(big, "w", **prof) as dst:
-            dst.write(np.maximum(ds.read(), 1), window=Window(1000, 1200, 400, 400))
+    big = sparse_mosaic(tmp_path / "mosaic.tif", 4096, 256, Window(1000, 1200, 400, 400))
     meta = load_model_package(DEFAULT_MODEL).meta
     grid = TileGrid(4096, 4096, 256, 32)
     calls: list[int] = []
@@ -204,12 +209,7 @@ def _no_shared_leftovers(tmp_path):
 def test_a_mostly_empty_mosaic_writes_sparse_outputs_fast(tmp_path):
     """Through the CLI: a 8192² mosaic with one real 400² crop: outputs stay sparse (absent blocks read back
     as nodata) and polygons come only from the data."""
-    big = tmp_path / "mosaic.tif"
-    with rasterio.open(SJER) as ds:
-        prof = ds.profile | {"width": 8192, "height": 8192, "nodata": 0, "tiled": True, "blockxsize": 512,
-                             "blockysize": 512, "compress": "deflate", "sparse_ok": True}  # fmt: skip
-        with rasterio.open(big, "w", **prof) as dst:
-            dst.write(np.maximum(ds.read(), 1), window=Window(5000, 3000, 400, 400))
+    big = sparse_mosaic(tmp_path / "mosaic.tif", 8192, 512, Window(5000, 3000, 400, 400))
     out = tmp_path / "out"
     t0 = time.perf_counter()
     p = run_cli("-i", str(big), "--model", str(DEFAULT_MODEL), "-o", str(out), "--json")
