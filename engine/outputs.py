@@ -49,6 +49,7 @@ class OutputSet:
     def __init__(self, overwrite: bool = True) -> None:
         self.overwrite = overwrite
         self._pending: list[tuple[Path, Path]] = []
+        self._cleaned: set[Path] = set()  # folders already rid of stale temporaries
 
     def temp_for(self, final: str | Path) -> Path:
         final = Path(final)
@@ -59,7 +60,9 @@ class OutputSet:
             raise OutputError(f"cannot create output folder {folder}: {exc.strerror}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"output folder is not writable: {folder}")
-        remove_stale(folder)  # a killed run's temporaries (only of processes that no longer exist)
+        if folder not in self._cleaned:  # a killed run's temporaries (only of processes that no longer exist)
+            remove_stale(folder)
+            self._cleaned.add(folder)
         if final.exists() and not self.overwrite:
             raise OutputError(f"output exists and overwrite is off: {final}")
         # Same folder as the final file so the rename is atomic; hidden so QGIS/file browsers skip it; the PID
