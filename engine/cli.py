@@ -24,6 +24,7 @@ from .model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 from .polygonize import PolygonizeOptions
 from .prompts import parse_prompts
 from .raster_input import BandSource, raster_path
+from .resample import MODES as RESAMPLE_MODES
 from .runtime import DEVICES, RuntimeOptions
 from .value_range import RESCALE_MODES
 
@@ -50,15 +51,14 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trt-cache", type=Path, help="engine/timing cache folder for onnxruntime's TensorRT provider")
     p.add_argument("--min-area", type=float, help="drop polygons smaller than this, in m2 (default: 9 pixels)")
     p.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
-    p.add_argument(
-        "--resample",
-        choices=("auto", "off"),
-        default="auto",
-        help="auto: infer at the model's pixel size when the input's differs by more than 15%% (default)",
-    )
+    _resample_option(p, "auto: infer at the model's pixel size when the input's differs by more than 15%% (default)")
     _rescale_option(p)
     p.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _resample_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--resample", choices=RESAMPLE_MODES, default="auto", help=help_text)
 
 
 def _rescale_option(p: argparse.ArgumentParser) -> None:
@@ -238,11 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="detector models: views averaged, d4 = 8 turns/flips (default), none = 8x faster, fewer crowns found",
     )
     tc.add_argument("--device", choices=DEVICES, default="auto")
-    tc.add_argument(
-        "--resample",
-        choices=("auto", "off"),
-        default="auto",
-        help="detector: read the image at the model's pixel size (0.1 m) when it differs by more than 15%% (default)",
+    _resample_option(
+        tc, "detector: read the image at the model's pixel size (0.1 m) when it differs by more than 15%% (default)"
     )
     _rescale_option(tc)
     tc.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")

@@ -84,8 +84,6 @@ def detect_crowns(params, meta, runtime, img, chm_ds, say, progress=None, cancel
     threshold = params.score_threshold if params.score_threshold is not None else float(det["score_threshold"])
     norm = meta.inputs[0].normalization
     crowns: list[dict] = []
-    if img.count < 3:
-        raise InputError(f"{params.image} has {img.count} band(s): the crown detector needs red, green, blue")
     px = abs(img.transform.a)
     if meta.pixel_size_m and img.crs is not None and abs(px / meta.pixel_size_m - 1) > PIXEL_TOLERANCE:
         say(

@@ -381,7 +381,7 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
         say(plan.message())
         mi = package.meta.inputs[0]
         stretch = None
-        if mi.value_range is not None and img.count >= 3:
+        if mi.value_range is not None:
             stretch = plan_stretch(img, [1, 2, 3], mi.value_range, params.rescale, str(params.image))
         chm_ds = _open_chm(params.chm, img) if params.chm else None
         if stretch is not None:

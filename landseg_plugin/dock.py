@@ -371,18 +371,24 @@ class LandSegDock(QgsDockWidget):
             self._fail(str(exc))
             return
         group_name = f"LandSeg {what} {time.strftime('%H:%M:%S')} ({self.model_combo.currentText()})"
-        self.task = EngineTask(
+        task = EngineTask(
             f"LandSeg: {group_name}", args, group_name, python_setting(), task=self.task_combo.currentData()
         )
-        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        self.task.progress_message.connect(self._set_status)
-        self.task.done.connect(self._done)
-        self.task.failed.connect(self._fail)
+        self._start(task, self._done, "running…")
+
+    def _start(self, task: EngineTask, on_done, status: str) -> None:
+        """Hand an engine task to QGIS's task manager with the panel's progress, status and buttons."""
+        self.task = task
+        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        task.progress_message.connect(self._set_status)
+        task.done.connect(on_done)
+        task.failed.connect(self._fail)
         self.run_button.setEnabled(False)
+        self.adapt_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
-        self._set_status("running…")
-        QgsApplication.taskManager().addTask(self.task)
+        self._set_status(status)
+        QgsApplication.taskManager().addTask(task)
 
     def start_adapt(self) -> None:
         """`engine adapt` on the labels layer over the first input layer; the new model joins the model list."""
@@ -399,17 +405,9 @@ class LandSegDock(QgsDockWidget):
             [layer.source()], labels.source().split("|")[0], self.label_field.currentField(), out_dir,
             self.model_combo.currentData() or "", float(self.adapt_minutes.value()),
         )  # fmt: skip
-        self.task = EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt")
-        self.task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        self.task.progress_message.connect(self._set_status)
-        self.task.done.connect(self._adapted)
-        self.task.failed.connect(self._fail)
-        self.run_button.setEnabled(False)
-        self.adapt_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self._set_status("adapting…")
-        QgsApplication.taskManager().addTask(self.task)
+        self._start(
+            EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt"), self._adapted, "adapting…"
+        )
 
     def _adapted(self, _group) -> None:
         result = (self.task.result or {}) if self.task is not None else {}
