@@ -263,9 +263,41 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     ad.add_argument("--holdout", type=float, default=0.2, help="share of the labels held out by location (0.2)")
     ad.add_argument("--name", help="new model's name (default: <base>-adapted)")
+    ad.add_argument(
+        "--pixel-size", type=float, dest="pixel_size_m",
+        help="train (and later run) the new model at this pixel size in m (default: the base model's)",
+    )  # fmt: skip
+    ad.add_argument(
+        "--keep-base", type=float, default=1.0,
+        help="weight pulling unlabelled pixels towards the base model's answer (default: 1; 0 = ignore them)",
+    )  # fmt: skip
     ad.add_argument("--out", "-o", required=True, type=Path, help="folder for the new model package")
     ad.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     ad.add_argument("--json", action="store_true")
+
+    bt = sub.add_parser("batch", help="a task on many rasters or on one huge mosaic, with Dask distributed")
+    bt.add_argument("task", choices=("landcover", "treecrowns"), help="the task run on every input")
+    bt.add_argument(
+        "--inputs", action="append", required=True, help='rasters or glob patterns ("tiles/*.tif"); repeatable'
+    )
+    bt.add_argument("--out", "-o", required=True, type=Path, help="output folder (one subfolder per input)")
+    bt.add_argument("--model", type=Path, help="model (default: the task's shipped model)")
+    bt.add_argument("--scheduler", help="a Dask scheduler address (tcp://host:8786); default: a LocalCluster here")
+    bt.add_argument("--workers", type=int, default=0, help="LocalCluster workers (default: one per 2 cores)")
+    bt.add_argument("--retries", type=int, default=1, help="retries of a failing input before it is reported (1)")
+    bt.add_argument(
+        "--chunk-px", type=int, default=8192,
+        help="land cover: rasters larger than this on a side are cut into chunks run in parallel (8192)",
+    )  # fmt: skip
+    bt.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    bt.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
+    bt.add_argument("--batch", type=int, default=4, help="tiles per inference call (default: 4)")
+    bt.add_argument("--device", choices=DEVICES, default="auto")
+    bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (0: its share)")
+    _resample_option(bt, "auto: every input at the model's pixel size when it differs by more than 15%% (default)")
+    bt.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="no Dask dashboard")
+    bt.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
+    bt.add_argument("--json", action="store_true")
 
     ac = sub.add_parser("accuracy", help="accuracy of a class map against reference points/polygons, or a sample")
     ac.add_argument("--classes", required=True, type=raster_path, help="class map (LandSeg's, or any classified)")
@@ -469,11 +501,24 @@ def _adapt(args: argparse.Namespace) -> int:
         raise InputError(
             "adapting needs the training code (export/) and its extra (torch): run `make dev` in the LandSeg folder"
         ) from None
-    keys = ("labels", "class_field", "model", "minutes", "max_steps", "holdout", "name")
+    keys = ("labels", "class_field", "model", "minutes", "max_steps", "holdout", "name", "pixel_size_m", "keep_base")
     params = AdaptParams(inputs=args.input, out_dir=args.out, **{k: getattr(args, k) for k in keys})
     rep, res = _reported(args, "adapt", run_adapt, params)
     rep.result(res, args.json, [f"adapted model: {res.model} ({res.steps} steps, {res.minutes} min)"])
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import BatchParams, run_batch
+
+    keys = ("task", "inputs", "model", "scheduler", "workers", "retries", "chunk_px", "tile", "overlap", "batch")
+    keys += ("device", "threads", "resample", "dashboard")
+    params = BatchParams(out_dir=args.out, **{k: getattr(args, k) for k in keys})
+    rep, res = _reported(args, f"batch {args.task}", run_batch, params)
+    lines = [f"{len(res.done)} done, {len(res.skipped)} done earlier, {len(res.failed)} failed: {res.summary}"]
+    lines += [f"failed: {k}: {v}" for k, v in res.failed.items()]
+    rep.result(res, args.json, lines)
+    return 0 if not res.failed else 5  # some inputs failed (listed in the summary); the others are done
 
 
 def _accuracy(args: argparse.Namespace) -> int:
@@ -526,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             return _accuracy(args)
         if args.command == "adapt":
             return _adapt(args)
+        if args.command == "batch":
+            return _batch(args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -53,6 +53,7 @@ class LandcoverParams:
     rescale: str = "auto"  # values beyond the model's value_range: engine.value_range (auto, percentile, off)
     resample: str = "auto"  # "auto": infer at the model's pixel size when the input's differs by > 15 %; "off"
     allow_pixel_coordinates: bool = False  # run on a raster without georeference (areas then in square pixels)
+    polygonize: bool = True  # False: rasters only (engine.batch chunks: polygons come later)
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
@@ -71,7 +72,7 @@ class LandcoverParams:
 class LandcoverResult(JsonResult):
     class_map: Path
     confidence: Path
-    polygons: Path
+    polygons: Path | None  # None when polygonize is off
     layer: str
     n_polygons: int
     class_pixels: dict[str, int]
@@ -230,22 +231,24 @@ def run_landcover(
                 del run, runtime
                 release_memory()
                 t_poly = time.perf_counter()
-                n_poly = polygonize(
-                    class_path,
-                    conf_path,
-                    gpkg_path,
-                    classes,
-                    params.polygons,
-                    stage(progress, 0.85, 1.0),
-                    cancelled,
-                )
+                n_poly = 0
+                if params.polygonize:
+                    n_poly = polygonize(
+                        class_path,
+                        conf_path,
+                        gpkg_path,
+                        classes,
+                        params.polygons,
+                        stage(progress, 0.85, 1.0),
+                        cancelled,
+                    )
                 t_cog = time.perf_counter()
                 to_cog(class_path, "NEAREST")
                 to_cog(conf_path, "AVERAGE")
                 styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
-                for final, qml in zip(final_paths, styles, strict=True):
+                for final, qml in list(zip(final_paths, styles, strict=True))[: 3 if params.polygonize else 2]:
                     outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
-                finals = outputs.commit()
+                outputs.commit()
                 timings = {
                     "inference": round(t_poly - t_infer, 3),
                     "polygonize": round(t_cog - t_poly, 3),
@@ -254,9 +257,9 @@ def run_landcover(
     if progress:
         progress(1.0, "done")
     return LandcoverResult(
-        class_map=finals[0],
-        confidence=finals[1],
-        polygons=finals[2],
+        class_map=final_paths[0],
+        confidence=final_paths[1],
+        polygons=final_paths[2] if params.polygonize else None,
         layer=params.polygons.layer,
         n_polygons=n_poly,
         class_pixels={c.name: int(n) for c, n in zip(classes, writer.counts, strict=True)},

@@ -105,10 +105,37 @@ class OnnxRuntime:
             raise ModelError(f"model {self.model_path} failed on its input ({shapes}): {first}") from None
 
 
+# Sessions kept by this process (None: none kept, the default: a job frees its session before polygonizing).
+_KEPT: dict | None = None
+
+
+def keep_sessions() -> None:
+    """From now on this process keeps every runtime it makes, keyed by model file (and its mtime) and options:
+    a batch worker (engine.batch) loads each model once and reuses its session for every task."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = {}
+
+
+def kept_sessions() -> int:
+    """How many sessions this process keeps (engine.batch reports it: one per model per worker)."""
+    return len(_KEPT or {})
+
+
 def make_runtime(model_path: Path, output_name: str, options: RuntimeOptions, notify=None):
     """onnxruntime for .onnx files, the native TensorRT runtime for .engine/.plan files."""
+    key = None
+    if _KEPT is not None:
+        path = Path(model_path).resolve()
+        key = (str(path), path.stat().st_mtime_ns, output_name, options)
+        if key in _KEPT:
+            return _KEPT[key]
     if Path(model_path).suffix.lower() in (".engine", ".plan"):
         from .trt_runtime import TensorRTRuntime
 
-        return TensorRTRuntime(model_path, output_name, notify)
-    return OnnxRuntime(model_path, output_name, options, notify)
+        runtime = TensorRTRuntime(model_path, output_name, notify)
+    else:
+        runtime = OnnxRuntime(model_path, output_name, options, notify)
+    if key is not None:
+        _KEPT[key] = runtime
+    return runtime

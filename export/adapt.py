@@ -35,7 +35,8 @@ from engine.model_package import DEFAULT_LANDCOVER_MODEL, load_model_package, me
 from engine.raster_input import AlignedInputs, reference_grid
 from engine.resample import plan as plan_resampling
 
-IGNORE = 255
+IGNORE = 255  # labels: valid pixels outside every polygon
+NODATA = 254  # labels: where the raster has no data (neither labelled nor "kept like the base model")
 NEW_CLASS_COLOURS = ("#6a3d9a", "#ff7f00", "#b15928", "#cab2d6", "#fb9a99", "#ffff99", "#a6cee3", "#33a02c")
 
 
@@ -57,6 +58,12 @@ class AdaptParams:
     threads: int = 2
     name: str | None = None  # default: <base name>-adapted
     max_chips: int = 400
+    # The adapted model's pixel size: None = the base model's; a number (m) = train (and later run) at that size,
+    # e.g. the analyst's finer imagery, where the base model's grid merges small objects.
+    pixel_size_m: float | None = None
+    # Unlabelled pixels pull towards the base model's own prediction with this weight (learning without
+    # forgetting): labels of one or two classes must not teach "everything is that class".
+    keep_base: float = 1.0
 
 
 @dataclass
@@ -105,7 +112,9 @@ def match_labels(values: list[str], meta, say) -> tuple[dict[str, str], list[str
     return out, new
 
 
-def read_labels(p: AdaptParams, crs) -> list[tuple[shapely.Geometry, str]]:
+def read_labels(p: AdaptParams) -> tuple[list[tuple[shapely.Geometry, str]], str | None]:
+    """The labelled geometries in the layer's own CRS (points stay points: they are buffered in metres once
+    they are on a raster's grid) and that CRS as WKT."""
     try:
         layer = fiona.open(p.labels)
     except Exception:  # fiona's DriverError and friends
@@ -117,34 +126,37 @@ def read_labels(p: AdaptParams, crs) -> list[tuple[shapely.Geometry, str]]:
                 f"labels {p.labels} have no field {p.class_field!r} "
                 f"(they have: {', '.join(layer.schema['properties'])})"
             )
-        tr = None
-        if layer.crs and crs is not None:
-            from pyproj import CRS, Transformer
-
-            if CRS.from_user_input(layer.crs) != CRS.from_user_input(crs.to_wkt()):
-                tr = Transformer.from_crs(layer.crs, crs.to_wkt(), always_xy=True)
+        crs = layer.crs_wkt or None
         for f in layer:
             v = f["properties"][p.class_field]
             if f.geometry is None or v is None or not str(v).strip():
                 continue
             g = shape(f.geometry)
-            if tr is not None:
-                g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-            if g.geom_type in ("Point", "MultiPoint"):
-                g = g.buffer(p.point_buffer_m)
-            if not g.is_empty and g.area > 0:
+            if not g.is_empty and (g.area > 0 or g.geom_type in ("Point", "MultiPoint")):
                 out.append((g, str(v).strip()))
     if len(out) < 2:
         raise InputError(
             f"labels {p.labels}: at least 2 labelled polygons are needed (found {len(out)} with a value in "
             f"{p.class_field!r})"
         )
-    values = {c for _g, c in out}
-    if len(values) < 2:
-        raise InputError(
-            f"labels {p.labels} hold one class only ({values.pop()!r}): label at least two classes, so the model "
-            "learns where one ends"
-        )
+    return out, crs
+
+
+def on_grid(labelled, layer_crs: str | None, crs, buffer_m: float) -> list[tuple[shapely.Geometry, str]]:
+    """The labels in a raster's CRS, points buffered to discs of ``buffer_m``."""
+    tr = None
+    if layer_crs and crs is not None:
+        from pyproj import CRS, Transformer
+
+        if CRS.from_user_input(layer_crs) != CRS.from_user_input(crs.to_wkt()):
+            tr = Transformer.from_crs(layer_crs, crs.to_wkt(), always_xy=True)
+    out = []
+    for g, v in labelled:
+        if tr is not None:
+            g = shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        if g.geom_type in ("Point", "MultiPoint"):
+            g = g.buffer(buffer_m)
+        out.append((g, v))
     return out
 
 
@@ -154,6 +166,7 @@ def spatial_holdout(geoms: list[shapely.Geometry], share: float) -> np.ndarray:
     axis = 0 if (x1 - x0) >= (y1 - y0) else 1
     pos = np.array([g.centroid.coords[0][axis] for g in geoms])
     area = np.array([g.area for g in geoms])
+    area = area if area.sum() > 0 else np.ones(len(geoms))  # points only: each counts once
     order = np.argsort(pos, kind="stable")
     cum = np.cumsum(area[order]) / area.sum()
     held = np.zeros(len(geoms), bool)
@@ -164,8 +177,9 @@ def spatial_holdout(geoms: list[shapely.Geometry], share: float) -> np.ndarray:
     return held
 
 
-def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip: int, cap: int, rng):
-    """(x (n, 3, chip, chip) float32 normalised, y (n, chip, chip) uint8) around the polygons."""
+def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip: int) -> tuple[list, list]:
+    """Chips around the polygons: x (3, chip, chip) float32 normalised as inference reads it, y (chip, chip)
+    uint8 with the class ids, IGNORE where unlabelled and NODATA where the raster has no data."""
     grid = inputs.grid
     inv = ~grid.transform
     seen, xs, ys = set(), [], []
@@ -182,16 +196,20 @@ def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip
         feeds, valid = inputs.read(win)
         at = grid.transform * Affine.translation(c0, r0)
         lab = rasterize(shapes_all, out_shape=(chip, chip), transform=at, fill=IGNORE, dtype="uint8")
-        lab[~valid] = IGNORE
-        if (lab != IGNORE).any():
-            xs.append(next(iter(feeds.values())))
+        lab[~valid] = NODATA
+        if (lab < IGNORE - 1).any():
+            xs.append(next(iter(feeds.values())).astype(np.float32))
             ys.append(lab)
+    return xs, ys
+
+
+def stack_chips(xs: list, ys: list, cap: int, rng) -> tuple[np.ndarray, np.ndarray]:
     if not xs:
         raise InputError("no labelled pixel lies on the input raster(s): check the labels' location and CRS")
     if len(xs) > cap:
         keep = np.sort(rng.choice(len(xs), cap, replace=False))
         xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
-    return np.stack(xs).astype(np.float32), np.stack(ys)
+    return np.stack(xs), np.stack(ys)
 
 
 def iou_per_class(model, x: np.ndarray, y: np.ndarray, names: list[str], n_model: int) -> dict[str, float | None]:
@@ -204,7 +222,7 @@ def iou_per_class(model, x: np.ndarray, y: np.ndarray, names: list[str], n_model
         for i in range(0, len(x), 4):
             pred = model(torch.from_numpy(x[i : i + 4])).argmax(1).numpy()
             t = y[i : i + 4]
-            ok = t != IGNORE
+            ok = t < len(names)
             for k in range(len(names)):
                 p_k, t_k = (pred == k) & ok, (t == k) & ok
                 inter[k] += (p_k & t_k).sum()
@@ -213,6 +231,24 @@ def iou_per_class(model, x: np.ndarray, y: np.ndarray, names: list[str], n_model
     return {
         n: (round(float(inter[k] / union[k]), 4) if k in present and union[k] else None) for k, n in enumerate(names)
     }
+
+
+def _d4(t, k: int, flip: bool):
+    """Rotate by k x 90 degrees and maybe flip the last two axes (images, labels, probabilities alike)."""
+    t = t.rot90(k, (-2, -1))
+    return t.flip(-1) if flip else t
+
+
+def base_probabilities(model, x: np.ndarray) -> np.ndarray:
+    """The base model's class probabilities on the training chips (float16), computed once."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), 4):
+            out.append(model(torch.from_numpy(x[i : i + 4])).softmax(1).half().numpy())
+    return np.concatenate(out)
 
 
 def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> AdaptResult:
@@ -243,30 +279,55 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
             f"model {p.model} cannot be adapted: it needs its torch weights beside it ({weights.name}, a "
             "LandcoverUNet state_dict), as the shipped land-cover model has"
         )
-    ref = reference_grid(p.inputs[0])
-    labelled = read_labels(p, ref.crs)
+    labelled, layer_crs = read_labels(p)
     label_map, new = match_labels(sorted({c for _g, c in labelled}), meta, say)
+    if len(set(label_map.values())) < 2 and new:
+        raise InputError(
+            f"labels {p.labels} hold one class only ({new[0]!r}), and the model does not have it: label at least "
+            "one other class beside it, so the model learns where it ends"
+        )
+    if len(set(label_map.values())) < 2:
+        say(
+            f"labels hold one class only ({next(iter(label_map.values()))}): the other classes keep the base "
+            "model's answers where nothing is labelled"
+        )
     names = [c.name for c in meta.classes] + new
     class_index = {v: names.index(label_map[v]) for v in label_map}
     held = spatial_holdout([g for g, _c in labelled], p.holdout)
-    train = [(g, c) for (g, c), h in zip(labelled, held, strict=True) if not h]
-    hold = [(g, c) for (g, c), h in zip(labelled, held, strict=True) if h]
-    say(f"labels: {len(train)} polygons to train on, {len(hold)} held out (the far {p.holdout:.0%} by location)")
+    say(
+        f"labels: {int((~held).sum())} polygons to train on, {int(held.sum())} held out (the far {p.holdout:.0%} "
+        "by location)"
+    )
     rng = np.random.default_rng(p.seed)
-    plan = plan_resampling(ref, meta.pixel_size_m, "auto")
-    kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
-    with AlignedInputs(p.inputs, meta, **kw) as inputs:
-        for m in inputs.messages:
-            say(m)
-        xt, yt = cut_chips(inputs, train, class_index, p.chip, p.max_chips, rng)
-        xh, yh = cut_chips(inputs, hold, class_index, p.chip, p.max_chips // 4, rng)
-    say(f"{len(xt)} training chips, {len(xh)} held-out chips of {p.chip} px at {plan.model_grid.pixel_size[0]:.2f}")
+    pixel_m = p.pixel_size_m or meta.pixel_size_m
+    xt, yt, xh, yh = [], [], [], []
+    for path in p.inputs:  # each input is an area of its own (a plot, a tile, a scene)
+        ref = reference_grid(path)
+        here = on_grid(labelled, layer_crs, ref.crs, p.point_buffer_m)
+        plan = plan_resampling(ref, pixel_m, "auto")
+        say(f"{Path(path).name}: {plan.message()}")
+        kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
+        with AlignedInputs([path], meta, **kw) as inputs:
+            for m in inputs.messages:
+                say(m)
+            for part, xs, ys in ((False, xt, yt), (True, xh, yh)):
+                chosen = [gc for gc, h in zip(here, held, strict=True) if h == part]
+                cx, cy = cut_chips(inputs, chosen, class_index, p.chip)
+                xs += cx
+                ys += cy
+    xt, yt = stack_chips(xt, yt, p.max_chips, rng)
+    xh, yh = stack_chips(xh, yh, p.max_chips // 4, rng)
+    say(f"{len(xt)} training chips, {len(xh)} held-out chips of {p.chip} px at {pixel_m:.3g} m")
+    n_train, n_hold = int((~held).sum()), int(held.sum())
 
     torch.manual_seed(p.seed)
     torch.set_num_threads(p.threads)
     model = LandcoverUNet(len(meta.classes))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     before = iou_per_class(model, xh, yh, names, len(meta.classes))
+    t_train = time.time()
+    base_prob = base_probabilities(model, xt) if p.keep_base > 0 else None
+    n_old = len(meta.classes)
     if new:  # more outputs: the old rows kept, the new ones start near "never"
         old = model.head
         model.head = torch.nn.Conv2d(old.in_channels, len(names), 1)
@@ -279,7 +340,7 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
     rest = [q for n, q in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": enc, "lr": p.lr * 0.1}, {"params": rest, "lr": p.lr}], weight_decay=1e-4)
     budget = p.minutes * 60
-    t_train, step = time.time(), 0
+    step = 0
     g = torch.Generator().manual_seed(p.seed)
     while time.time() - t_train < budget and (p.max_steps is None or step < p.max_steps):
         if cancelled and cancelled():
@@ -288,13 +349,20 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()
-        idx = torch.randint(0, len(xt), (p.batch,), generator=g)
-        x, y = torch.from_numpy(xt[idx.numpy()]), torch.from_numpy(yt[idx.numpy()]).long()
+        idx = torch.randint(0, len(xt), (p.batch,), generator=g).numpy()
+        x, y = torch.from_numpy(xt[idx]), torch.from_numpy(yt[idx]).long()
+        b = None if base_prob is None else torch.from_numpy(base_prob[idx]).float()
         k = int(torch.randint(0, 4, (), generator=g))
-        x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
-        if float(torch.rand((), generator=g)) < 0.5:
-            x, y = x.flip(3), y.flip(2)
-        loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
+        flip = float(torch.rand((), generator=g)) < 0.5
+        x, y = _d4(x, k, flip), _d4(y, k, flip)
+        logits = model(x)
+        ce_target = torch.where(y == NODATA, torch.full_like(y, IGNORE), y)
+        loss = F.cross_entropy(logits, ce_target, ignore_index=IGNORE)
+        if b is not None:
+            free = y == IGNORE  # valid pixels outside every label: keep the base model's answer there
+            if free.any():
+                kl = F.kl_div(logits[:, :n_old].log_softmax(1), _d4(b, k, flip), reduction="none").sum(1)
+                loss = loss + p.keep_base * kl[free].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -303,7 +371,7 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
             frac = (time.time() - t_train) / budget
             if p.max_steps:
                 frac = max(frac, step / p.max_steps)
-            progress(min(0.95, 0.05 + 0.9 * frac), f"adapting: step {step}, loss {float(loss):.3f}")
+            progress(min(0.95, 0.05 + 0.9 * frac), f"adapting: step {step}, loss {loss.item():.3f}")
     after = iou_per_class(model, xh, yh, names, len(names))
     minutes = round((time.time() - t0) / 60, 2)
     for n in names:
@@ -331,9 +399,10 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
         for i, n in enumerate(names)
     ]
     doc["name"] = name
+    doc["pixel_size_m"] = pixel_m
     doc["description"] = f"{meta.name} adapted to {Path(p.labels).name}; see the card"
     doc["card"] = {
-        "summary": f"{meta.name} fine-tuned on {len(train)} labelled polygons ({Path(p.labels).name}) for "
+        "summary": f"{meta.name} fine-tuned on {n_train} labelled polygons ({Path(p.labels).name}) for "
         f"{step} steps ({minutes} min)",
         "base_model": str(p.model),
         "data": {
@@ -350,9 +419,11 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
             "encoder_lr": p.lr * 0.1,
             "batchnorm": "frozen",
             "augmentation": "rotations, flips",
+            "keep_base": p.keep_base,
+            "pixel_size_m": pixel_m,
             "seed": p.seed,
         },  # fmt: skip
-        "holdout": f"the far {p.holdout:.0%} of the labelled area along its longer extent ({len(hold)} polygons)",
+        "holdout": f"the far {p.holdout:.0%} of the labelled area along its longer extent ({n_hold} polygons)",
         "holdout_iou_before": before,
         "holdout_iou_after": after,
     }
@@ -369,4 +440,4 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
     embed_classes(onnx_path, missing_ok=True)
     if progress:
         progress(1.0, "done")
-    return AdaptResult(onnx_path, names, label_map, new, step, minutes, before, after, len(train), len(hold), messages)
+    return AdaptResult(onnx_path, names, label_map, new, step, minutes, before, after, n_train, n_hold, messages)

@@ -11,6 +11,7 @@ from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsRasterLayer
 from qgis.gui import QgsDockWidget, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -155,6 +156,15 @@ class LandSegDock(QgsDockWidget):
         self.adapt_minutes.setRange(1, 120)
         self.adapt_minutes.setValue(5)
         self.adapt_minutes.setSuffix(" min")
+        self.adapt_pixel = QDoubleSpinBox()
+        self.adapt_pixel.setRange(0.0, 10.0)
+        self.adapt_pixel.setDecimals(3)
+        self.adapt_pixel.setSingleStep(0.05)
+        self.adapt_pixel.setSpecialValueText("model's")  # 0: keep the base model's pixel size
+        self.adapt_pixel.setSuffix(" m")
+        self.adapt_pixel.setToolTip(
+            "the new model's pixel size: the base model's, or finer for drone imagery (0.15 m separates small roofs)"
+        )
         self.adapt_button = QPushButton("Adapt to my labels")
         self.adapt_button.setToolTip(
             "Fine-tune the selected land-cover model on the labelled polygons over the input layer; the new model "
@@ -165,6 +175,7 @@ class LandSegDock(QgsDockWidget):
         af.addRow("Class field", self.label_field)
         row = QHBoxLayout()
         row.addWidget(self.adapt_minutes)
+        row.addWidget(self.adapt_pixel)
         row.addWidget(self.adapt_button, 1)
         af.addRow("Training", row)
         lay.addWidget(adapt_box)
@@ -403,7 +414,7 @@ class LandSegDock(QgsDockWidget):
         )
         args = adapt_args(
             [layer.source()], labels.source().split("|")[0], self.label_field.currentField(), out_dir,
-            self.model_combo.currentData() or "", float(self.adapt_minutes.value()),
+            self.model_combo.currentData() or "", float(self.adapt_minutes.value()), self.adapt_pixel.value(),
         )  # fmt: skip
         self._start(
             EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt"), self._adapted, "adapting…"

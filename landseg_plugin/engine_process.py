@@ -112,6 +112,7 @@ def run_engine(
     message: Callable[[str], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     python: str | None = None,
+    accept: tuple[int, ...] = (0,),  # exit codes that still carry a result (batch: 5, some inputs failed)
 ) -> dict[str, Any]:
     """Run `python -m engine <args> --progress jsonl`; returns the engine's result object."""
     cmd = [engine_python(python), "-m", "engine", *args, "--progress", "jsonl"]
@@ -161,7 +162,7 @@ def run_engine(
     proc.stderr.close()  # type: ignore[union-attr]
     if cancelled or code == 130:
         raise EngineCancelled("cancelled")
-    if code != 0 or result is None:
+    if code not in accept or result is None:
         raise EngineError(_last_error("".join(stderr_parts)) or f"engine exited with code {code}")
     return result
 
@@ -248,11 +249,34 @@ def chm_args(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> li
 
 
 def adapt_args(
-    inputs: list[str], labels: str, class_field: str, out_dir: str, model: str = "", minutes: float = 5.0
+    inputs: list[str],
+    labels: str,
+    class_field: str,
+    out_dir: str,
+    model: str = "",
+    minutes: float = 5.0,
+    pixel_size_m: float = 0.0,  # 0: the base model's
 ) -> list[str]:
     args = ["adapt", *[a for i in inputs for a in ("--input", i)], "--labels", labels, "--class-field", class_field]
     args += ["--out", out_dir, "--minutes", str(minutes)]
+    args += ["--pixel-size", str(pixel_size_m)] if pixel_size_m > 0 else []
     return args + (["--model", model] if model else [])
+
+
+def batch_args(
+    task: str,
+    inputs: list[str],
+    out_dir: str,
+    model: str = "",
+    workers: int = 0,
+    chunk_px: int = 8192,
+    scheduler: str = "",
+    resample: str = "auto",
+) -> list[str]:
+    args = ["batch", task, *[a for i in inputs for a in ("--inputs", i)], "--out", out_dir]
+    args += ["--workers", str(workers), "--chunk-px", str(chunk_px), "--resample", resample, "--no-dashboard"]
+    args += ["--model", model] if model else []
+    return args + (["--scheduler", scheduler] if scheduler.strip() else [])
 
 
 def accuracy_args(

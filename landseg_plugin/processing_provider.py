@@ -68,7 +68,7 @@ def raster_paths(alg: QgsProcessingAlgorithm, layers, what: str) -> list[str]:
     return paths
 
 
-def run_in_processing(args: list[str], feedback) -> dict | None:
+def run_in_processing(args: list[str], feedback, accept: tuple[int, ...] = (0,)) -> dict | None:
     try:
         return run_engine(
             args,
@@ -76,6 +76,7 @@ def run_in_processing(args: list[str], feedback) -> dict | None:
             message=feedback.pushInfo,
             is_cancelled=feedback.isCanceled,
             python=python_setting(),
+            accept=accept,
         )
     except EngineCancelled:
         feedback.reportError("LandSeg: cancelled; no output was written")
@@ -615,6 +616,7 @@ class AdaptAlgorithm(LandSegAlgorithm):
     CLASS_FIELD = "CLASS_FIELD"
     MODEL = "MODEL"
     MINUTES = "MINUTES"
+    PIXEL_SIZE = "PIXEL_SIZE"
     OUTPUT = "OUTPUT"
 
     def name(self) -> str:
@@ -628,7 +630,9 @@ class AdaptAlgorithm(LandSegAlgorithm):
             "Fine-tunes a land-cover model (default: the shipped one) on labelled polygons or points drawn on "
             "the raster(s): label values are matched to the model's classes by name or meaning, a value that "
             "matches none adds a class. 20 % of the labels (by location) are held out and the per-class IoU "
-            "before/after is written into the new model's card. Needs the training extra (torch): `make dev`."
+            "before/after is written into the new model's card. Pixel size: 0 keeps the base model's (0.5 m); "
+            "a finer one (e.g. 0.15 m for drone imagery) lets the new model separate small roofs. Needs the "
+            "training extra (torch): `make dev`."
         )
 
     def initAlgorithm(self, config=None) -> None:
@@ -650,6 +654,15 @@ class AdaptAlgorithm(LandSegAlgorithm):
                 self.MINUTES, "Training time (minutes)", QgsProcessingParameterNumber.Double, 5.0, minValue=0.1
             )  # fmt: skip
         )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PIXEL_SIZE,
+                "New model's pixel size, m (0: the base model's)",
+                QgsProcessingParameterNumber.Double,
+                0.0,
+                minValue=0.0,
+            )  # fmt: skip
+        )
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Folder for the new model"))
 
     def processAlgorithm(self, parameters, context, feedback):
@@ -662,6 +675,7 @@ class AdaptAlgorithm(LandSegAlgorithm):
             out,
             self.parameterAsFile(parameters, self.MODEL, context),
             self.parameterAsDouble(parameters, self.MINUTES, context),
+            self.parameterAsDouble(parameters, self.PIXEL_SIZE, context),
         )
         result = run_in_processing(args, feedback)
         if result is None:
@@ -687,3 +701,6 @@ class LandSegProvider(QgsProcessingProvider):
         self.addAlgorithm(ChmAlgorithm())
         self.addAlgorithm(AccuracyAlgorithm())
         self.addAlgorithm(AdaptAlgorithm())
+        from .processing_batch import BatchAlgorithm  # its own module: this one is long enough
+
+        self.addAlgorithm(BatchAlgorithm())

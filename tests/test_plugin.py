@@ -218,6 +218,7 @@ def test_dock_screenshot(dock, qgis_app):
     layer = QgsRasterLayer(str(SJER), "neon_sjer_rgb")
     QgsProject.instance().addMapLayer(layer)
     dock.set_input(0, layer)
+    dock.out_widget.setFilePath("/home/analyst/LandSeg")  # not the folder an earlier test remembered
     dock.resize(460, 620)
     dock.show()
     qgis_app.processEvents()

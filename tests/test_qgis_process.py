@@ -264,3 +264,19 @@ def test_accuracy_headless(qgis_env, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with fiona.open(tmp_path / "acc" / "accuracy_sample.gpkg") as layer:
         assert len(layer) == 60 and "reference" in layer.schema["properties"]
+
+
+def test_batch_headless(qgis_env, tmp_path):
+    """landseg:batch: a folder of rasters (the two bundled samples) on a 2-worker local Dask cluster."""
+    pytest.importorskip("distributed")
+    proc = qgis_process(
+        qgis_env, "run", "landseg:batch", f"--FOLDER={SJER.parent}", "--PATTERN=*.tif", "--WORKERS=2",
+        f"--OUTPUT={tmp_path / 'batch'}", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "batch" / "batch_summary.json").read_text())
+    assert len(summary["done"]) == 2 and not summary["failed"]
+    assert json.loads(proc.stdout)["results"]["SUMMARY"].endswith("batch_summary.json")
+    for item in summary["items"].values():
+        with rasterio.open(item["outputs"]["class_map"]) as ds:
+            assert ds.count == 1 and ds.crs is not None
