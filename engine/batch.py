@@ -6,11 +6,9 @@ given (SSH, Kubernetes, HPC queues, cloud). A worker process keeps its model ses
 (engine.runtime.keep_sessions), so a model is loaded once per worker, not once per input.
 
 Large mosaics (land cover): a raster with more than ``chunk_px`` pixels on a side (on the model's grid) is cut
-into chunks. Chunks are cut on the model's grid (the input warped to the model's pixel size by a GDAL VRT, as a
-single run reads it), their cores start on the single run's tile grid, and each is read with a halo of whole
-tile strides at least one tile wide: every core pixel is then blended from exactly the tiles, with exactly the
-weights, of the single run. One stitch task copies the cores into one class map and confidence, brings them back
-to the input's grid as a single run does, and polygonizes once: a region crossing chunk edges is one polygon.
+into chunks that reproduce the single run's tiles exactly (engine.batch_worker). One stitch task copies the
+chunks' cores into one class map and confidence, brings them back to the input's grid as a single run does, and
+polygonizes once: a region crossing chunk edges is one polygon.
 
 Resumable: ``<out>/batch_manifest.json`` records every finished input and chunk (rewritten atomically after
 each); running the same command again does only what is missing. A failing input is retried (``retries``), then
@@ -20,7 +18,6 @@ reported with its error in ``<out>/batch_summary.json`` while the others finish.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -29,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .batch_worker import plan_mosaic, run_chunk, run_one, stitch
 from .errors import InputError, LandSegError
 from .jobs import JsonResult, Messages
 from .run_lock import folder_lock
@@ -72,34 +70,6 @@ class BatchResult(JsonResult):
     messages: list[str] = field(default_factory=list)
 
 
-# --- the work items ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A window of a large raster on the model's grid: the core this chunk owns and the window read (core plus
-    halo), as (col_off, row_off, width, height) in model-grid pixels."""
-
-    row: int
-    col: int
-    core: tuple[int, int, int, int]
-    read: tuple[int, int, int, int]
-
-    @property
-    def key(self) -> str:
-        return f"r{self.row}c{self.col}"
-
-
-@dataclass(frozen=True)
-class Mosaic:
-    """How one large raster is cut: the tile grid every chunk shares with the single run, and the chunks."""
-
-    tile: int
-    overlap: int
-    warp: bool  # the input is read resampled onto the model's grid
-    chunks: tuple[Chunk, ...]
-
-
 def expand_inputs(patterns: list[str]) -> list[Path]:
     out: list[Path] = []
     for pat in patterns:
@@ -117,213 +87,6 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     if dup:
         raise InputError(f"inputs share the name {sorted(dup)[0]!r}: their outputs would collide; rename one")
     return out
-
-
-def plan_chunks(width: int, height: int, chunk_px: int, tile: int, overlap: int) -> list[Chunk]:
-    """Cores of about ``chunk_px`` (a whole number of tile strides) tiling the raster; each is read with a halo
-    of k strides, k * stride >= tile, so the tiles that touch its core are exactly the single run's."""
-    stride = tile - overlap
-    core = max(1, chunk_px // stride) * stride
-    halo = -(-tile // stride) * stride
-    chunks = []
-    for i, r0 in enumerate(range(0, height, core)):
-        for j, c0 in enumerate(range(0, width, core)):
-            w, h = min(core, width - c0), min(core, height - r0)
-            rc0, rr0 = max(0, c0 - halo), max(0, r0 - halo)
-            rc1, rr1 = min(width, c0 + w + halo), min(height, r0 + h + halo)
-            chunks.append(Chunk(i, j, (c0, r0, w, h), (rc0, rr0, rc1 - rc0, rr1 - rr0)))
-    return chunks
-
-
-def _model_grid(p: BatchParams, path: Path):
-    """(model meta, resampling plan) of a land-cover run on ``path``, as run_landcover makes them."""
-    from .model_package import load_model_package
-    from .raster_input import reference_grid
-    from .resample import plan as plan_resampling
-
-    meta = load_model_package(_landcover_model(p)).meta
-    return meta, plan_resampling(reference_grid(path), meta.pixel_size_m, p.resample)
-
-
-def plan_mosaic(p: BatchParams, path: Path) -> Mosaic | None:
-    """The chunks of a raster too large for one task (land cover only), or None."""
-    from .tiling import fit_tile, requested_overlap
-
-    if p.task != "landcover":
-        return None
-    try:
-        meta, rplan = _model_grid(p, path)
-    except LandSegError:  # an unreadable input: its task fails and is reported like any other failure
-        return None
-    g = rplan.model_grid
-    if max(g.width, g.height) <= p.chunk_px:
-        return None
-    tile = p.tile or meta.tile_size
-    overlap = requested_overlap(tile, p.overlap, meta.overlap)
-    if p.tile is None:
-        tile, overlap = fit_tile(tile, overlap, g.height, g.width)
-    return Mosaic(tile, overlap, rplan.active, tuple(plan_chunks(g.width, g.height, p.chunk_px, tile, overlap)))
-
-
-# --- what a worker runs ----------------------------------------------------------------------------------------
-
-
-def _runtime_options(p: BatchParams):
-    from .runtime import RuntimeOptions, keep_sessions
-
-    keep_sessions()  # this worker keeps the model sessions it makes: loaded once, used for every task
-    return RuntimeOptions(device=p.device, threads=p.threads)
-
-
-def run_one(p: BatchParams, path: str, out: str) -> dict:
-    """One whole input -> its outputs in ``out`` (a folder of its own)."""
-    t0 = time.perf_counter()
-    if p.task == "landcover":
-        from .landcover import LandcoverParams, run_landcover
-
-        res = run_landcover(
-            LandcoverParams(
-                inputs=[Path(path)],
-                model=_landcover_model(p),
-                out_dir=Path(out),
-                name=Path(path).stem,
-                tile=p.tile,
-                overlap=p.overlap,
-                batch=p.batch,
-                runtime=_runtime_options(p),
-                resample=p.resample,
-            )  # fmt: skip
-        )
-        outputs = {"class_map": str(res.class_map), "confidence": str(res.confidence), "polygons": str(res.polygons)}
-    else:
-        from .treecrowns import TreeCrownParams, run_treecrowns
-
-        res = run_treecrowns(
-            TreeCrownParams(
-                image=Path(path),
-                out_dir=Path(out),
-                name=Path(path).stem,
-                model=p.model,
-                batch=p.batch,
-                runtime=_runtime_options(p),
-                resample=p.resample,
-            )  # fmt: skip
-        )
-        outputs = {"crowns": str(res.crowns)}
-    return {"outputs": outputs, "seconds": round(time.perf_counter() - t0, 3), **_worker()}
-
-
-def _worker() -> dict:
-    from .runtime import kept_sessions
-
-    return {"worker_pid": os.getpid(), "sessions": kept_sessions()}
-
-
-def _landcover_model(p: BatchParams) -> Path:
-    from .model_package import DEFAULT_LANDCOVER_MODEL
-
-    return Path(p.model or DEFAULT_LANDCOVER_MODEL)
-
-
-def run_chunk(p: BatchParams, path: str, mosaic: Mosaic, chunk: Chunk, out: str) -> dict:
-    """One chunk (core + halo on the model's grid, read through GDAL VRTs) -> its class map and confidence."""
-    from osgeo import gdal
-
-    from .landcover import LandcoverParams, run_landcover
-
-    t0 = time.perf_counter()
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    gdal.UseExceptions()
-    source = str(path)
-    if mosaic.warp:  # the input on the model's grid, read with the resampling a single run uses
-        _meta, rplan = _model_grid(p, Path(path))
-        g = rplan.model_grid
-        t = g.transform
-        bounds = (t.c, t.f + g.height * t.e, t.c + g.width * t.a, t.f)
-        source = str(folder / "model_grid.vrt")
-        gdal.Warp(
-            source, str(path), format="VRT", width=g.width, height=g.height, outputBounds=bounds,
-            resampleAlg=rplan.read_resampling.name,
-        )  # fmt: skip
-    vrt = folder / f"{chunk.key}.vrt"
-    gdal.Translate(str(vrt), source, format="VRT", srcWin=list(chunk.read))
-    res = run_landcover(
-        LandcoverParams(
-            inputs=[vrt],
-            model=_landcover_model(p),
-            out_dir=folder,
-            name=chunk.key,
-            tile=mosaic.tile,
-            overlap=mosaic.overlap,
-            batch=p.batch,
-            runtime=_runtime_options(p),
-            resample="off",
-            polygonize=False,
-        )  # fmt: skip
-    )
-    return {
-        "outputs": {"class_map": str(res.class_map), "confidence": str(res.confidence)},
-        "seconds": round(time.perf_counter() - t0, 3),
-        **_worker(),
-    }
-
-
-def stitch(p: BatchParams, path: str, mosaic: Mosaic, parts: list[dict], out: str) -> dict:
-    """Chunk cores -> one class map and confidence on the model's grid -> the input's grid (as a single run
-    brings them back), polygonized once, cloud-optimized, styled."""
-    import rasterio
-    from rasterio.windows import Window
-
-    from .jobs import atomic_outputs, scratch_folder
-    from .outputs import PredictionWriter, to_cog
-    from .polygonize import PolygonizeOptions, polygonize
-    from .resample import warp_back
-    from .styles import class_raster_qml, confidence_qml, polygon_qml
-
-    t0 = time.perf_counter()
-    meta, rplan = _model_grid(p, Path(path))
-    classes = meta.classes
-    stride = mosaic.tile - mosaic.overlap
-    stem = Path(path).stem
-    finals = [Path(out) / f"{stem}_classes.tif", Path(out) / f"{stem}_confidence.tif", Path(out) / f"{stem}.gpkg"]
-    with atomic_outputs(Path(out)) as outputs, contextlib.ExitStack() as stack:
-        tmp = [outputs.temp_for(f) for f in finals]
-        model_paths = tmp[:2]
-        if rplan.active:
-            scratch = stack.enter_context(scratch_folder(Path(out)))
-            model_paths = [scratch / "classes.tif", scratch / "confidence.tif"]
-        writer = PredictionWriter(*model_paths, rplan.model_grid, classes, stride)
-        try:
-            for chunk, part in zip(mosaic.chunks, parts, strict=True):
-                c0, r0, w, h = chunk.core
-                with (
-                    rasterio.open(part["outputs"]["class_map"]) as sc,
-                    rasterio.open(part["outputs"]["confidence"]) as sf,
-                ):
-                    for y in range(0, h, 1024):  # strips: memory stays bounded whatever the chunk size
-                        win = Window(c0 - chunk.read[0], r0 - chunk.read[1] + y, w, min(1024, h - y))
-                        writer.write_maps(r0 + y, c0, sc.read(1, window=win), sf.read(1, window=win))
-        finally:
-            writer.close()
-        if rplan.active:
-            writer = PredictionWriter(*tmp[:2], rplan.input_grid, classes, stride)
-            try:
-                warp_back(rplan, *model_paths, writer)
-            finally:
-                writer.close()
-        n_poly = polygonize(tmp[0], tmp[1], tmp[2], classes, PolygonizeOptions())
-        to_cog(tmp[0], "NEAREST")
-        to_cog(tmp[1], "AVERAGE")
-        for final, qml in zip(finals, (class_raster_qml(classes), confidence_qml(), polygon_qml(classes)), strict=True):
-            outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
-        outputs.commit()
-    return {
-        "outputs": {"class_map": str(finals[0]), "confidence": str(finals[1]), "polygons": str(finals[2])},
-        "n_polygons": n_poly,
-        "chunks": len(mosaic.chunks),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
 
 
 # --- the driver ------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import change_polygon_qml, change_raster_qml
 from .tiling import TileGrid, fit_tile, requested_overlap
+from .vector_formats import driver_for
 
 CHANGE_NODATA = 65535
 DEFAULT_MIN_CONFIDENCE = 0.0  # best mean F1 over LEVIR-CD and DSIFN-CD (bench/change_eval.py, MODEL_CARD.md)
@@ -181,9 +182,10 @@ def run_change(
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         finals = params.output_paths()
-        for p, suffix in zip(finals, (".tif", ".gpkg", ".csv"), strict=True):
+        for p, suffix in ((finals[0], ".tif"), (finals[2], ".csv")):
             if p.suffix.lower() != suffix:
                 raise OutputError(f"output {p} must end in {suffix}")
+        driver_for(finals[1], "change polygons output")
         check_outputs_spare_inputs(list(finals), [*params.before, *params.after, params.model], name=params.name)
         runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:

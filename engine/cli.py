@@ -24,8 +24,10 @@ from .model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 from .polygonize import PolygonizeOptions
 from .prompts import parse_prompts
 from .raster_input import BandSource, raster_path
+from .request import TASKS as REQUEST_TASKS
 from .resample import MODES as RESAMPLE_MODES
 from .runtime import DEVICES, RuntimeOptions
+from .tiling import BLENDS
 from .value_range import RESCALE_MODES
 
 DEFAULT_MODEL = DEFAULT_LANDCOVER_MODEL
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="another land-cover model to fuse with --model, class by class by confidence (repeatable)",
     )
     _common_options(lc)
+    lc.add_argument(
+        "--blend", choices=BLENDS, default="cosine",
+        help="blending of overlapping tiles: cosine ramps over the overlap (default), gaussian (MONAI's), constant",
+    )  # fmt: skip
     ch = sub.add_parser("change", help="change between a 'before' and an 'after' raster")
     ch.add_argument("--before", action="append", required=True, type=raster_path, help="raster of the first date")
     ch.add_argument("--after", action="append", required=True, type=raster_path, help="raster of the second date")
@@ -275,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     ad.add_argument("--json", action="store_true")
 
+    rq = sub.add_parser(
+        "run", help="run a typed request (JSON: version, task, params) and print the JSON result",
+        description="Tasks: " + ", ".join(f"{k} ({v.help})" for k, v in REQUEST_TASKS.items())
+        + ". params are the fields of the task's parameters dataclass (engine/request.py).",
+    )  # fmt: skip
+    rq.add_argument("--request", required=True, help="request file, or - for standard input")
+    rq.add_argument("--progress", choices=("bar", "jsonl", "none"), default="none")
+
     bt = sub.add_parser("batch", help="a task on many rasters or on one huge mosaic, with Dask distributed")
     bt.add_argument("task", choices=("landcover", "treecrowns"), help="the task run on every input")
     bt.add_argument(
@@ -354,6 +368,7 @@ def _landcover(args: argparse.Namespace) -> int:
         tile=args.tile,
         overlap=args.overlap,
         batch=args.batch,
+        blend=args.blend,
         runtime=_runtime(args),
         polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify),
         prompts=_prompts(args.prompts),
@@ -508,6 +523,22 @@ def _adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_request(args: argparse.Namespace) -> int:
+    from .request import read_request, run_request
+
+    doc = read_request(args.request)
+    rep = Reporter(args.progress, f"run {doc.get('task') if isinstance(doc, dict) else ''}")
+    try:
+        answer = run_request(doc, progress=rep.progress, notify=rep.notify)
+    finally:
+        rep.close()
+    if rep.jsonl:
+        print(json.dumps({"result": answer}), flush=True)
+    else:
+        print(json.dumps(answer))
+    return 0
+
+
 def _batch(args: argparse.Namespace) -> int:
     from .batch import BatchParams, run_batch
 
@@ -573,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             return _adapt(args)
         if args.command == "batch":
             return _batch(args)
+        if args.command == "run":
+            return _run_request(args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -28,6 +28,7 @@ from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
 from .tiling import TileGrid, fit_tile, requested_overlap
+from .vector_formats import driver_for
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
 GDAL_CACHE_MB = 16
@@ -43,6 +44,7 @@ class LandcoverParams:
     tile: int | None = None  # None: the model's recommended tile size
     overlap: int | None = None  # None: the model's recommended overlap
     batch: int = 4
+    blend: str = "cosine"  # how overlapping tiles are blended: engine.tiling.BLENDS (cosine, gaussian, constant)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     polygons: PolygonizeOptions = field(default_factory=PolygonizeOptions)
     overwrite: bool = True
@@ -171,14 +173,10 @@ def run_landcover(
                 ]
                 inputs = FusedInputs(every)
             final_paths = params.output_paths()
-            for p, kind, suffixes in zip(
-                final_paths,
-                ("class map", "confidence", "polygons"),
-                ((".tif", ".tiff"), (".tif", ".tiff"), (".gpkg",)),
-                strict=True,
-            ):
-                if p.suffix.lower() not in suffixes:
-                    raise OutputError(f"{kind} output {p} must end in {' or '.join(suffixes)}")
+            for p, kind in zip(final_paths[:2], ("class map", "confidence"), strict=True):
+                if p.suffix.lower() not in (".tif", ".tiff"):
+                    raise OutputError(f"{kind} output {p} must end in .tif or .tiff")
+            driver_for(final_paths[2])
             check_outputs_spare_inputs(
                 list(final_paths), [*params.inputs, params.model, *params.fuse_models], params.name
             )
@@ -190,7 +188,7 @@ def run_landcover(
                 run = FusedModel([runtime.run, *others], metas, matrices).run
             if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
                 tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
-            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap)
+            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend)
             with (
                 atomic_outputs(final_paths[0].parent, params.overwrite) as outputs,
                 contextlib.ExitStack() as scratch_stack,  # removed before a failed run's folder is

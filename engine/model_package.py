@@ -315,6 +315,10 @@ def load_model_package(path: str | Path) -> ModelPackage:
     else:
         where = f"{path} metadata"
         props = {p.key: p.value for p in proto.metadata_props}
+        from .deepness import is_deepness, landseg_metadata
+
+        if METADATA_KEY not in props and is_deepness(props):  # a Deepness model, run as it is
+            return _checked(path, parse_metadata(landseg_metadata(props, proto, where), where), proto, where)
         if METADATA_KEY not in props:
             raise ModelError(
                 f"model {path} has no LandSeg metadata (no '{METADATA_KEY}' entry in its ONNX metadata "
@@ -324,8 +328,11 @@ def load_model_package(path: str | Path) -> ModelPackage:
             doc = json.loads(props[METADATA_KEY])
         except ValueError as exc:
             raise ModelError(f"{where}: not valid JSON: {exc}") from None
-    meta = parse_metadata(doc, where)
+    return _checked(path, parse_metadata(doc, where), proto, where)
 
+
+def _checked(path: Path, meta: ModelMeta, proto, where: str) -> ModelPackage:
+    """The metadata checked against the graph's inputs and outputs."""
     graph_inputs = {i.name: i for i in proto.graph.input}
     initializers = {i.name for i in proto.graph.initializer}
     real_inputs = {n for n in graph_inputs if n not in initializers}

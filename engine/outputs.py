@@ -73,16 +73,23 @@ class OutputSet:
 
     def commit(self) -> list[Path]:
         done = []
+        from .vector_formats import companions
+
         for tmp, final in self._pending:
             if tmp.exists():
+                for part, whole in zip(companions(tmp), companions(final), strict=True):  # a Shapefile's .dbf ...
+                    if part.exists():
+                        os.replace(part, whole)
                 os.replace(tmp, final)
                 done.append(final)
         self._pending.clear()
         return done
 
     def discard(self) -> None:
+        from .vector_formats import companions
+
         for tmp, _final in self._pending:
-            for p in (tmp, Path(str(tmp) + ".aux.xml")):
+            for p in (tmp, Path(str(tmp) + ".aux.xml"), *companions(tmp)):
                 if p.exists():
                     p.unlink()
         self._pending.clear()

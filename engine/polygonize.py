@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import fiona
 import numpy as np
 import rasterio
 import shapely
@@ -29,6 +28,7 @@ from shapely.geometry import mapping, shape
 
 from .errors import Cancelled
 from .model_package import ClassInfo
+from .vector_formats import vector_sink
 
 # Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~30 MB.
 STRIP_PIXELS = 1 << 20
@@ -259,13 +259,7 @@ def polygonize_values(
         # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
         open_parts: list[Part] = []
         prev_bottom = np.full(width, -1, dtype=np.int64)
-        # GDAL >= 3.6 builds the GeoPackage R-tree in a thread fed from memory; off, it is built on close.
-        with (
-            fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
-            fiona.open(
-                gpkg_path, "w", driver="GPKG", layer=options.layer, schema=schema, crs=crs.to_wkt() if crs else None
-            ) as sink,
-        ):
+        with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
 
             def close(part: Part) -> None:
                 if part.count > 0 and part.count >= min_pixels:

@@ -1,10 +1,11 @@
 """The overlapping tile grid and its blending weights.
 
 Tiles of size T start every S = T - O pixels (O: overlap). Each tile's prediction is multiplied by a
-separable window that ramps up (raised cosine) over the overlap and is flat in the middle; the blended
-value is sum(w * p) / sum(w). Because the grid is a product of row and column positions and the window is
-separable, sum(w) at a pixel is the product of two 1-D sums, which we precompute instead of accumulating a
-weight raster.
+separable window and the blended value is sum(w * p) / sum(w). Blend modes (``BLENDS``): ``cosine`` (default)
+ramps up (raised cosine) over the overlap and is flat in the middle, with no taper on the raster's outer edges;
+``gaussian`` is MONAI's importance map (sigma = 0.125 T, the same for every tile); ``constant`` averages.
+Because the grid is a product of row and column positions and the window is separable, sum(w) at a pixel is
+the product of two 1-D sums, which we precompute instead of accumulating a weight raster.
 
 Every pixel belongs to exactly one output *block*: block (i, j) spans rows [i*S, i*S + S) (to the raster
 edge for the last row) and likewise columns. Block (i, j) is final as soon as tile (i, j) has been added,
@@ -64,6 +65,17 @@ def fit_tile(tile: int, overlap: int, height: int, width: int, multiple: int = 3
     return t, fit_overlap(t, min(overlap, t // 4))
 
 
+BLENDS = ("cosine", "gaussian", "constant")
+
+
+def gaussian_window(length: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """MONAI's gaussian importance map along one axis: exp(-x^2 / 2 sigma^2), x centred, sigma = 0.125 T.
+    (MONAI also clamps the 2-D map at 1e-3; the corners where that differs hold weights below 1e-3 of the
+    centre's, where a pixel's value comes from one tile either way.)"""
+    x = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
+    return np.exp(-(x**2) / (2 * (sigma_scale * length) ** 2))
+
+
 def ramp_window(length: int, overlap: int, taper_start: bool, taper_end: bool) -> np.ndarray:
     """1-D blending weights: raised-cosine ramps over ``overlap`` pixels, 1 in between, never 0."""
     w = np.ones(length, dtype=np.float64)
@@ -84,6 +96,7 @@ class Axis:
     size: int  # raster size along the axis
     tile: int
     overlap: int
+    blend: str = "cosine"
 
     @property
     def stride(self) -> int:
@@ -97,6 +110,10 @@ class Axis:
         return i * self.stride
 
     def window(self, i: int) -> np.ndarray:
+        if self.blend == "gaussian":
+            return gaussian_window(self.tile)
+        if self.blend == "constant":
+            return np.ones(self.tile, dtype=np.float64)
         # No taper on the raster's outer edges: no neighbour shares those pixels.
         return ramp_window(self.tile, self.overlap, taper_start=i > 0, taper_end=i < self.n - 1)
 
@@ -120,18 +137,21 @@ class TileGrid:
     width: int
     tile: int
     overlap: int
+    blend: str = "cosine"
 
     def __post_init__(self) -> None:
+        if self.blend not in BLENDS:
+            raise InputError(f"--blend must be one of {', '.join(BLENDS)}, not {self.blend!r}")
         if self.overlap != fit_overlap(self.tile, self.overlap):
             raise InputError(f"stride {self.tile - self.overlap} must be a multiple of {BLOCK_MULTIPLE}")
 
     @property
     def rows(self) -> Axis:
-        return Axis(self.height, self.tile, self.overlap)
+        return Axis(self.height, self.tile, self.overlap, self.blend)
 
     @property
     def cols(self) -> Axis:
-        return Axis(self.width, self.tile, self.overlap)
+        return Axis(self.width, self.tile, self.overlap, self.blend)
 
     def __len__(self) -> int:
         return self.rows.n * self.cols.n

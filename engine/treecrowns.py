@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fiona
 import numpy as np
 import rasterio
 import shapely
@@ -29,7 +28,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import mapping, shape
 
-from .errors import Cancelled, InputError, OutputError
+from .errors import Cancelled, InputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
 from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
@@ -42,6 +41,7 @@ from .runtime import RuntimeOptions, make_runtime
 from .styles import crowns_qml
 from .tiling import TileGrid, fit_overlap
 from .value_range import describe, plan_stretch
+from .vector_formats import driver_for, vector_sink
 
 VEGETATION_NAMES = ("vegetation", "tree", "trees", "woodland", "forest", "canopy")
 SCHEMA = {
@@ -230,8 +230,7 @@ def run_treecrowns(
     package = load_model_package(model_path)
     meta = package.meta
     final = Path(params.crowns_path or Path(params.out_dir) / f"{params.name}.gpkg")
-    if final.suffix.lower() != ".gpkg":
-        raise OutputError(f"crowns output {final} must end in .gpkg")
+    driver_for(final, "crowns output")
     if meta.task == "treecrowns":
         return _run_detector(params, package, final, say, t0, progress, cancelled)
     if meta.task != "landcover":
@@ -349,10 +348,7 @@ def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, fina
 
 
 def _write_crowns(crowns: list[dict], path: Path, crs) -> None:
-    with (
-        fiona.Env(OGR_GPKG_ALLOW_THREADED_RTREE="NO"),
-        fiona.open(path, "w", driver="GPKG", layer="crowns", schema=SCHEMA, crs=crs.to_wkt() if crs else None) as sink,
-    ):
+    with vector_sink(path, "crowns", SCHEMA, crs.to_wkt() if crs else None) as sink:
         for cr in crowns:
             sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
 

@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .engine_process import (
+    MODEL_FILTER,
     RESAMPLE_MODES,
     EngineError,
     adapt_args,
@@ -210,7 +211,7 @@ class LandSegDock(QgsDockWidget):
         self._model_changed()
 
     def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "LandSeg model", "", "ONNX models (*.onnx)")
+        path, _ = QFileDialog.getOpenFileName(self, "LandSeg model", "", MODEL_FILTER)
         if path:
             self.add_model(path)
 

@@ -48,12 +48,17 @@ def treecrown_model() -> Path:
     return engine_root() / "models" / "treecrowns_centernet_lite0.onnx"
 
 
+# Model files the engine runs: ONNX packages, and native TensorRT engines (with their .json sidecar).
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
+MODEL_FILTER = "Models (*.onnx *.engine *.plan)"
+
+
 def installed_models(extra_dir: str | None = None) -> list[Path]:
     folders = [engine_root() / "models"] + ([Path(extra_dir)] if extra_dir else [])
     found: list[Path] = []
     for folder in folders:
         if folder.is_dir():
-            found.extend(sorted(folder.glob("*.onnx")))
+            found.extend(sorted(p for p in folder.iterdir() if p.suffix.lower() in MODEL_SUFFIXES))
     return found
 
 
@@ -168,6 +173,7 @@ def run_engine(
 
 
 RESAMPLE_MODES = ("auto", "off")  # engine.resample.MODES
+BLENDS = ("cosine", "gaussian", "constant")  # engine.tiling.BLENDS
 
 
 def landcover_args(
@@ -186,9 +192,10 @@ def landcover_args(
     unasked: str = "other",
     fuse_models: list[str] | tuple[str, ...] = (),
     resample: str = "auto",
+    blend: str = "cosine",
 ) -> list[str]:
     """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
-    args = ["landcover", "--resample", resample]
+    args = ["landcover", "--resample", resample, "--blend", blend]
     if prompts.strip():
         args += ["--prompts", prompts.strip(), "--unasked", unasked]
     for path in inputs:

@@ -18,7 +18,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .engine_process import batch_args
+from .engine_process import MODEL_FILTER, batch_args
 from .processing_provider import LandSegAlgorithm, raster_paths, run_in_processing
 
 TASKS = ("landcover", "treecrowns")  # engine.batch.TASKS
@@ -65,7 +65,7 @@ class BatchAlgorithm(LandSegAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.PATTERN, "File pattern in the folder", "*.tif"))
         self.addParameter(
             QgsProcessingParameterFile(
-                self.MODEL, "Model (empty: the task's shipped model)", optional=True, fileFilter="ONNX (*.onnx)"
+                self.MODEL, "Model (empty: the task's shipped model)", optional=True, fileFilter=MODEL_FILTER
             )
         )
         self.addParameter(

@@ -30,6 +30,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from .engine_process import (
+    BLENDS,
+    MODEL_FILTER,
     RESAMPLE_MODES,
     EngineCancelled,
     EngineError,
@@ -142,6 +144,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
     UNASKED_OPTIONS = ("other", "drop")
     FUSE_MODELS = "FUSE_MODELS"
     RESAMPLE = "RESAMPLE"
+    BLEND = "BLEND"
     OUTPUT = "OUTPUT"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -191,8 +194,8 @@ class LandcoverAlgorithm(LandSegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 self.MODEL,
-                "Model (.onnx with LandSeg metadata)",
-                extension="onnx",
+                "Model (.onnx with LandSeg or Deepness metadata, or a TensorRT .engine/.plan)",
+                fileFilter=MODEL_FILTER,
                 defaultValue=str(default_model()),
                 optional=True,
             )
@@ -226,6 +229,9 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             )
         )
         self.addParameter(_resample_parameter(self.RESAMPLE))
+        blend = QgsProcessingParameterEnum(self.BLEND, "Blending of overlapping tiles", list(BLENDS), defaultValue=0)
+        blend.setFlags(blend.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(blend)
         self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Land-cover polygons", QgsProcessing.TypeVectorPolygon)
         )
@@ -256,6 +262,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             unasked=self.UNASKED_OPTIONS[self.parameterAsEnum(parameters, self.UNASKED, context)],
             fuse_models=[p for p in self.parameterAsFileList(parameters, self.FUSE_MODELS, context) if p],
             resample=RESAMPLE_MODES[self.parameterAsEnum(parameters, self.RESAMPLE, context)],
+            blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
         )
         result = run_in_processing(args, feedback)
         if result is None:
@@ -321,7 +328,7 @@ class ChangeAlgorithm(LandSegAlgorithm):
             QgsProcessingParameterFile(
                 self.MODEL,
                 "Model (land cover for postclass, change for direct)",
-                extension="onnx",
+                fileFilter=MODEL_FILTER,
                 optional=True,
                 defaultValue=str(default_model()),
             )
@@ -430,7 +437,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
             QgsProcessingParameterFile(
                 self.MODEL,
                 "Crown detector, or a land-cover model for the watershed method",
-                extension="onnx",
+                fileFilter=MODEL_FILTER,
                 optional=True,
                 defaultValue=str(treecrown_model()),
             )

@@ -34,3 +34,21 @@ def test_accuracy_and_treecrowns_arguments_parse():
     assert a.sample == 50 and a.command == "accuracy"
     t = _parse(ep.treecrowns_args(str(SJER), "crowns.gpkg", score_threshold=0.2))
     assert t.command == "treecrowns" and t.score_threshold == 0.2
+
+
+def test_the_model_lists_hold_tensorrt_engines_too(tmp_path):
+    for name in ("a.onnx", "b.engine", "c.plan", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    found = [p.name for p in ep.installed_models(str(tmp_path))]
+    assert {"a.onnx", "b.engine", "c.plan"} <= set(found) and "notes.txt" not in found
+    assert "landcover_unet_lite0.onnx" in found  # the shipped models come first
+    assert all(f"*{s}" in ep.MODEL_FILTER for s in ep.MODEL_SUFFIXES)
+
+
+def test_the_plugin_knows_the_engines_blend_modes_and_resample_modes():
+    from engine.resample import MODES
+    from engine.tiling import BLENDS
+
+    assert ep.BLENDS == BLENDS and ep.RESAMPLE_MODES == MODES
+    a = _parse(ep.landcover_args([str(URBAN)], "c.tif", "f.tif", "p.gpkg", MODEL, blend="gaussian"))
+    assert a.blend == "gaussian"

@@ -280,3 +280,14 @@ def test_batch_headless(qgis_env, tmp_path):
     for item in summary["items"].values():
         with rasterio.open(item["outputs"]["class_map"]) as ds:
             assert ds.count == 1 and ds.crs is not None
+
+
+def test_a_deepness_model_runs_headless(qgis_env, tmp_path):
+    """An ONNX model with Deepness metadata only (no LandSeg metadata, no side-car) as the MODEL parameter."""
+    from test_deepness import deepness_model
+
+    model = deepness_model(tmp_path / "deepness.onnx")
+    proc = qgis_process(qgis_env, "run", "landseg:landcover", f"--INPUT={SJER}", f"--MODEL={model}", *outputs(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with rasterio.open(tmp_path / "classes.tif") as ds:
+        assert ds.tags(1)["CLASS_0"] == "reddish" and ds.res[0] == pytest.approx(0.1, rel=0.01)
