@@ -13,26 +13,25 @@ covers. Two methods:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import rasterio
 import shapely
 from rasterio.windows import Window
 
+from .change_maps import class_filter, combine, write_direct, write_matrix
 from .errors import InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs, geotiff_profile, to_cog
+from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
 from .predict import predict_blocks
-from .raster_input import AlignedInputs, BandSource, Grid, overlap_grid
+from .raster_input import AlignedInputs, BandSource, overlap_grid
 from .resample import plan as plan_resampling
 from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
@@ -40,7 +39,6 @@ from .styles import change_polygon_qml, change_raster_qml
 from .tiling import TileGrid, fit_tile, requested_overlap
 from .vector_formats import driver_for
 
-CHANGE_NODATA = 65535
 DEFAULT_MIN_CONFIDENCE = 0.0  # best mean F1 over LEVIR-CD and DSIFN-CD (bench/change_eval.py, MODEL_CARD.md)
 METHODS = ("postclass", "direct")
 
@@ -163,7 +161,7 @@ def run_change(
     if meta.task != want:
         raise InputError(f"method '{params.method}' needs a {want} model; '{meta.name}' is a {meta.task} model")
     _check_band_counts(params.before, params.after)
-    wanted = _class_filter(params.classes, meta.classes) if params.method == "postclass" else None
+    wanted = class_filter(params.classes, meta.classes) if params.method == "postclass" else None
     grid = overlap_grid(params.before[0], params.after[0])
     tile = params.tile or meta.tile_size
     overlap = requested_overlap(tile, params.overlap, meta.overlap)
@@ -236,7 +234,7 @@ def run_change(
                     maps.append((cls_p, conf_p))
                 if wanted is not None:
                     say("changes reported from or to: " + ", ".join(classes[i].name for i in sorted(wanted)))
-                counts = _combine(
+                counts = combine(
                     maps[0], maps[1], map_tmp, conf_tmp, grid, len(classes), tiles.rows.stride,
                     wanted, params.min_confidence,
                 )  # fmt: skip
@@ -271,7 +269,7 @@ def run_change(
                             say(f"{date}: {msg}")
                         rescaling.update({f"{date}:{n}": v for n, v in inp.rescaling.items()})
                     paired = PairedInputs(ib, ia)
-                    counts = _write_direct(
+                    counts = write_direct(
                         paired,
                         runtime,
                         meta,
@@ -302,7 +300,7 @@ def run_change(
                 cancelled,
                 conf_field="confidence",
             )
-            _write_matrix(csv_tmp, names, transitions)
+            write_matrix(csv_tmp, names, transitions)
             to_cog(map_tmp, "NEAREST")
             outputs.temp_for(finals[0].with_suffix(".qml")).write_text(change_raster_qml(style_classes))
             outputs.temp_for(finals[1].with_suffix(".qml")).write_text(change_polygon_qml(style_classes))
@@ -330,98 +328,3 @@ def run_change(
         resampling=plan.as_dict(),
         rescaling=rescaling,
     )
-
-
-def _open_change_outputs(map_path: Path, conf_path: Path, grid: Grid, block: int):
-    prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
-    prof["predictor"] = 2
-    code = rasterio.open(map_path, "w", **prof)
-    conf = rasterio.open(conf_path, "w", **geotiff_profile(grid, "float32", -1.0, block))
-    code.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
-    return code, conf
-
-
-def _class_filter(names: list[str], classes) -> set[int] | None:
-    if not names:
-        return None
-    by_name = {c.name.lower(): c.id for c in classes}
-    unknown = [n for n in names if n.strip().lower() not in by_name]
-    if unknown:
-        raise InputError(
-            f"--classes: {', '.join(repr(n) for n in unknown)} not among the model's classes "
-            f"({', '.join(c.name for c in classes)})"
-        )
-    return {by_name[n.strip().lower()] for n in names}
-
-
-def _combine(
-    before,
-    after,
-    map_path: Path,
-    conf_path: Path,
-    grid: Grid,
-    k: int,
-    block: int,
-    wanted: set[int] | None = None,
-    min_confidence: float = 0.0,
-) -> np.ndarray:
-    """Transition codes and joint confidence, strip by strip; returns the k x k pixel-count matrix.
-
-    A pixel is change where the classes differ, the joint confidence reaches ``min_confidence`` and (with a
-    class filter) the before or the after class is wanted. The matrix's diagonal counts unchanged pixels, its
-    off-diagonal the reported changes; changes that were not reported (filtered, unsure) are counted nowhere."""
-    keep = np.zeros(k, bool)
-    keep[list(wanted) if wanted is not None else slice(None)] = True
-    counts = np.zeros((k, k), dtype=np.int64)
-    code_ds, conf_ds = _open_change_outputs(map_path, conf_path, grid, block)
-    with (
-        rasterio.open(before[0]) as cb,
-        rasterio.open(before[1]) as fb,
-        rasterio.open(after[0]) as ca,
-        rasterio.open(after[1]) as fa,
-        code_ds,
-        conf_ds,
-    ):
-        for r0 in range(0, grid.height, block):
-            win = Window(0, r0, grid.width, min(block, grid.height - r0))
-            a, b = cb.read(1, window=win).astype(np.int64), ca.read(1, window=win).astype(np.int64)
-            valid = (a < k) & (b < k)
-            conf = fb.read(1, window=win) * fa.read(1, window=win)
-            a_, b_ = np.where(valid, a, 0), np.where(valid, b, 0)
-            changed = (a != b) & valid & (conf >= min_confidence) & (keep[a_] | keep[b_])
-            code = np.where(changed, 1 + a * k + b, 0)
-            code[~valid] = CHANGE_NODATA
-            conf[~valid] = -1.0
-            code_ds.write(code.astype(np.uint16), 1, window=win)
-            conf_ds.write(conf.astype(np.float32), 1, window=win)
-            counted = valid & ((a == b) | changed)
-            counts += np.bincount((a * k + b)[counted], minlength=k * k).reshape(k, k)
-    return counts
-
-
-def _write_direct(paired, runtime, meta, tiles, params, map_path, conf_path, grid, progress, cancelled) -> list[int]:
-    code_ds, conf_ds = _open_change_outputs(map_path, conf_path, grid, tiles.rows.stride)
-    change_idx = next((c.id for c in meta.classes if c.name.lower() == "change"), len(meta.classes) - 1)
-    counts = [0, 0]
-    with code_ds, conf_ds:
-        for b in predict_blocks(paired, runtime.run, meta, tiles, params.batch, progress, cancelled):
-            p = b.probs[change_idx]
-            code = (p > params.threshold).astype(np.uint16)
-            conf = np.where(code == 1, p, 1 - p).astype(np.float32)
-            code[~b.valid] = CHANGE_NODATA
-            conf[~b.valid] = -1.0
-            h, w = b.valid.shape
-            win = Window(b.col, b.row, w, h)
-            code_ds.write(code, 1, window=win)
-            conf_ds.write(conf, 1, window=win)
-            counts[0] += int(((code == 0) & b.valid).sum())
-            counts[1] += int((code == 1).sum())
-    return counts
-
-
-def _write_matrix(path: Path, names: list[str], transitions: dict[str, dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["from \\ to (m2)", *names])
-        for a in names:
-            w.writerow([a, *(transitions[a][b] for b in names)])

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -21,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import shapely
-from rasterio.features import shapes
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from scipy import ndimage
-from shapely.geometry import mapping, shape
+from shapely.geometry import mapping
 
+from .crown_shapes import SamPrompter, crown_record, suppress_overlaps, tree_tops, watershed_regions
 from .errors import Cancelled, InputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
@@ -165,58 +163,6 @@ def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
     )
 
 
-class SamPrompter:
-    """SAM encoder + decoder (ONNX) for one window at a time; a positive point prompt per tree top."""
-
-    def __init__(self, folder: Path, providers: list[str]) -> None:
-        import onnxruntime as ort
-
-        side = Path(folder) / "sam.json"
-        if not side.exists():
-            raise InputError(f"SAM folder {folder} has no sam.json; export SAM with `python -m export sam`")
-        self.doc = json.loads(side.read_text())
-        self.size = int(self.doc["img_size"])
-        self.enc = ort.InferenceSession(str(Path(folder) / self.doc["encoder"]), providers=providers)
-        self.dec = ort.InferenceSession(str(Path(folder) / self.doc["decoder"]), providers=providers)
-        self.emb_hw = tuple(self.doc["embedding_size"])
-
-    def masks(self, rgb: np.ndarray, points: list[tuple[int, int]]) -> list[tuple[np.ndarray, float]]:
-        """rgb: (3, h, w) 0..255 with h, w <= img_size; points (row, col). Returns (mask, score) per point."""
-        h, w = rgb.shape[1:]
-        img = np.zeros((1, 3, self.size, self.size), np.float32)
-        img[0, :, :h, :w] = rgb[:3]
-        emb = self.enc.run(None, {"image": img})[0]
-        out = []
-        for r, c in points:
-            feeds = {
-                "image_embeddings": emb,
-                "point_coords": np.array([[[c + 0.5, r + 0.5], [0.0, 0.0]]], np.float32),
-                "point_labels": np.array([[1, -1]], np.float32),  # -1: SAM's padding point
-                "mask_input": np.zeros((1, 1, 4 * self.emb_hw[0], 4 * self.emb_hw[1]), np.float32),
-                "has_mask_input": np.zeros(1, np.float32),
-                "orig_im_size": np.array([self.size, self.size], np.float32),
-            }
-            masks, iou, _ = self.dec.run(None, feeds)
-            out.append((masks[0, 0, :h, :w] > self.doc.get("mask_threshold", 0.0), float(iou[0, 0])))
-        return out
-
-
-def _tree_tops(surface: np.ndarray, mask: np.ndarray, min_dist_px: int) -> np.ndarray:
-    from skimage.feature import peak_local_max
-
-    if not mask.any():
-        return np.zeros((0, 2), int)
-    return peak_local_max(surface, min_distance=max(1, min_dist_px), labels=mask.astype(np.int32), exclude_border=False)
-
-
-def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Marker-controlled watershed of the surface's high points inside the mask (scikit-image; scipy's image
-    foresting transform was tried and halved this method's F1 on the validation plots)."""
-    from skimage.segmentation import watershed
-
-    return watershed(-surface, markers, mask=mask)
-
-
 def run_treecrowns(
     params: TreeCrownParams,
     progress: Callable[[float, str], None] | None = None,
@@ -305,7 +251,7 @@ def run_treecrowns(
                             else:
                                 mask = ndimage.binary_opening(mask, iterations=2)
                                 surface = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask), 2.0)
-                            tops = _tree_tops(surface, mask & valid, min_dist)
+                            tops = tree_tops(surface, mask & valid, min_dist)
                             # core of this window, in window coordinates
                             cr0, cc0 = r0 - int(w.row_off), c0 - int(w.col_off)
                             own = [(r, c) for r, c in tops if cr0 <= r < cr0 + core and cc0 <= c < cc0 + core]
@@ -316,14 +262,14 @@ def run_treecrowns(
                                 markers = np.zeros(mask.shape, np.int32)
                                 for i, (r, c) in enumerate(tops, start=1):
                                     markers[r, c] = i
-                                labels = _watershed(surface, markers, mask)
+                                labels = watershed_regions(surface, markers, mask)
                                 owned = {int(markers[r, c]): (r, c) for r, c in own}
                                 pieces = [(labels == lab, (r, c), None) for lab, (r, c) in owned.items()]
                             else:
                                 rgb = img_ds.read([1, 2, 3], window=w).astype(np.float32)
                                 pieces = [(m, rc, s) for (m, s), rc in zip(sam.masks(rgb, own), own, strict=True)]
                             for region, (r, c), score in pieces:
-                                crown = _crown(region, (r, c), transform, veg, chm, area_of, score, method)
+                                crown = crown_record(region, (r, c), transform, veg, chm, area_of, score, method)
                                 if crown and crown["area_m2"] >= params.min_area_m2:
                                     crowns.append(crown)
                             if progress:
@@ -340,7 +286,7 @@ def run_treecrowns(
 
 def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, final: Path, crs) -> int:
     """What both crown methods end with: overlaps suppressed, the GeoPackage and its style, committed together."""
-    crowns = _nms(crowns, iou)
+    crowns = suppress_overlaps(crowns, iou)
     _write_crowns(crowns, gpkg_tmp, crs)
     outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
     outputs.commit()
@@ -401,55 +347,3 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
 
 def _open_image(path):
     return open_raster(path, "image")
-
-
-def _crown(region, top, transform, veg, chm, area_of, score, method) -> dict | None:
-    r, c = top
-    if not region[r, c]:
-        lab, _ = ndimage.label(region)
-        if lab.max() == 0:
-            return None
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        region = lab == sizes.argmax()
-    else:
-        lab, _ = ndimage.label(region)
-        region = lab == lab[r, c]  # the connected part holding the tree top
-    polys = [shape(g) for g, v in shapes(region.astype(np.uint8), mask=region, transform=transform) if v == 1]
-    if not polys:
-        return None
-    geom = max(polys, key=lambda p: p.area)
-    area = area_of(geom)
-    x, y = transform * (c + 0.5, r + 0.5)
-    heights = chm[region] if chm is not None else None
-    return {
-        "geom": geom,
-        "score": round(float(score if score is not None else veg[region].mean()), 4),
-        "height_max": round(float(heights.max()), 2) if heights is not None and heights.size else None,
-        "height_mean": round(float(heights.mean()), 2) if heights is not None and heights.size else None,
-        "area_m2": round(area, 3),
-        "diameter_m": round(2 * math.sqrt(area / math.pi), 3),
-        "top_x": x,
-        "top_y": y,
-        "method": method,
-    }
-
-
-def _nms(crowns: list[dict], iou: float) -> list[dict]:
-    """Drop a crown that overlaps a higher-scoring one by more than ``iou``."""
-    if len(crowns) < 2:
-        return crowns
-    order = sorted(range(len(crowns)), key=lambda i: -crowns[i]["score"])
-    geoms = [crowns[i]["geom"] for i in order]
-    tree = shapely.STRtree(geoms)
-    keep, dropped = [], set()
-    for k, g in enumerate(geoms):
-        if k in dropped:
-            continue
-        keep.append(crowns[order[k]])
-        for j in tree.query(g, predicate="intersects"):
-            if j > k and j not in dropped:
-                inter = g.intersection(geoms[j]).area
-                if inter / (g.area + geoms[j].area - inter) > iou:
-                    dropped.add(int(j))
-    return keep

@@ -19,7 +19,7 @@ from qgis.core import (
 )
 
 from .engine_process import MODEL_FILTER, batch_args
-from .processing_provider import LandSegAlgorithm, raster_paths, run_in_processing
+from .processing_common import LandSegAlgorithm, raster_paths, run_in_processing
 
 TASKS = ("landcover", "treecrowns")  # engine.batch.TASKS
 

@@ -1,0 +1,86 @@
+"""The panel's "Adapt to my labels": fine-tune the selected land-cover model on a labels layer drawn over the
+input layer (`engine adapt`); the new model joins the model list when it is done."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qgis.core import QgsMapLayerProxyModel
+from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
+
+from .engine_process import adapt_args
+from .settings import output_dir_setting, python_setting
+from .task import EngineTask
+
+
+class AdaptPanel:
+    """Mixed into LandSegDock: builds the group and runs the adaptation through the dock's task machinery."""
+
+    def _build_adapt_box(self) -> QGroupBox:
+        """The "Adapt to my labels" group: a labels layer, its class field, minutes, the new model's pixel size."""
+        adapt_box = QGroupBox("Adapt the model to my labels (needs the training extra: make dev)")
+        af = QFormLayout(adapt_box)
+        self.labels_combo = QgsMapLayerComboBox()
+        self.labels_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)
+        self.labels_combo.setAllowEmptyLayer(True)
+        self.labels_combo.setLayer(None)
+        self.label_field = QgsFieldComboBox()
+        self.labels_combo.layerChanged.connect(self.label_field.setLayer)
+        self.adapt_minutes = QSpinBox()
+        self.adapt_minutes.setRange(1, 120)
+        self.adapt_minutes.setValue(5)
+        self.adapt_minutes.setSuffix(" min")
+        self.adapt_pixel = QDoubleSpinBox()
+        self.adapt_pixel.setRange(0.0, 10.0)
+        self.adapt_pixel.setDecimals(3)
+        self.adapt_pixel.setSingleStep(0.05)
+        self.adapt_pixel.setSpecialValueText("model's")  # 0: keep the base model's pixel size
+        self.adapt_pixel.setSuffix(" m")
+        self.adapt_pixel.setToolTip(
+            "the new model's pixel size: the base model's, or finer for drone imagery (0.15 m separates small roofs)"
+        )
+        self.adapt_button = QPushButton("Adapt to my labels")
+        self.adapt_button.setToolTip(
+            "Fine-tune the selected land-cover model on the labelled polygons over the input layer; the new model "
+            "(with its held-out accuracy in its card) is added to the model list"
+        )
+        self.adapt_button.clicked.connect(self.start_adapt)
+        af.addRow("Labels", self.labels_combo)
+        af.addRow("Class field", self.label_field)
+        row = QHBoxLayout()
+        row.addWidget(self.adapt_minutes)
+        row.addWidget(self.adapt_pixel)
+        row.addWidget(self.adapt_button, 1)
+        af.addRow("Training", row)
+        return adapt_box
+
+    def start_adapt(self) -> None:
+        """`engine adapt` on the labels layer over the first input layer; the new model joins the model list."""
+        self.last_error = None
+        labels = self.labels_combo.currentLayer()
+        layer = self.inputs_table.cellWidget(0, 1).currentLayer() if self.inputs_table.rowCount() else None
+        if labels is None or not self.label_field.currentField() or layer is None:
+            self._fail("choose a land-cover model, its input layer, a labels layer and its class field")
+            return
+        out_dir = str(
+            Path(self.out_widget.filePath() or output_dir_setting()) / f"model_{time.strftime('%Y%m%d_%H%M%S')}"
+        )
+        args = adapt_args(
+            [layer.source()], labels.source().split("|")[0], self.label_field.currentField(), out_dir,
+            self.model_combo.currentData() or "", float(self.adapt_minutes.value()), self.adapt_pixel.value(),
+        )  # fmt: skip
+        self._start(
+            EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt"), self._adapted, "adapting…"
+        )
+
+    def _adapted(self, _group) -> None:
+        result = (self.task.result or {}) if self.task is not None else {}
+        self.progress.setValue(100)
+        if result.get("model"):
+            self.add_model(result["model"])
+        after = result.get("holdout_iou_after", {})
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in after.items() if v is not None)
+        self._set_status(f"new model: {result.get('model')}<br>held-out IoU after: {figures}")
+        self._idle()
