@@ -21,7 +21,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,11 +219,13 @@ def _submit_all(client, p, todo, plans, out, manifest, progress, say):
     from dask.distributed import as_completed
 
     futures = {}  # future -> (manifest key, input, kind)
+    # Task keys unique to this run: a scheduler that outlives a run must not hand back an earlier run's result.
+    run = uuid.uuid4().hex[:8]
     for path in todo:
         dest = str(out / path.stem)
         mosaic = plans[path]
         if mosaic is None:
-            f = client.submit(run_one, p, str(path), dest, retries=p.retries, key=f"input-{path.stem}-{time.time_ns()}")
+            f = client.submit(run_one, p, str(path), dest, retries=p.retries, key=f"input-{path.stem}-{run}")
             futures[f] = (str(path), path, "input")
             continue
         say(f"{path.name}: {len(mosaic.chunks)} chunks of up to {p.chunk_px} px on the model's grid")
@@ -234,11 +238,11 @@ def _submit_all(client, p, todo, plans, out, manifest, progress, say):
                 continue
             scratch = str(out / ".chunks" / path.stem / c.key)  # a folder per chunk: one run per folder
             f = client.submit(
-                run_chunk, p, str(path), mosaic, c, scratch, retries=p.retries, key=f"chunk-{path.stem}-{c.key}"
+                run_chunk, p, str(path), mosaic, c, scratch, retries=p.retries, key=f"chunk-{path.stem}-{c.key}-{run}"
             )
             futures[f] = (key, path, "chunk")
             parts.append(f)
-        s = client.submit(stitch, p, str(path), mosaic, parts, dest, retries=p.retries, key=f"stitch-{path.stem}")
+        s = client.submit(stitch, p, str(path), mosaic, parts, dest, retries=p.retries, key=f"stitch-{path.stem}-{run}")
         futures[s] = (str(path), path, "stitch")
     total, n_done = len(futures), 0
     done, failed = [], {}
@@ -258,8 +262,6 @@ def _submit_all(client, p, todo, plans, out, manifest, progress, say):
                 say(f"{path.name}: failed after {p.retries + 1} tries: {failed[str(path)]}")
         if progress:
             progress(n_done / total, f"{n_done}/{total} tasks, {len(failed)} failed")
-    import shutil
-
     for path in todo:  # a stitched mosaic's chunks go; a failed one's stay for the next run to reuse
         if str(path) in done and plans[path] is not None:
             shutil.rmtree(out / ".chunks" / path.stem, ignore_errors=True)
