@@ -8,9 +8,9 @@ grid, the same threads and batch.
 
 Prints seconds, Mpx/s, engine/bare and engine-vs-each-peer ratios, and class agreement between them.
 
-Input: the bundled real orthophoto `data/sample/urban_river_rgb.tif` (2048 x 2048 px, 0.1 m, RGB), cropped to
-1024 px, or mirrored 2 x 2 to 4096 px (real imagery, never noise), inferred at its own pixel size
-(`--resample off`) with the default land-cover model.
+Input: the bundled real orthophoto `data/sample/urban_river_rgb.tif` (2048 x 2048 px, 0.1 m, RGB), cut to 1024
+px or tiled 2 x 2 to 4096 px by `engine_bench.make_raster` (real imagery, never noise; no nodata, so every runner
+infers every pixel), at its own pixel size (`--resample off`), with the default land-cover model.
 
     .venv/bin/python bench/peers.py --size 2048 [--tile 256 --overlap 48 --batch 4 --threads 2]
 """
@@ -28,39 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import Affine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-URBAN = ROOT / "data/sample/urban_river_rgb.tif"
 
-
-def make_input(tmp: Path, size: int) -> Path:
-    with rasterio.open(URBAN) as src:
-        data, prof = src.read(), src.profile.copy()
-    if size <= data.shape[1]:
-        r0 = (data.shape[1] - size) // 2
-        data = data[:, r0 : r0 + size, r0 : r0 + size]
-        prof["transform"] = prof["transform"] * Affine.translation(r0, r0)
-    else:
-        reps = -(-size // data.shape[1])
-        data = np.pad(data, ((0, 0), (0, data.shape[1] * (reps - 1)), (0, data.shape[2] * (reps - 1))), "symmetric")
-        data = data[:, :size, :size]
-    data[data == 0] = 1  # the sample's nodata is 0: keep every pixel valid, so all runners see the same work
-    prof.update(
-        width=size,
-        height=size,
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        nodata=None,
-        compress="deflate",
-        photometric="RGB",
-    )
-    path = tmp / f"urban_{size}.tif"
-    with rasterio.open(path, "w", **prof) as dst:
-        dst.write(data)
-    return path
+from engine_bench import make_raster  # noqa: E402 (bench/ is the script's folder: on sys.path)
 
 
 def main() -> None:
@@ -80,7 +52,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="landseg_peers_"))
     try:
-        raster = make_input(tmp, a.size)
+        raster = make_raster(tmp / f"urban_{a.size}.tif", a.size)
         meta = load_model_package(a.model).meta
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads

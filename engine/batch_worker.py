@@ -207,10 +207,10 @@ def stitch(p: BatchParams, path: str, mosaic: Mosaic, parts: list[dict], out: st
     from rasterio.windows import Window
 
     from .jobs import atomic_outputs, scratch_folder
-    from .outputs import PredictionWriter, to_cog
-    from .polygonize import PolygonizeOptions, polygonize
+    from .landcover import finish_outputs
+    from .outputs import PredictionWriter
+    from .polygonize import PolygonizeOptions
     from .resample import warp_back
-    from .styles import class_raster_qml, confidence_qml, polygon_qml
 
     t0 = time.perf_counter()
     meta, rplan = _model_grid(p, Path(path))
@@ -238,17 +238,8 @@ def stitch(p: BatchParams, path: str, mosaic: Mosaic, parts: list[dict], out: st
         finally:
             writer.close()
         if rplan.active:
-            writer = PredictionWriter(*tmp[:2], rplan.input_grid, classes, stride)
-            try:
-                warp_back(rplan, *model_paths, writer)
-            finally:
-                writer.close()
-        n_poly = polygonize(tmp[0], tmp[1], tmp[2], classes, PolygonizeOptions())
-        to_cog(tmp[0], "NEAREST")
-        to_cog(tmp[1], "AVERAGE")
-        for final, qml in zip(finals, (class_raster_qml(classes), confidence_qml(), polygon_qml(classes)), strict=True):
-            outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
-        outputs.commit()
+            warp_back(rplan, *model_paths, *tmp[:2], classes, stride)
+        n_poly, _timings = finish_outputs(outputs, finals, tmp, classes, PolygonizeOptions())
     return {
         "outputs": {"class_map": str(finals[0]), "confidence": str(finals[1]), "polygons": str(finals[2])},
         "n_polygons": n_poly,

@@ -226,11 +226,7 @@ def run_change(
                         finally:
                             writer.close()
                     if plan.active:
-                        writer = PredictionWriter(cls_p, conf_p, grid, classes, tiles.rows.stride)
-                        try:
-                            warp_back(plan, m_cls, m_conf, writer)
-                        finally:
-                            writer.close()
+                        warp_back(plan, m_cls, m_conf, cls_p, conf_p, classes, tiles.rows.stride)
                     maps.append((cls_p, conf_p))
                 if wanted is not None:
                     say("changes reported from or to: " + ", ".join(classes[i].name for i in sorted(wanted)))

@@ -95,6 +95,30 @@ def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSou
     return {k: v for k, v in modalities.items() if k in own} or None
 
 
+def finish_outputs(
+    outputs,  # jobs.atomic_outputs' OutputSet holding the temporaries
+    finals: tuple[Path, Path, Path],  # class map, confidence, polygons
+    temps: tuple[Path, Path, Path],
+    classes,
+    polygons: PolygonizeOptions | None,  # None: rasters only
+    progress: ProgressFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """What a land-cover run ends with (one run, or a batch's stitched mosaic): polygons from the class map,
+    both rasters cloud-optimized, a style beside each output, all committed together. Returns the polygon count
+    and the two steps' seconds."""
+    t0 = time.perf_counter()
+    n = polygonize(temps[0], temps[1], temps[2], classes, polygons, progress, cancelled) if polygons else 0
+    t1 = time.perf_counter()
+    to_cog(temps[0], "NEAREST")
+    to_cog(temps[1], "AVERAGE")
+    styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
+    for final, qml in list(zip(finals, styles, strict=True))[: 3 if polygons else 2]:
+        outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
+    outputs.commit()
+    return n, {"polygonize": round(t1 - t0, 3), "cloud_optimize": round(time.perf_counter() - t1, 3)}
+
+
 def run_landcover(
     params: LandcoverParams,
     progress: ProgressFn | None = None,
@@ -220,38 +244,16 @@ def run_landcover(
                 finally:
                     writer.close()
                 if plan.active:
-                    writer = PredictionWriter(class_path, conf_path, plan.input_grid, classes, grid.rows.stride)
-                    try:
-                        warp_back(plan, *model_paths, writer)
-                    finally:
-                        writer.close()
+                    warp_back(plan, *model_paths, class_path, conf_path, classes, grid.rows.stride)
                 # The inference session (weights, memory arena) is not needed for polygons: free it first.
                 del run, runtime
                 release_memory()
                 t_poly = time.perf_counter()
-                n_poly = 0
-                if params.polygonize:
-                    n_poly = polygonize(
-                        class_path,
-                        conf_path,
-                        gpkg_path,
-                        classes,
-                        params.polygons,
-                        stage(progress, 0.85, 1.0),
-                        cancelled,
-                    )
-                t_cog = time.perf_counter()
-                to_cog(class_path, "NEAREST")
-                to_cog(conf_path, "AVERAGE")
-                styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
-                for final, qml in list(zip(final_paths, styles, strict=True))[: 3 if params.polygonize else 2]:
-                    outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
-                outputs.commit()
-                timings = {
-                    "inference": round(t_poly - t_infer, 3),
-                    "polygonize": round(t_cog - t_poly, 3),
-                    "cloud_optimize": round(time.perf_counter() - t_cog, 3),
-                }
+                n_poly, timings = finish_outputs(
+                    outputs, final_paths, (class_path, conf_path, gpkg_path), classes,
+                    params.polygons if params.polygonize else None, stage(progress, 0.85, 1.0), cancelled,
+                )  # fmt: skip
+                timings = {"inference": round(t_poly - t_infer, 3), **timings}
     if progress:
         progress(1.0, "done")
     return LandcoverResult(

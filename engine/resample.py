@@ -13,6 +13,7 @@ units are stretched by 1/cos(latitude)) and geographic rasters (degrees) are han
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,14 +119,27 @@ def plan(grid: Grid, model_pixel_m: float | None, mode: str = "auto") -> Resampl
     return ResamplePlan(grid, mgrid, px, model_pixel_m)
 
 
+@contextmanager
+def _closing(writer):
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
 def warp_back(
     plan_: ResamplePlan,
     src_class: Path,
     src_conf: Path,
-    writer,  # outputs.PredictionWriter on the input grid
+    dst_class: Path,
+    dst_conf: Path,
+    classes,  # the class table (model_package.ClassInfo) the maps are written with
+    block: int,  # GeoTIFF block size of the written maps
     rows_per_strip: int = 512,
 ) -> None:
-    """Model-grid class map + confidence -> the input grid, strip by strip."""
+    """Model-grid class map + confidence -> new ones on the input grid, strip by strip."""
+    from .outputs import PredictionWriter
+
     g = plan_.input_grid
     kw = {"crs": g.crs, "transform": g.transform, "width": g.width, "height": g.height}
     with (
@@ -133,6 +147,7 @@ def warp_back(
         rasterio.open(src_conf) as fds,
         WarpedVRT(cds, resampling=Resampling.nearest, **kw) as cv,
         WarpedVRT(fds, resampling=Resampling.bilinear, **kw) as fv,
+        _closing(PredictionWriter(dst_class, dst_conf, g, classes, block)) as writer,
     ):
         for r0 in range(0, g.height, rows_per_strip):
             win = Window(0, r0, g.width, min(rows_per_strip, g.height - r0))
