@@ -55,6 +55,7 @@ class BatchParams:
     batch: int = 4
     device: str = "auto"
     threads: int = 0  # onnxruntime threads per worker; 0: the worker's share of this machine's cores
+    precision: str = "fp32"  # land cover: int8 is calibrated once (the first worker) and shared by all
     dashboard: bool = True
 
 

@@ -103,7 +103,7 @@ def _runtime_options(p: BatchParams):
     from .runtime import RuntimeOptions, keep_sessions
 
     keep_sessions()  # this worker keeps the model sessions it makes: loaded once, used for every task
-    return RuntimeOptions(device=p.device, threads=p.threads)
+    return RuntimeOptions(device=p.device, threads=p.threads, precision=p.precision)
 
 
 def run_one(p: BatchParams, path: str, out: str) -> dict:

@@ -30,7 +30,7 @@ from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
 from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
-from .predict import predict_blocks
+from .predict import calibration_feeds, predict_blocks
 from .raster_input import AlignedInputs, BandSource, overlap_grid
 from .resample import plan as plan_resampling
 from .resample import warp_back
@@ -185,7 +185,13 @@ def run_change(
                 raise OutputError(f"output {p} must end in {suffix}")
         driver_for(finals[1], "change polygons output")
         check_outputs_spare_inputs(list(finals), [*params.before, *params.after, params.model], name=params.name)
-        runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+
+        def calibration():  # --precision int8, first use: tiles of the "before" date
+            kw = {"grid": mgrid, "resampling": plan.read_resampling, "rescale": params.rescale}
+            with AlignedInputs(params.before, meta, params.modalities or None, **kw) as inputs:
+                yield from calibration_feeds(mtiles, inputs)
+
+        runtime = make_runtime(package.path, meta.output_name, params.runtime, say, calibration)
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
             map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
             conf_tmp = work / "change_confidence.tif"

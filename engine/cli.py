@@ -28,7 +28,7 @@ from .runtime import RuntimeOptions
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(device=args.device, threads=args.threads, fp16=args.fp16, cache_dir=args.trt_cache)
+    return RuntimeOptions(device=args.device, threads=args.threads, precision=args.precision, cache_dir=args.trt_cache)
 
 
 def _modalities(args: argparse.Namespace) -> dict[str, BandSource]:
@@ -300,7 +300,7 @@ def _batch(args: argparse.Namespace) -> int:
     from .batch import BatchParams, run_batch
 
     keys = ("task", "inputs", "model", "scheduler", "workers", "retries", "chunk_px", "tile", "overlap", "batch")
-    keys += ("device", "threads", "resample", "dashboard")
+    keys += ("device", "threads", "precision", "resample", "dashboard")
     params = BatchParams(out_dir=args.out, **{k: getattr(args, k) for k in keys})
     rep, res = _reported(args, f"batch {args.task}", run_batch, params)
     lines = [f"{len(res.done)} done, {len(res.skipped)} done earlier, {len(res.failed)} failed: {res.summary}"]

@@ -10,7 +10,7 @@ from .model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 from .raster_input import BandSource, raster_path
 from .request import TASKS as REQUEST_TASKS
 from .resample import MODES as RESAMPLE_MODES
-from .runtime import DEVICES
+from .runtime import DEVICES, PRECISIONS
 from .tiling import BLENDS
 from .value_range import RESCALE_MODES
 
@@ -29,13 +29,24 @@ def _modality(text: str) -> tuple[str, BandSource]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _precision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default); int8: quantized on the CPU, calibrated on this raster the first time and cached "
+        "next to the model; fp16: GPU only",
+    )
+    p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help=argparse.SUPPRESS)
+
+
 def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
     p.add_argument("--batch", type=int, default=4, help="tiles per inference batch (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="default: %(default)s")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--fp16", action="store_true", help="FP16 with onnxruntime's TensorRT provider")
+    _precision_option(p)
     p.add_argument("--trt-cache", type=Path, help="engine/timing cache folder for onnxruntime's TensorRT provider")
     p.add_argument("--min-area", type=float, help="drop polygons smaller than this, in m2 (default: 9 pixels)")
     p.add_argument("--simplify", type=float, default=1.0, help="simplify tolerance in pixels (default: 1)")
@@ -233,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--batch", type=int, default=4, help="tiles per inference call (default: 4)")
     bt.add_argument("--device", choices=DEVICES, default="auto")
     bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads per worker (0: its share)")
+    _precision_option(bt)
     _resample_option(bt, "auto: every input at the model's pixel size when it differs by more than 15%% (default)")
     bt.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="no Dask dashboard")
     bt.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")

@@ -20,7 +20,7 @@ from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memo
 from .model_package import load_model_package
 from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from .polygonize import PolygonizeOptions, polygonize
-from .predict import predict_blocks
+from .predict import calibration_feeds, predict_blocks
 from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
 from .raster_input import AlignedInputs, BandSource, reference_grid
 from .resample import plan as plan_resampling
@@ -204,15 +204,19 @@ def run_landcover(
             check_outputs_spare_inputs(
                 list(final_paths), [*params.inputs, params.model, *params.fuse_models], params.name
             )
-            runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
+            if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
+                tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
+            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend)
+            constant = {vocab.input_name: vocab.embeddings} if meta.text_input is not None else {}
+            runtime = make_runtime(
+                package.path, meta.output_name, params.runtime, say,
+                calibration=None if fused else lambda: calibration_feeds(grid, inputs, constant),
+            )  # fmt: skip
             run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
             device = runtime.device_label
             if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
                 others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
                 run = FusedModel([runtime.run, *others], metas, matrices).run
-            if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
-                tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
-            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend)
             with (
                 atomic_outputs(final_paths[0].parent, params.overwrite) as outputs,
                 contextlib.ExitStack() as scratch_stack,  # removed before a failed run's folder is

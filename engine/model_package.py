@@ -292,7 +292,7 @@ def load_model_package(path: str | Path) -> ModelPackage:
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if path.suffix.lower() in (".engine", ".plan"):
-        from .trt_runtime import read_sidecar  # a TensorRT engine: metadata only in its sidecar
+        from .runtime.tensorrt import read_sidecar  # a TensorRT engine: metadata only in its sidecar
 
         return ModelPackage(path, parse_metadata(read_sidecar(path), str(sidecar_path(path))))
     if path.suffix.lower() != ".onnx":

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import Cancelled, ModelError
 from .model_package import ModelMeta
 from .raster_input import AlignedInputs
+from .runtime import CALIBRATION_TILES
 from .tiling import TileGrid
 
 ProgressFn = Callable[[float, str], None]
@@ -154,3 +155,27 @@ def predict_blocks(
         done += len(group)
         if progress:
             progress(done / total, f"tile {done}/{total}")
+
+
+def calibration_feeds(
+    grid: TileGrid,
+    inputs: AlignedInputs,
+    constant: dict[str, np.ndarray] | None = None,
+    n: int = CALIBRATION_TILES,
+    batch: int = 4,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of real model inputs for int8 calibration: up to ``n`` tiles with data, spread evenly over the
+    raster (the first rows alone may be all water or all city), normalised exactly as inference reads them."""
+    tiles = [t for t in grid.tiles() if getattr(inputs, "may_have_data", lambda w: True)(t[2])]
+    step = max(1, len(tiles) // n)
+    buf: list[dict[str, np.ndarray]] = []
+    for _i, _j, window in tiles[::step][:n]:
+        feeds, valid = inputs.read(window)
+        if not valid.any():
+            continue
+        buf.append(feeds)
+        if len(buf) == batch:
+            yield {k: np.stack([f[k] for f in buf]) for k in buf[0]} | (constant or {})
+            buf = []
+    if buf:
+        yield {k: np.stack([f[k] for f in buf]) for k in buf[0]} | (constant or {})

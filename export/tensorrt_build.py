@@ -1,6 +1,6 @@
 """ONNX -> native TensorRT engine, with an optimisation profile for batch and tile size, a timing cache, and an
 engine cache keyed by model hash + GPU + TensorRT version. The engine gets a sidecar JSON with the LandSeg
-metadata and what it was built for, which engine.trt_runtime checks before running it.
+metadata and what it was built for, which engine.runtime.tensorrt checks before running it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from engine.model_package import METADATA_KEY, load_model_package, meta_to_dict
-from engine.trt_runtime import current_gpu, import_tensorrt
+from engine.runtime.tensorrt import current_gpu, import_tensorrt
 
 from .errors import ExportError
 

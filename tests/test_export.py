@@ -17,7 +17,7 @@ from engine.errors import ModelError  # noqa: E402
 from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.model_package import load_model_package  # noqa: E402
 from engine.predict import softmax  # noqa: E402
-from engine.trt_runtime import check_compatible  # noqa: E402
+from engine.runtime.tensorrt import check_compatible  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.torch_export import ExportParams, export_package  # noqa: E402
 

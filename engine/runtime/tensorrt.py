@@ -14,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
-
-ENGINE_SUFFIXES = (".engine", ".plan")
+from ..errors import ModelError
 
 
 def import_tensorrt():

@@ -1,4 +1,4 @@
-"""Inference runtimes. onnxruntime with execution providers picked by availability.
+"""onnxruntime with execution providers picked by availability.
 
 ``device``: ``auto`` (TensorRT EP -> CUDA EP -> CPU, whichever this onnxruntime build has), ``cpu``,
 ``cuda`` or ``tensorrt``. Asking for a GPU provider this build or machine does not have runs on the CPU and
@@ -8,23 +8,15 @@ says so through ``notify`` rather than failing: an analyst's batch should still 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
+from .options import DEVICES, PRECISIONS, RuntimeOptions
+from .precision import Calibration, reduced_model
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PROVIDER = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    device: str = "auto"
-    threads: int = 0  # 0: onnxruntime's default (all physical cores)
-    fp16: bool = False  # TensorRT EP only
-    cache_dir: Path | None = None  # TensorRT EP engine cache
 
 
 def choose_providers(device: str, available: list[str]) -> tuple[list[str], str | None]:
@@ -57,6 +49,7 @@ class OnnxRuntime:
         output_name: str,
         options: RuntimeOptions = RuntimeOptions(),
         notify: Callable[[str], None] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -64,6 +57,8 @@ class OnnxRuntime:
         providers, message = choose_providers(options.device, ort.get_available_providers())
         if message and notify:
             notify(message)
+        self.model_path = model_path
+        model_path = self._model_for(Path(model_path), options.precision, providers[0], calibration, notify)
         so = ort.SessionOptions()
         if options.threads:
             so.intra_op_num_threads = options.threads
@@ -90,11 +85,27 @@ class OnnxRuntime:
             raise ModelError(f"onnxruntime cannot load model {model_path}: {first}") from None
         self.providers = self.session.get_providers()
         self.output_name = output_name
-        self.model_path = model_path
+        self.precision = options.precision
+
+    @staticmethod
+    def _model_for(model: Path, precision: str, provider: str, calibration, notify) -> Path:
+        """The file to load: fp16 is the GPU's (the TensorRT EP builds FP16 from the fp32 graph itself; the
+        CUDA EP runs a float16 copy); int8 is a calibrated, cached copy on any provider."""
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "fp16":
+            if provider == "CPUExecutionProvider":
+                raise ModelError(
+                    "--precision fp16 needs a GPU (--device cuda or tensorrt); on the CPU use --precision int8"
+                )
+            if provider == "TensorrtExecutionProvider":
+                return model
+        return reduced_model(model, precision, calibration, notify)
 
     @property
     def device_label(self) -> str:
-        return self.providers[0].replace("ExecutionProvider", "")
+        device = self.providers[0].replace("ExecutionProvider", "")
+        return device if self.precision == "fp32" else f"{device} {self.precision}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:
@@ -103,39 +114,3 @@ class OnnxRuntime:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
             raise ModelError(f"model {self.model_path} failed on its input ({shapes}): {first}") from None
-
-
-# Sessions kept by this process (None: none kept, the default: a job frees its session before polygonizing).
-_KEPT: dict | None = None
-
-
-def keep_sessions() -> None:
-    """From now on this process keeps every runtime it makes, keyed by model file (and its mtime) and options:
-    a batch worker (engine.batch) loads each model once and reuses its session for every task."""
-    global _KEPT
-    if _KEPT is None:
-        _KEPT = {}
-
-
-def kept_sessions() -> int:
-    """How many sessions this process keeps (engine.batch reports it: one per model per worker)."""
-    return len(_KEPT or {})
-
-
-def make_runtime(model_path: Path, output_name: str, options: RuntimeOptions, notify=None):
-    """onnxruntime for .onnx files, the native TensorRT runtime for .engine/.plan files."""
-    key = None
-    if _KEPT is not None:
-        path = Path(model_path).resolve()
-        key = (str(path), path.stat().st_mtime_ns, output_name, options)
-        if key in _KEPT:
-            return _KEPT[key]
-    if Path(model_path).suffix.lower() in (".engine", ".plan"):
-        from .trt_runtime import TensorRTRuntime
-
-        runtime = TensorRTRuntime(model_path, output_name, notify)
-    else:
-        runtime = OnnxRuntime(model_path, output_name, options, notify)
-    if key is not None:
-        _KEPT[key] = runtime
-    return runtime

@@ -1,0 +1,23 @@
+"""What a caller asks of a runtime: device, threads, precision, caches. One dataclass for every runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+# fp32: the model as exported. int8: onnxruntime's static quantization, calibrated on tiles of the input and
+# cached next to the model (the CPU's fast path). fp16: on the GPU only (TensorRT EP, CUDA EP, native engines).
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "auto"
+    threads: int = 0  # 0: onnxruntime's default (all physical cores)
+    precision: str = "fp32"
+    cache_dir: Path | None = None  # TensorRT EP engine cache
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"

@@ -1,0 +1,160 @@
+"""Reduced-precision copies of an ONNX model, made once and cached next to it.
+
+int8 (the CPU's fast path): onnxruntime's static quantization (QDQ, per-channel int8 weights, uint8
+activations, MinMax ranges) calibrated on real tiles of the raster being processed. fp16 (GPU): the CUDA
+provider runs a float16 copy (inputs and outputs stay float32); the TensorRT provider builds its own FP16
+engine from the fp32 model, so it needs no copy.
+
+The copy sits beside the model (``model.int8.onnx`` + ``model.int8.json``), or in the user's cache folder when
+the model's folder is read-only. The JSON records the source model's SHA-256, the recipe and what calibrated
+it; a copy is valid while those match, so it is never re-made for a model it was made from, and a replaced
+model (new hash) is quantized afresh.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+RECIPES = {"int8": "qdq-u8s8-per-channel-minmax/1", "fp16": "float16-keep-io/1"}
+CALIBRATION_TILES = 16  # tiles spread over the raster: enough for stable MinMax ranges, ~1 s of inference
+
+Calibration = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_paths(model: Path, precision: str, digest: str) -> tuple[Path, Path]:
+    """Next to the model when its folder is writable, else ~/.cache/landseg/<precision>/<hash>.onnx."""
+    model = Path(model)
+    if os.access(model.parent, os.W_OK):
+        onnx = model.with_name(f"{model.stem}.{precision}.onnx")
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landseg" / precision
+        onnx = root / f"{digest[:24]}.onnx"
+    return onnx, onnx.with_suffix(".json")
+
+
+def cached(model: Path, precision: str) -> tuple[Path, dict] | None:
+    """The valid cached copy of ``model`` at ``precision`` and its record, or None."""
+    digest = sha256(model)
+    onnx, record = cache_paths(model, precision, digest)
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("source_sha256") == digest and info.get("recipe") == RECIPES[precision] and onnx.exists():
+        return onnx, info
+    return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _quantize_int8(model: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Shape inference and graph fusions (batch norm into conv) before quantizing; the symbolic pass
+        # cannot follow the dynamic batch and spatial axes, ONNX's own inference can.
+        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        _write_atomic(dst, out.read_bytes())
+
+
+def _convert_fp16(model: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
+    _write_atomic(dst, m.SerializeToString())
+
+
+def reduced_model(
+    model: Path,
+    precision: str,
+    calibration: Calibration | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> Path:
+    """The model file to load for ``precision``: the model itself for fp32, else its cached copy (made now if
+    there is no valid one; int8 then needs ``calibration``, batches of model inputs from real tiles)."""
+    model = Path(model)
+    if precision == "fp32":
+        return model
+    digest = sha256(model)
+    onnx, record = cache_paths(model, precision, digest)
+    onnx.parent.mkdir(parents=True, exist_ok=True)
+    # One maker at a time: the batch workers that start together wait for the first one's copy and all run
+    # that same copy (chunks of one mosaic must not be inferred by differently calibrated models).
+    with open(onnx.with_name(f".{onnx.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hit = cached(model, precision)
+        if hit is not None:
+            return hit[0]
+        return _make(model, precision, onnx, record, digest, calibration, notify)
+
+
+def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, calibration, notify) -> Path:
+    info = {"source": model.name, "source_sha256": digest, "recipe": RECIPES[precision]}
+    try:
+        if precision == "int8":
+            feeds = list(calibration()) if calibration is not None else []
+            if not feeds:
+                raise ModelError(
+                    f"--precision int8: no calibrated copy of {model.name} yet and no tiles to calibrate it on; "
+                    "run a land-cover or change job with --precision int8 on a representative raster first"
+                )
+            if notify:
+                notify(f"quantizing {model.name} to int8 on {sum(len(next(iter(f.values()))) for f in feeds)} tiles")
+            _quantize_int8(model, onnx, feeds)
+            info["calibration_tiles"] = sum(len(next(iter(f.values()))) for f in feeds)
+        else:
+            _convert_fp16(model, onnx)
+    except ModelError:
+        raise
+    except Exception as exc:  # onnx / quantization tooling errors: one line, naming the model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot make the {precision} copy of {model}: {first}") from None
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    _write_atomic(record, json.dumps(info, indent=1).encode())
+    return onnx
