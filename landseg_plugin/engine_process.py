@@ -174,6 +174,7 @@ def run_engine(
 
 RESAMPLE_MODES = ("auto", "off")  # engine.resample.MODES
 BLENDS = ("cosine", "gaussian", "constant")  # engine.tiling.BLENDS
+PRECISIONS = ("fp32", "fp16", "int8")  # engine.runtime.PRECISIONS
 
 
 def landcover_args(
@@ -193,9 +194,10 @@ def landcover_args(
     fuse_models: list[str] | tuple[str, ...] = (),
     resample: str = "auto",
     blend: str = "cosine",
+    precision: str = "fp32",
 ) -> list[str]:
     """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
-    args = ["landcover", "--resample", resample, "--blend", blend]
+    args = ["landcover", "--resample", resample, "--blend", blend, "--precision", precision]
     if prompts.strip():
         args += ["--prompts", prompts.strip(), "--unasked", unasked]
     for path in inputs:

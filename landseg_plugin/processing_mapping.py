@@ -20,6 +20,7 @@ from qgis.core import (
 
 from .engine_process import (
     BLENDS,
+    PRECISIONS,
     MODEL_FILTER,
     RESAMPLE_MODES,
     change_args,
@@ -45,6 +46,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
     FUSE_MODELS = "FUSE_MODELS"
     RESAMPLE = "RESAMPLE"
     BLEND = "BLEND"
+    PRECISION = "PRECISION"
     OUTPUT = "OUTPUT"
     OUTPUT_CLASSES = "OUTPUT_CLASSES"
     OUTPUT_CONFIDENCE = "OUTPUT_CONFIDENCE"
@@ -132,6 +134,11 @@ class LandcoverAlgorithm(LandSegAlgorithm):
         blend = QgsProcessingParameterEnum(self.BLEND, "Blending of overlapping tiles", list(BLENDS), defaultValue=0)
         blend.setFlags(blend.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(blend)
+        precision = QgsProcessingParameterEnum(
+            self.PRECISION, "Precision (int8: faster on the CPU; fp16: GPU)", list(PRECISIONS), defaultValue=0
+        )
+        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(precision)
         self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Land-cover polygons", QgsProcessing.TypeVectorPolygon)
         )
@@ -163,6 +170,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             fuse_models=[p for p in self.parameterAsFileList(parameters, self.FUSE_MODELS, context) if p],
             resample=RESAMPLE_MODES[self.parameterAsEnum(parameters, self.RESAMPLE, context)],
             blend=BLENDS[self.parameterAsEnum(parameters, self.BLEND, context)],
+            precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
         )
         result = run_in_processing(args, feedback)
         if result is None:

@@ -45,10 +45,11 @@ def test_the_model_lists_hold_tensorrt_engines_too(tmp_path):
     assert all(f"*{s}" in ep.MODEL_FILTER for s in ep.MODEL_SUFFIXES)
 
 
-def test_the_plugin_knows_the_engines_blend_modes_and_resample_modes():
+def test_the_plugin_knows_the_engines_blend_modes_resample_modes_and_precisions():
     from engine.resample import MODES
+    from engine.runtime import PRECISIONS
     from engine.tiling import BLENDS
 
-    assert ep.BLENDS == BLENDS and ep.RESAMPLE_MODES == MODES
-    a = _parse(ep.landcover_args([str(URBAN)], "c.tif", "f.tif", "p.gpkg", MODEL, blend="gaussian"))
-    assert a.blend == "gaussian"
+    assert ep.BLENDS == BLENDS and ep.RESAMPLE_MODES == MODES and ep.PRECISIONS == PRECISIONS
+    a = _parse(ep.landcover_args([str(URBAN)], "c.tif", "f.tif", "p.gpkg", MODEL, blend="gaussian", precision="int8"))
+    assert a.blend == "gaussian" and a.precision == "int8"
