@@ -20,8 +20,8 @@ from qgis.core import (
 
 from .engine_process import (
     BLENDS,
-    PRECISIONS,
     MODEL_FILTER,
+    PRECISIONS,
     RESAMPLE_MODES,
     change_args,
     default_model,
