@@ -32,10 +32,10 @@ from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 
 from .accuracy_report import classes_csv, report_html, report_markdown, write_figure
+from .areas import AreaCalculator
 from .errors import InputError
 from .jobs import JsonResult, atomic_outputs
 from .outputs import CLASS_NODATA
-from .polygonize import AreaCalculator
 from .raster_input import open_raster
 
 STRIP_PIXELS = 1 << 22

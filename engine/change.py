@@ -23,13 +23,14 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
+from .areas import AreaCalculator
 from .change_maps import class_filter, combine, write_direct, write_matrix
 from .errors import InputError, OutputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 from .model_package import ClassInfo, ModelMeta, load_model_package
 from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
-from .polygonize import AreaCalculator, PolygonizeOptions, polygonize_values
+from .polygonize import PolygonizeOptions, polygonize_values
 from .predict import calibration_feeds, predict_blocks
 from .raster_input import AlignedInputs, BandSource, overlap_grid
 from .resample import plan as plan_resampling

@@ -18,8 +18,8 @@ import shapely
 from rasterio.windows import Window
 from shapely import affinity
 
+from .areas import AreaCalculator
 from .errors import Cancelled, InputError
-from .polygonize import AreaCalculator
 from .raster_input import read_error
 
 PIXEL_TOLERANCE = 0.15

@@ -6,22 +6,24 @@ This is the single entry point that the CLI, the QGIS panel and the Processing a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
 
+from .class_space import class_space
 from .errors import InputError, OutputError
-from .fusion import FusedInputs, FusedModel, check_fusable, common_classes, to_common
+from .fusion import FusedInputs, FusedModel
 from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 from .model_package import load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
+from .outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
 from .polygonize import PolygonizeOptions, polygonize
 from .predict import calibration_feeds, predict_blocks
-from .prompts import DEFAULT_THRESHOLD, map_prompts, open_vocabulary
+from .prompts import DEFAULT_THRESHOLD
 from .raster_input import AlignedInputs, BandSource, reference_grid
 from .resample import plan as plan_resampling
 from .resample import warp_back
@@ -106,17 +108,29 @@ def finish_outputs(
 ) -> tuple[int, dict[str, float]]:
     """What a land-cover run ends with (one run, or a batch's stitched mosaic): polygons from the class map,
     both rasters cloud-optimized, a style beside each output, all committed together. Returns the polygon count
-    and the two steps' seconds."""
+    and the seconds it took."""
     t0 = time.perf_counter()
-    n = polygonize(temps[0], temps[1], temps[2], classes, polygons, progress, cancelled) if polygons else 0
+    # The COGs are written alongside the polygons (GDAL works outside the GIL) and renamed over the plain
+    # GeoTIFFs once the polygons no longer read them.
+    with ThreadPoolExecutor(2, thread_name_prefix="landseg-cog") as pool:
+        cogs = [pool.submit(cog_copy, temps[0], "NEAREST"), pool.submit(cog_copy, temps[1], "AVERAGE")]
+        try:
+            n = polygonize(temps[0], temps[1], temps[2], classes, polygons, progress, cancelled) if polygons else 0
+        except BaseException:
+            wait(cogs)  # no thread outlives the run, and no COG is left behind
+            for f in cogs:
+                if f.exception() is None:
+                    f.result().unlink(missing_ok=True)
+            raise
+        done = [f.result() for f in cogs]
     t1 = time.perf_counter()
-    to_cog(temps[0], "NEAREST")
-    to_cog(temps[1], "AVERAGE")
+    for cog, plain in zip(done, temps[:2], strict=True):
+        os.replace(cog, plain)
     styles = (class_raster_qml(classes), confidence_qml(), polygon_qml(classes))
     for final, qml in list(zip(finals, styles, strict=True))[: 3 if polygons else 2]:
         outputs.temp_for(final.with_suffix(".qml")).write_text(qml, encoding="utf-8")
     outputs.commit()
-    return n, {"polygonize": round(t1 - t0, 3), "cloud_optimize": round(time.perf_counter() - t1, 3)}
+    return n, {"polygons_and_cogs": round(t1 - t0, 3)}
 
 
 def run_landcover(
@@ -135,42 +149,9 @@ def run_landcover(
     overlap = requested_overlap(tile, params.overlap, meta.overlap)
     if params.batch < 1:
         raise InputError(f"batch size must be at least 1, not {params.batch}")
-    mapping = None
-    classes = meta.classes
-    run_meta = meta
-    if meta.text_input is not None:  # open vocabulary: the prompts are the classes
-        vocab = open_vocabulary(meta, params.prompts)
-        classes = vocab.classes
-        run_meta = dataclasses.replace(meta, classes=classes)
-        say(f"open-vocabulary model: classes {', '.join(c.name for c in classes)}")
-    elif params.prompts:
-        mapping = map_prompts(params.prompts, meta, unasked=params.unasked, threshold=params.prompt_threshold)
-        for msg in mapping.messages:
-            say(msg)
-        classes = mapping.classes
-    matches = list(mapping.matches) if mapping else []
-    fused = [load_model_package(p) for p in params.fuse_models]
-    if fused:
-        metas = [meta] + [f.meta for f in fused]
-        check_fusable(metas)
-        if params.prompts and params.unasked == "drop":
-            raise InputError("--unasked drop cannot be combined with model fusion; use 'other'")
-        mappings = [mapping] + [
-            map_prompts(params.prompts, m, unasked="other", threshold=params.prompt_threshold)
-            if params.prompts
-            else None
-            for m in metas[1:]
-        ]
-        for m, extra in zip(metas[1:], mappings[1:], strict=True):
-            if extra is not None:
-                for msg in extra.messages:
-                    say(f"{m.name}: {msg}")
-                matches += extra.matches
-        classes = common_classes(metas, mappings)
-        matrices = [to_common(m, mp, classes) for m, mp in zip(metas, mappings, strict=True)]
-        run_meta = dataclasses.replace(meta, classes=classes, output_kind="probabilities")
-        mapping = None  # applied inside the fused model
-        say(f"fusing {len(metas)} models class-wise by confidence: {', '.join(m.name for m in metas)}")
+    space = class_space(meta, params.prompts, params.unasked, params.prompt_threshold, params.fuse_models, say)
+    classes, run_meta, mapping, vocab = space.classes, space.run_meta, space.mapping, space.vocab
+    fused, metas = space.fused, space.metas
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
@@ -216,7 +197,7 @@ def run_landcover(
             device = runtime.device_label
             if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
                 others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
-                run = FusedModel([runtime.run, *others], metas, matrices).run
+                run = FusedModel([runtime.run, *others], metas, space.matrices).run
             with (
                 atomic_outputs(final_paths[0].parent, params.overwrite) as outputs,
                 contextlib.ExitStack() as scratch_stack,  # removed before a failed run's folder is
@@ -273,7 +254,7 @@ def run_landcover(
         seconds=round(time.perf_counter() - t0, 3),
         timings=timings,
         messages=say.items,
-        prompt_matches=[m.__dict__ for m in matches],
+        prompt_matches=[m.__dict__ for m in space.matches],
         resampling=plan.as_dict(),
         rescaling={k: v for part in every_input for k, v in part.rescaling.items()},
     )

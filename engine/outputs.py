@@ -126,6 +126,12 @@ def to_cog(path: Path, resampling: str = "NEAREST") -> None:
     """Rewrite a finished GeoTIFF in place as a Cloud-Optimized GeoTIFF with overviews, so QGIS draws a 16k²
     result at any zoom at once (class maps: NEAREST overviews keep class ids; confidence: AVERAGE). Colour table,
     class-name tags, nodata and compression are kept."""
+    os.replace(cog_copy(path, resampling), path)
+
+
+def cog_copy(path: Path, resampling: str = "NEAREST") -> Path:
+    """The COG of a finished GeoTIFF, written beside it (``<name>.cog``); the caller renames it over the
+    original once nothing reads the original any more (polygons are built from it meanwhile)."""
     from rasterio.shutil import copy as gdal_copy
 
     path = Path(path)
@@ -137,10 +143,10 @@ def to_cog(path: Path, resampling: str = "NEAREST") -> None:
             opts["LEVEL"] = 1
     try:
         gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE", **opts)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 class PredictionWriter:

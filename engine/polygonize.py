@@ -9,9 +9,10 @@ confidence.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from shapely.affinity import affine_transform
 from shapely.geometry import mapping
 
+from .areas import AreaCalculator
 from .errors import Cancelled
 from .model_package import ClassInfo
 from .vector_formats import vector_sink
@@ -44,85 +46,27 @@ class PolygonizeOptions:
     # pixels (the pieces then share a seam edge), for scenes whose one background region would not fit.
     max_region_pixels: int | None = None
     layer: str = "landcover"
+    workers: int = 2  # strips labelled and traced at a time (threads); joining seams stays in order
 
 
-# Map projections whose planar areas are true areas (pyproj's operation method names).
-EQUAL_AREA_METHODS = ("equal area", "albers", "mollweide", "sinusoidal", "eckert iv", "eckert vi", "goode")
-# Polygons wider than this (m) get an exact geodesic area; smaller ones the projection's areal scale at their
-# centroid, which differs from it by far less than 0.5 % at that size and costs a fraction of the time.
-EXACT_ABOVE_M = 2000.0
+def _present(cls: np.ndarray, wanted: set[int]) -> list[int]:
+    """The wanted values that occur in the strip (a histogram for 8-bit maps: one pass, no sort)."""
+    seen = np.flatnonzero(np.bincount(cls.ravel(), minlength=256)) if cls.dtype == np.uint8 else np.unique(cls)
+    return [int(v) for v in seen if int(v) in wanted]
 
 
-class AreaCalculator:
-    """Polygon area in m² on the WGS84 ellipsoid for any CRS (planar only where the projection is equal-area).
-
-    Why: planar areas in a conformal projection are off by the square of its scale factor (EPSG:3395 at 25° N:
-    +10 %, the demo +6.7 %; UTM up to ±0.1 %); analysts report areas, so they must be true ones.
-    """
-
-    def __init__(self, crs: rasterio.crs.CRS | None) -> None:
-        from pyproj import CRS, Geod, Transformer
-
-        self.geod = Geod(ellps="WGS84")
-        self.factor = 1.0
-        self.to_lonlat = None  # projected, not equal-area: transform to lon/lat for the ellipsoidal area
-        self.planar = crs is None  # pixel coordinates (--allow-pixel-coordinates): the unit is the pixel
-        if crs is None or crs.is_geographic:
-            return
-        self.factor = float(crs.linear_units_factor[1]) ** 2
-        pcrs = CRS.from_user_input(crs.to_wkt())
-        op = pcrs.coordinate_operation
-        if op is not None and any(m in op.method_name.lower() for m in EQUAL_AREA_METHODS):
-            self.planar = True
-            return
-        self.to_lonlat = Transformer.from_crs(pcrs, pcrs.geodetic_crs or "EPSG:4326", always_xy=True)
-        from pyproj import Proj
-
-        self.proj = Proj(pcrs)
-
-    def pixel_area(self, transform: Affine) -> float | None:
-        """Area (m²) of every pixel where the projection is equal-area; None where it varies."""
-        if self.planar:
-            return abs(transform.a * transform.e - transform.b * transform.d) * self.factor
-        return None
-
-    def largest_pixel_area(self, transform: Affine, width: int, height: int) -> float:
-        """An upper bound (m²) of one pixel's area over the grid: the largest at its corners and centre, +1 %.
-        Scale factors change monotonically across a raster-sized area, so the extremes are at its edges."""
-        exact = self.pixel_area(transform)
-        if exact is not None:
-            return exact
-        areas = []
-        for c, r in ((0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1), (width // 2, height // 2)):
-            px = shapely.Polygon([transform * xy for xy in ((c, r), (c + 1, r), (c + 1, r + 1), (c, r + 1))])
-            areas.append(self(px))
-        return max(areas) * 1.01
-
-    def __call__(self, geom: shapely.Geometry) -> float:
-        if self.planar:
-            return geom.area * self.factor
-        if self.to_lonlat is None:  # geographic degrees
-            return abs(self.geod.geometry_area_perimeter(geom)[0])
-        x0, y0, x1, y1 = geom.bounds
-        side = max(x1 - x0, y1 - y0) * self.factor**0.5
-        if side > EXACT_ABOVE_M:
-            ll = shapely.transform(geom, lambda xy: np.column_stack(self.to_lonlat.transform(xy[:, 0], xy[:, 1])))
-            return abs(self.geod.geometry_area_perimeter(ll)[0])
-        c = geom.centroid
-        lon, lat = self.to_lonlat.transform(c.x, c.y)
-        return geom.area * self.factor / float(self.proj.get_factors(lon, lat).areal_scale)
-
-
-def _components(cls: np.ndarray, wanted: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Label 4-connected same-value regions; returns (labels int32, value of each label (index 0 unused))."""
+def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Label 4-connected same-value regions of ``values``; returns (labels int32, value of each label (index 0
+    unused)). Other values get label 0."""
     labels = np.zeros(cls.shape, dtype=np.int32)
     label_class = [0]
-    for c in np.unique(cls):
-        if int(c) not in wanted:
-            continue
-        lab, n = ndimage.label(cls == c)
-        labels[lab > 0] = lab[lab > 0] + (len(label_class) - 1)
-        label_class.extend([int(c)] * n)
+    lab = np.empty(cls.shape, dtype=np.int32)
+    for c in values:
+        n = ndimage.label(cls == c, output=lab)
+        if n:
+            np.add(lab, len(label_class) - 1, out=lab, where=lab > 0)  # regions are disjoint: add into labels
+            labels += lab
+            label_class.extend([c] * n)
     return labels, np.asarray(label_class, dtype=np.int32)
 
 
@@ -210,6 +154,70 @@ def polygonize(
     )
 
 
+@dataclass
+class Strip:
+    """What one strip of rows yields on its own, before any seam is joined: strips are independent, so they
+    are worked on in parallel and joined in order."""
+
+    r0: int
+    r1: int
+    label_class: np.ndarray | None = None  # None: no wanted value in the strip
+    top: np.ndarray | None = None  # labels of its first row
+    last: np.ndarray | None = None  # labels of its last row
+    parts: list[tuple[int, Part]] = field(default_factory=list)  # (label, its polygon and statistics)
+
+
+def _work_strip(
+    class_path: Path, conf_path: Path, r0: int, r1: int, height: int, wanted: set[int], min_pixels: float
+) -> Strip:
+    """Label one strip, summarise its regions and build polygons for those that can matter: big enough, or
+    on a seam (they may still grow). Opens its own dataset handles: GDAL handles are not shared by threads."""
+    with rasterio.open(class_path) as cds:
+        win = Window(0, r0, cds.width, r1 - r0)
+        cls = cds.read(1, window=win)
+    values = _present(cls, wanted)
+    if not values:  # a strip without any wanted value (no-data margins)
+        return Strip(r0, r1)
+    with rasterio.open(conf_path) as fds:
+        conf = fds.read(1, window=win)
+    labels, label_class = _components(cls, values)
+    n_lab = len(label_class)
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n_lab)
+    conf_sums = np.bincount(flat, weights=conf.ravel(), minlength=n_lab)
+    bottom = np.zeros(n_lab, dtype=bool)
+    if r1 < height:
+        bottom[labels[-1]] = True
+    build = (counts >= min_pixels) | bottom
+    if r0 > 0:
+        build[labels[0]] = True
+    build[0] = False
+    parts = []
+    # Pixel coordinates (column, row): see _geometry.
+    for geom, lab in shapes(labels, mask=build[labels], connectivity=4, transform=Affine.translation(0, r0)):
+        lab = int(lab)
+        part = Part([_polygon(geom)], int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), bool(bottom[lab]))
+        parts.append((lab, part))
+    return Strip(r0, r1, label_class, labels[0].copy(), labels[-1].copy(), parts)
+
+
+def _strips(work: Callable[[int, int], Strip], height: int, strip_rows: int, workers: int) -> Iterator[Strip]:
+    """Strips in order, ``workers`` of them being worked on at a time (labelling, GDAL's polygonize and the
+    histograms run outside the GIL). A bounded window: memory stays a few strips, whatever the height."""
+    bounds = [(r0, min(height, r0 + strip_rows)) for r0 in range(0, height, strip_rows)]
+    if workers <= 1 or len(bounds) < 2:
+        yield from (work(r0, r1) for r0, r1 in bounds)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="landseg-polygonize") as pool:
+        pending: deque = deque()
+        for r0, r1 in bounds:
+            pending.append(pool.submit(work, r0, r1))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def polygonize_values(
     value_path: Path,
     conf_path: Path,
@@ -224,119 +232,101 @@ def polygonize_values(
     """Polygons of the regions of ``value_path`` whose value is a key of ``value_props``; each feature gets
     those properties plus area (m2) and mean confidence. Returns the number of features."""
     wanted = set(value_props)
-    wanted_ids = np.array(sorted(wanted))
     schema = {"geometry": "Polygon", "properties": {**schema_props, "area_m2": "float", conf_field: "float"}}
-    class_path = value_path
-    with rasterio.open(class_path) as cds, rasterio.open(conf_path) as fds:
-        height, width, crs = cds.height, cds.width, cds.crs
-        area_of = AreaCalculator(crs)
-        min_area = options.min_area_m2
-        if min_area is None:
-            t, c, r = cds.transform, width // 2, height // 2  # the centre pixel (the origin may be off the map)
-            min_area = 9 * area_of(shapely.Polygon([t * xy for xy in ((c, r), (c + 1, r), (c + 1, r + 1), (c, r + 1))]))
-        tolerance = options.simplify_px * abs(cds.transform.a)
-        strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
-        # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
-        # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
-        min_area *= 1 - 1e-9
-        min_pixels = min_area / area_of.largest_pixel_area(cds.transform, width, height)
-        n_written = 0
-        batch: list[tuple[shapely.Geometry, dict]] = []
+    with rasterio.open(value_path) as cds:
+        height, width, crs, transform = cds.height, cds.width, cds.crs, cds.transform
+    area_of = AreaCalculator(crs)
+    min_area = options.min_area_m2
+    if min_area is None:
+        t, c, r = transform, width // 2, height // 2  # the centre pixel (the origin may be off the map)
+        min_area = 9 * area_of(shapely.Polygon([t * xy for xy in ((c, r), (c + 1, r), (c + 1, r + 1), (c, r + 1))]))
+    tolerance = options.simplify_px * abs(transform.a)
+    strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
+    # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
+    # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
+    min_area *= 1 - 1e-9
+    min_pixels = min_area / area_of.largest_pixel_area(transform, width, height)
+    n_written = 0
+    batch: list[tuple[shapely.Geometry, dict]] = []
 
-        def emit(geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
-            area = area_of(geom)
-            if area < min_area:
-                return
-            props = {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)}
-            batch.append((geom, props))
+    def emit(geom: shapely.Geometry, cid: int, conf_mean: float) -> None:
+        area = area_of(geom)
+        if area < min_area:
+            return
+        props = {**value_props[cid], "area_m2": round(area, 3), conf_field: round(conf_mean, 4)}
+        batch.append((geom, props))
 
-        def flush(sink) -> None:
-            """Write the strip's polygons in one go (per-record writes cost more than the polygons)."""
-            nonlocal n_written
-            if not batch:
-                return
-            geoms = np.array([g for g, _ in batch], dtype=object)
-            if tolerance > 0:
-                geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
-            sink.writerecords(
-                [{"geometry": mapping(g), "properties": p} for g, (_, p) in zip(geoms, batch, strict=True)]
-            )
-            n_written += len(batch)
-            batch.clear()
+    def flush(sink) -> None:
+        """Write the strip's polygons in one go (per-record writes cost more than the polygons)."""
+        nonlocal n_written
+        if not batch:
+            return
+        geoms = np.array([g for g, _ in batch], dtype=object)
+        if tolerance > 0:
+            geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
+        sink.writerecords([{"geometry": mapping(g), "properties": p} for g, (_, p) in zip(geoms, batch, strict=True)])
+        n_written += len(batch)
+        batch.clear()
 
-        # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
-        # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
-        # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
-        open_parts: list[Part] = []
-        prev_bottom = np.full(width, -1, dtype=np.int64)
-        with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
+    def close(part: Part) -> None:
+        if part.count > 0 and part.count >= min_pixels:
+            emit(_geometry(part.pieces, transform), part.cid, part.conf_sum / part.count)
 
-            def close(part: Part) -> None:
-                if part.count > 0 and part.count >= min_pixels:
-                    emit(_geometry(part.pieces, cds.transform), part.cid, part.conf_sum / part.count)
+    def work(r0: int, r1: int) -> Strip:
+        return _work_strip(value_path, conf_path, r0, r1, height, wanted, min_pixels)
 
-            for r0 in range(0, height, strip_rows):
-                if cancelled and cancelled():
-                    raise Cancelled("cancelled by the user")
-                r1 = min(height, r0 + strip_rows)
-                win = Window(0, r0, width, r1 - r0)
-                cls = cds.read(1, window=win)
-                if not np.isin(cls, wanted_ids).any():  # a strip without any wanted value (no-data margins)
-                    for part in open_parts:  # nothing below continues them: they are complete
-                        close(part)
-                    open_parts = []
-                    prev_bottom = np.full(width, -1, dtype=np.int64)
-                    flush(sink)
-                    if progress:
-                        progress(r1 / height, f"polygonizing rows {r1}/{height}")
-                    continue
-                conf = fds.read(1, window=win)
-                labels, label_class = _components(cls, wanted)
-                n_lab, n_open = len(label_class), len(open_parts)
-                counts = np.bincount(labels.ravel(), minlength=n_lab)
-                conf_sums = np.bincount(labels.ravel(), weights=conf.ravel().astype(np.float64), minlength=n_lab)
-                bottom = set(np.unique(labels[-1]).tolist()) if r1 < height else set()
-                group = _seam_groups(
-                    prev_bottom, np.array([p.cid for p in open_parts], dtype=np.int64), labels[0], label_class, n_open
-                )
-                members: dict[int, list[Part]] = defaultdict(list)
-                for i, part in enumerate(open_parts):
-                    members[int(group[i])].append(part)
-                # Specks wholly inside the strip that are too small to be written get no polygon at all;
-                # regions on a seam may still grow, so they are always kept.
-                build = counts >= min_pixels
-                build[list(bottom)] = True
-                if r0 > 0:
-                    build[labels[0]] = True
-                build[0] = False
-                # Pixel coordinates (column, row): see _geometry.
-                to_pixels = Affine.translation(0, r0)
-                for geom, lab in shapes(labels, mask=build[labels], connectivity=4, transform=to_pixels):
-                    lab = int(lab)
-                    part = Part(
-                        [_polygon(geom)], int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), lab in bottom
-                    )
-                    members[int(group[n_open + lab])].append(part)
-                next_open: list[Part] = []
-                carried: dict[int, int] = {}  # group id -> index in next_open
-                for gid, parts in members.items():
-                    region = _join(parts)
-                    cap = options.max_region_pixels
-                    if region.touches_bottom and (cap is None or region.count <= cap):
-                        region.touches_bottom = False  # relative to the strip it was found in
-                        carried[gid] = len(next_open)
-                        next_open.append(region)
-                    else:
-                        close(region)
-                last = labels[-1]
+    # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
+    # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
+    # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
+    open_parts: list[Part] = []
+    prev_bottom = np.full(width, -1, dtype=np.int64)
+    with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
+        for strip in _strips(work, height, strip_rows, options.workers):
+            if cancelled and cancelled():
+                raise Cancelled("cancelled by the user")
+            if strip.label_class is None:
+                for part in open_parts:  # nothing below continues them: they are complete
+                    close(part)
+                open_parts = []
                 prev_bottom = np.full(width, -1, dtype=np.int64)
-                if carried:
-                    index_of_group = np.full(int(group.max()) + 1, -1, dtype=np.int64)
-                    index_of_group[np.fromiter(carried, np.int64)] = np.fromiter(carried.values(), np.int64)
-                    lut = index_of_group[group]
-                    prev_bottom[last > 0] = lut[n_open + last[last > 0]]
-                open_parts = next_open
-                flush(sink)
-                if progress:
-                    progress(r1 / height, f"polygonizing rows {r1}/{height}")
+            else:
+                open_parts, prev_bottom = _join_seam(strip, open_parts, prev_bottom, close, options)
+            flush(sink)
+            if progress:
+                progress(strip.r1 / height, f"polygonizing rows {strip.r1}/{height}")
     return n_written
+
+
+def _join_seam(
+    strip: Strip, open_parts: list[Part], prev_bottom: np.ndarray, close, options: PolygonizeOptions
+) -> tuple[list[Part], np.ndarray]:
+    """Join the strip's regions with the open ones above its top seam; close what is complete; return the
+    regions left open at its bottom seam and which of them each pixel of that seam belongs to."""
+    n_open = len(open_parts)
+    group = _seam_groups(
+        prev_bottom, np.array([p.cid for p in open_parts], dtype=np.int64), strip.top, strip.label_class, n_open
+    )
+    members: dict[int, list[Part]] = defaultdict(list)
+    for i, part in enumerate(open_parts):
+        members[int(group[i])].append(part)
+    for lab, part in strip.parts:
+        members[int(group[n_open + lab])].append(part)
+    next_open: list[Part] = []
+    carried: dict[int, int] = {}  # group id -> index in next_open
+    for gid, parts in members.items():
+        region = _join(parts)
+        cap = options.max_region_pixels
+        if region.touches_bottom and (cap is None or region.count <= cap):
+            region.touches_bottom = False  # relative to the strip it was found in
+            carried[gid] = len(next_open)
+            next_open.append(region)
+        else:
+            close(region)
+    last = strip.last
+    bottom = np.full(len(last), -1, dtype=np.int64)
+    if carried:
+        index_of_group = np.full(int(group.max()) + 1, -1, dtype=np.int64)
+        index_of_group[np.fromiter(carried, np.int64)] = np.fromiter(carried.values(), np.int64)
+        lut = index_of_group[group]
+        bottom[last > 0] = lut[n_open + last[last > 0]]
+    return next_open, bottom

@@ -42,51 +42,81 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     return x
 
 
-def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int, prefetch: int = 2):
-    """Read batches of tiles in a background thread so disk I/O and decoding (GDAL releases the GIL)
-    overlap with inference."""
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
+def _in_background(items: Iterator, ahead: int, name: str) -> Iterator:
+    """Run a generator in a thread, up to ``ahead`` items in front of its consumer. The stages are reading
+    (GDAL), inference (onnxruntime) and blending (numpy): each releases the GIL for its heavy part, so the
+    model is never kept waiting by the blending and writing of the previous batch. Errors reach the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
+    done = object()
 
-    def reader() -> None:
+    def work() -> None:
         try:
-            buf: list = []
-
-            def flush() -> None:
-                # Stack here, off the inference thread: (batch, bands, T, T) per model input.
-                feeds = {name: np.stack([b[2][name] for b in buf]) for name in buf[0][2]}
-                q.put(([(i, j, valid) for i, j, _f, valid in buf], feeds))
-                buf.clear()
-
-            for i, j, window in grid.tiles():
+            for item in items:
                 if stop.is_set():
                     return
-                # No data anywhere in the window (a mosaic's empty corners): neither read nor inferred.
-                has_data = getattr(inputs, "may_have_data", None)
-                feeds, valid = inputs.read(window) if has_data is None or has_data(window) else inputs.empty(window)
-                buf.append((i, j, feeds, valid))
-                if len(buf) == batch:
-                    flush()
-            if buf:
-                flush()
-            q.put(None)
+                q.put(item)
+            q.put(done)
         except BaseException as exc:  # hand errors to the consumer
             q.put(exc)
+        finally:
+            getattr(items, "close", lambda: None)()  # an upstream stage in its own thread stops too
 
-    t = threading.Thread(target=reader, name="landseg-reader", daemon=True)
+    t = threading.Thread(target=work, name=name, daemon=True)
     t.start()
     try:
-        while (item := q.get()) is not None:
+        while (item := q.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         stop.set()
-        while t.is_alive():  # unblock a reader waiting on a full queue
+        while t.is_alive():  # unblock a producer waiting on a full queue
             try:
                 q.get_nowait()
             except queue.Empty:
                 t.join(0.05)
+
+
+def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int) -> Iterator:
+    """Batches of tiles: (tile positions and valid masks, feeds stacked per model input)."""
+    buf: list = []
+    has_data = getattr(inputs, "may_have_data", None)
+    for i, j, window in grid.tiles():
+        # No data anywhere in the window (a mosaic's empty corners): neither read nor inferred.
+        feeds, valid = inputs.read(window) if has_data is None or has_data(window) else inputs.empty(window)
+        buf.append((i, j, feeds, valid))
+        if len(buf) == batch:
+            yield _stacked(buf)
+            buf = []
+    if buf:
+        yield _stacked(buf)
+
+
+def _stacked(buf: list) -> tuple[list, dict[str, np.ndarray]]:
+    # Stacked here, off the inference thread: (batch, bands, T, T) per model input.
+    return [(i, j, valid) for i, j, _f, valid in buf], {name: np.stack([b[2][name] for b in buf]) for name in buf[0][2]}
+
+
+def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
+    """(tiles, per-tile class probabilities) for each batch. Tiles without a valid pixel are not inferred: their
+    share of the blend is zero, and every pixel they share with a neighbour is invalid too (it is in their
+    window), so no valid pixel changes."""
+    n_cls = len(meta.classes)
+    for group, feeds in batches:
+        live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
+        out = np.zeros((len(group), n_cls, T, T), np.float32)
+        if live:
+            sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
+            got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
+            if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
+                raise ModelError(
+                    f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
+                )
+            if got.shape[1] != n_cls:
+                raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
+            out[live] = softmax(got) if meta.output_kind == "logits" else got
+        yield group, out
 
 
 def predict_blocks(
@@ -116,23 +146,10 @@ def predict_blocks(
             cache[key] = grid.weights(i, j)
         return cache[key]
 
-    for group, feeds in _batches(grid, inputs, max(1, batch)):
+    batches = _in_background(_batches(grid, inputs, max(1, batch)), 2, "landseg-reader")
+    for group, out in _in_background(_inferred(batches, run, meta, T), 1, "landseg-inference"):
         if cancelled and cancelled():
             raise Cancelled("cancelled by the user")
-        # Tiles without a valid pixel are not inferred: their share of the blend is zero, and every pixel they
-        # share with a neighbour is invalid too (it is in their window), so no valid pixel changes.
-        live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
-        out = np.zeros((len(group), n_cls, T, T), np.float32)
-        if live:
-            sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
-            got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
-            if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
-                raise ModelError(
-                    f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
-                )
-            if got.shape[1] != n_cls:
-                raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
-            out[live] = softmax(got) if meta.output_kind == "logits" else got
         for (i, j, valid), probs in zip(group, out, strict=False):
             acc = probs  # a view into `out`, which we own: weight it in place
             acc *= weights(i, j)

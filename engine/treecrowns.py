@@ -25,13 +25,13 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import mapping
 
+from .areas import AreaCalculator
 from .crown_shapes import SamPrompter, crown_record, suppress_overlaps, tree_tops, watershed_regions
 from .errors import Cancelled, InputError
 from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
 from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
 from .outputs import geotiff_profile
-from .polygonize import AreaCalculator
 from .predict import predict_blocks
 from .raster_input import AlignedInputs, BandSource, Grid, open_raster
 from .resample import plan as plan_resampling

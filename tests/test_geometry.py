@@ -15,11 +15,13 @@ from rasterio.windows import Window
 from shapely.geometry import shape
 
 from conftest import DEFAULT_MODEL, URBAN
+from engine.errors import Cancelled
 from engine.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.polygonize import PolygonizeOptions, polygonize
 
 GEOD = Geod(ellps="WGS84")
+CLASSES = load_model_package(DEFAULT_MODEL).meta.classes
 
 
 def geodesic_area(geom, crs) -> float:
@@ -123,3 +125,39 @@ def test_class_maps_are_cloud_optimized_with_overviews(tmp_path):
         assert ds.tags(1).get("CLASS_0")  # class names kept
         ov = ds.read(1, out_shape=(512, 512))  # an overview holds class ids, not averages of them
         assert set(np.unique(ov)) <= set(range(len(load_model_package(DEFAULT_MODEL).meta.classes))) | {255}
+
+
+def features(path: Path) -> list[tuple]:
+    with fiona.open(path) as src:
+        return sorted(
+            (f.properties["class_id"], f.properties["area_m2"], f.properties["mean_conf"], shape(f.geometry).wkb)
+            for f in src
+        )
+
+
+def test_strips_traced_on_two_threads_give_the_same_polygons_as_one(urban_classes, tmp_path):
+    # Small strips (32 rows of the 512² map): 16 strips, many regions crossing seams between strips that were
+    # traced by different threads, out of order.
+    cls, conf = urban_classes
+    one = PolygonizeOptions(min_area_m2=0, strip_rows=32, workers=1)
+    two = PolygonizeOptions(min_area_m2=0, strip_rows=32, workers=2)
+    n1 = polygonize(cls, conf, tmp_path / "one.gpkg", CLASSES, one)
+    n2 = polygonize(cls, conf, tmp_path / "two.gpkg", CLASSES, two)
+    assert n1 == n2 > 20
+    assert features(tmp_path / "one.gpkg") == features(tmp_path / "two.gpkg")
+
+
+def test_cancelling_while_polygons_and_cogs_are_made_leaves_nothing(tmp_path):
+    state = {"polygons": False}
+
+    def progress(fraction: float, message: str) -> None:
+        state["polygons"] |= message.startswith("polygonizing")
+
+    with pytest.raises(Cancelled):
+        run_landcover(
+            LandcoverParams(inputs=[URBAN], model=DEFAULT_MODEL, out_dir=tmp_path / "o", resample="off"),
+            progress=progress,
+            cancelled=lambda: state["polygons"],
+        )
+    assert state["polygons"]
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
