@@ -46,6 +46,23 @@ class BandSource:
         return f"{self.raster + 1}:{','.join(map(str, self.bands))}"
 
 
+def parse_modalities(text: str) -> dict[str, BandSource]:
+    """``"rgb=1,2,3; nir=2:1"`` -> {modality: BandSource}: the text form of a band mapping (the panel's and
+    Processing's field, a request's ``modalities`` given as a string)."""
+    mapping: dict[str, BandSource] = {}
+    for item in (t.strip() for t in text.replace("\n", ";").split(";")):
+        if not item:
+            continue
+        name, sep, spec = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not spec.strip():
+            raise InputError(f"band mapping {item!r}: expected NAME=[RASTER:]BANDS (e.g. rgb=1,2,3 or ndsm=2:1)")
+        if name in mapping:
+            raise InputError(f"modality {name!r} is mapped twice")
+        mapping[name] = BandSource.parse(spec.strip())
+    return mapping
+
+
 @dataclass(frozen=True)
 class Grid:
     """The reference grid every output is written on (the first raster's)."""

@@ -80,6 +80,16 @@ SCALARS: dict[Any, tuple] = {
 }
 
 
+def _text_forms() -> dict:
+    from .raster_input import BandSource, parse_modalities
+
+    return {BandSource: BandSource.parse, dict[str, BandSource]: parse_modalities}
+
+
+# Types a request may also give as text, parsed by the engine's own parser: a band mapping "rgb=1,2,3; nir=2:1".
+TEXT_FORMS: dict = _text_forms()
+
+
 def convert(value: Any, tp, where: str) -> Any:
     """``value`` (parsed JSON) as type ``tp``, or a one-line InputError naming ``where``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -106,6 +116,8 @@ def convert(value: Any, tp, where: str) -> Any:
         item = args[0] if args else Any
         items = [convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
+    if isinstance(value, str) and tp in TEXT_FORMS:  # the same text the CLI and the panel take
+        return TEXT_FORMS[tp](value)
     if origin is dict:
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected an object, not {json.dumps(value)}")

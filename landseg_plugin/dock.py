@@ -31,13 +31,13 @@ from .engine_process import (
     MODEL_FILTER,
     RESAMPLE_MODES,
     EngineError,
-    change_args,
+    change_request,
     default_model,
     describe_model,
     installed_models,
-    landcover_args,
+    landcover_request,
     treecrown_model,
-    treecrowns_args,
+    treecrowns_request,
 )
 from .settings import DEVICES, models_dir_setting, output_dir_setting, python_setting, remember_output_dir
 from .task import EngineTask
@@ -286,8 +286,8 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
             raise EngineError(f"layer '{layer.name()}' is not a raster file; save it as a GeoTIFF first")
         return layer.source().split("|")[0]
 
-    def build_args(self, out_dir: str) -> tuple[list[str], str]:
-        """(engine arguments, short description) for the chosen task; raises EngineError if incomplete."""
+    def build_request(self, out_dir: str) -> tuple[dict, str]:
+        """(engine request, short description) for the chosen task; raises EngineError if incomplete."""
         task = self.task_combo.currentData()
         stamp = time.strftime("%Y%m%d_%H%M%S")
         base = Path(out_dir) / f"{task}_{stamp}"
@@ -300,7 +300,7 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
             after = self._row_layer(1, "second date (after)")
             bands = self.inputs_table.cellWidget(0, 2).text().strip()
             modality = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]["modality"]
-            return change_args(
+            return change_request(
                 [before],
                 [after],
                 f"{base}_map.tif",
@@ -320,9 +320,9 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
                 # The default land-cover model is for land cover: tree crowns come from the crown detector, as in
                 # the CLI and Processing (another model chosen on purpose is used as it is).
                 model = str(treecrown_model())
-            return treecrowns_args(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
+            return treecrowns_request(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
         paths, mapping = self.collect()
-        return landcover_args(
+        return landcover_request(
             inputs=paths,
             out_classes=f"{base}_classes.tif",
             out_confidence=f"{base}_confidence.tif",
@@ -343,7 +343,7 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         self.out_widget.setFilePath(out_dir)
         remember_output_dir(out_dir)
         try:
-            args, what = self.build_args(out_dir)
+            args, what = self.build_request(out_dir)
         except EngineError as exc:
             self._fail(str(exc))
             return

@@ -112,18 +112,32 @@ def _last_error(stderr: str) -> str:
 
 
 def run_engine(
-    args: list[str],
+    job: dict[str, Any] | list[str],
     progress: Callable[[float, str], None] | None = None,
     message: Callable[[str], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     python: str | None = None,
-    accept: tuple[int, ...] = (0,),  # exit codes that still carry a result (batch: 5, some inputs failed)
+    accept: tuple[int, ...] = (0,),  # exit codes that still carry a result
 ) -> dict[str, Any]:
-    """Run `python -m engine <args> --progress jsonl`; returns the engine's result object."""
+    """Run a request (`python -m engine run --request -`, the JSON on stdin) or CLI arguments, following the
+    engine's JSON-lines progress; returns the task's result object."""
+    is_request = isinstance(job, dict)
+    args = ["run", "--request", "-"] if is_request else list(job)
     cmd = [engine_python(python), "-m", "engine", *args, "--progress", "jsonl"]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=engine_root(), env=engine_env()
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=engine_root(),
+        env=engine_env(),
     )
+    try:
+        proc.stdin.write(json.dumps(job) if is_request else "")  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+    except BrokenPipeError:  # the engine stopped before reading it: its stderr says why
+        pass
     lines: queue.Queue = queue.Queue()
     stderr_parts: list[str] = []
 
@@ -169,6 +183,8 @@ def run_engine(
         raise EngineCancelled("cancelled")
     if code not in accept or result is None:
         raise EngineError(_last_error("".join(stderr_parts)) or f"engine exited with code {code}")
+    if is_request:  # the answer: {"version", "task", "result"}
+        return result["result"]
     return result
 
 
@@ -177,7 +193,22 @@ BLENDS = ("cosine", "gaussian", "constant")  # engine.tiling.BLENDS
 PRECISIONS = ("fp32", "fp16", "int8")  # engine.runtime.PRECISIONS
 
 
-def landcover_args(
+# The typed request seam (engine/request.py): the front ends send a task's parameters dataclass as JSON, never CLI
+# strings, so the field names below are the dataclasses' (engine.landcover.LandcoverParams, ...).
+REQUEST_VERSION = 1  # engine.request.REQUEST_VERSION
+
+
+def request(task: str, /, **params: Any) -> dict[str, Any]:
+    """A request for ``task``; a None value means "the dataclass's default" and is left out."""
+    return {"version": REQUEST_VERSION, "task": task, "params": {k: v for k, v in params.items() if v is not None}}
+
+
+def _split(text: str) -> list[str]:
+    """'buildings, river; trees' -> ['buildings', 'river', 'trees'] (the engine trims and de-duplicates)."""
+    return [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
+
+
+def landcover_request(
     inputs: list[str],
     out_classes: str,
     out_confidence: str,
@@ -195,31 +226,31 @@ def landcover_args(
     resample: str = "auto",
     blend: str = "cosine",
     precision: str = "fp32",
-) -> list[str]:
-    """CLI arguments for the land-cover job. 0 / -1 mean "the model's default" for tile / overlap / min area."""
-    args = ["landcover", "--resample", resample, "--blend", blend, "--precision", precision]
-    if prompts.strip():
-        args += ["--prompts", prompts.strip(), "--unasked", unasked]
-    for path in inputs:
-        args += ["--input", path]
-    for item in parse_band_mapping(band_mapping):
-        args += ["--modality", item]
-    if model:
-        args += ["--model", model]
-    for path in fuse_models:
-        args += ["--fuse-model", path]
-    args += ["--out-classes", out_classes, "--out-confidence", out_confidence, "--out-polygons", out_polygons]
-    args += ["--device", device, "--batch", str(batch)]
-    if tile > 0:
-        args += ["--tile", str(tile)]
-    if overlap >= 0:
-        args += ["--overlap", str(overlap)]
-    if min_area >= 0:
-        args += ["--min-area", str(min_area)]
-    return args
+) -> dict[str, Any]:
+    """The land-cover request. 0 / -1 mean "the model's default" for tile / overlap / min area."""
+    return request(
+        "landcover",
+        inputs=list(inputs),
+        model=model or str(default_model()),
+        out_dir=str(Path(out_classes).parent),
+        class_map_path=out_classes,
+        confidence_path=out_confidence,
+        polygons_path=out_polygons,
+        modalities=band_mapping.strip() or None,  # the text form: parsed and checked by the engine
+        tile=tile if tile > 0 else None,
+        overlap=overlap if overlap >= 0 else None,
+        batch=batch,
+        blend=blend,
+        runtime={"device": device, "precision": precision},
+        polygons={"min_area_m2": min_area} if min_area >= 0 else None,
+        prompts=_split(prompts) or None,
+        unasked=unasked,
+        fuse_models=list(fuse_models) or None,
+        resample=resample,
+    )
 
 
-def change_args(
+def change_request(
     before: list[str],
     after: list[str],
     out_map: str,
@@ -233,31 +264,31 @@ def change_args(
     min_area: float = -1,
     classes: str = "",
     resample: str = "auto",
-) -> list[str]:
-    args = ["change", "--resample", resample]
-    if classes.strip():
-        args += ["--classes", classes.strip()]
-    for path in before:
-        args += ["--before", path]
-    for path in after:
-        args += ["--after", path]
-    for item in parse_band_mapping(band_mapping):
-        args += ["--modality", item]
-    if model:
-        args += ["--model", model]
-    args += ["--method", method, "--device", device, "--threshold", str(threshold)]
-    args += ["--out-map", out_map, "--out-polygons", out_polygons, "--out-matrix", out_matrix]
-    if min_area >= 0:
-        args += ["--min-area", str(min_area)]
-    return args
+) -> dict[str, Any]:
+    return request(
+        "change",
+        before=list(before),
+        after=list(after),
+        model=model or str(default_model()),
+        out_dir=str(Path(out_map).parent),
+        change_map_path=out_map,
+        polygons_path=out_polygons,
+        matrix_path=out_matrix,
+        method=method,
+        modalities=band_mapping.strip() or None,
+        threshold=threshold,
+        runtime={"device": device},
+        polygons={"layer": "change", **({"min_area_m2": min_area} if min_area >= 0 else {})},
+        classes=_split(classes) or None,
+        resample=resample,
+    )
 
 
-def chm_args(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> list[str]:
-    args = ["chm", "--lidar", lidar, "--out", out, "--resolution", str(resolution)]
-    return args + (["--crs", crs] if crs else [])
+def chm_request(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> dict[str, Any]:
+    return request("chm", lidar=lidar, out=out, resolution=resolution, crs=crs or None)
 
 
-def adapt_args(
+def adapt_request(
     inputs: list[str],
     labels: str,
     class_field: str,
@@ -265,14 +296,20 @@ def adapt_args(
     model: str = "",
     minutes: float = 5.0,
     pixel_size_m: float = 0.0,  # 0: the base model's
-) -> list[str]:
-    args = ["adapt", *[a for i in inputs for a in ("--input", i)], "--labels", labels, "--class-field", class_field]
-    args += ["--out", out_dir, "--minutes", str(minutes)]
-    args += ["--pixel-size", str(pixel_size_m)] if pixel_size_m > 0 else []
-    return args + (["--model", model] if model else [])
+) -> dict[str, Any]:
+    return request(
+        "adapt",
+        inputs=list(inputs),
+        labels=labels,
+        class_field=class_field,
+        out_dir=out_dir,
+        model=model or str(default_model()),
+        minutes=minutes,
+        pixel_size_m=pixel_size_m if pixel_size_m > 0 else None,
+    )
 
 
-def batch_args(
+def batch_request(
     task: str,
     inputs: list[str],
     out_dir: str,
@@ -281,14 +318,22 @@ def batch_args(
     chunk_px: int = 8192,
     scheduler: str = "",
     resample: str = "auto",
-) -> list[str]:
-    args = ["batch", task, *[a for i in inputs for a in ("--inputs", i)], "--out", out_dir]
-    args += ["--workers", str(workers), "--chunk-px", str(chunk_px), "--resample", resample, "--no-dashboard"]
-    args += ["--model", model] if model else []
-    return args + (["--scheduler", scheduler] if scheduler.strip() else [])
+) -> dict[str, Any]:
+    return request(
+        "batch",
+        task=task,
+        inputs=list(inputs),
+        out_dir=out_dir,
+        model=model or None,
+        workers=workers,
+        chunk_px=chunk_px,
+        scheduler=scheduler.strip() or None,
+        resample=resample,
+        dashboard=False,
+    )
 
 
-def accuracy_args(
+def accuracy_request(
     class_map: str,
     out_dir: str,
     reference: str = "",
@@ -296,16 +341,21 @@ def accuracy_args(
     class_names: str = "",
     sample: int = 0,
     name: str = "accuracy",
-) -> list[str]:
-    args = ["accuracy", "--classes", class_map, "--out", out_dir, "--name", name]
-    if sample > 0:
-        args += ["--sample", str(sample)]
-    else:
-        args += ["--reference", reference, "--class-field", class_field]
-    return args + (["--class-names", class_names] if class_names.strip() else [])
+) -> dict[str, Any]:
+    sampled = sample > 0
+    return request(
+        "accuracy",
+        class_map=class_map,
+        out_dir=out_dir,
+        name=name,
+        sample=sample if sampled else None,
+        reference=None if sampled else reference,
+        class_field=None if sampled else class_field,
+        class_names=[n.strip() for n in class_names.split(",") if n.strip()] or None,
+    )
 
 
-def treecrowns_args(
+def treecrowns_request(
     image: str,
     out_crowns: str,
     chm: str | None = None,
@@ -315,32 +365,17 @@ def treecrowns_args(
     min_height: float = 2.0,
     min_distance: float = 3.0,
     score_threshold: float = -1.0,  # < 0: the model's
-) -> list[str]:
-    args = [
+) -> dict[str, Any]:
+    return request(
         "treecrowns",
-        "--input",
-        image,
-        "--out-crowns",
-        out_crowns,
-        "--device",
-        device,
-        "--min-height",
-        str(min_height),
-        "--min-distance",
-        str(min_distance),
-    ]
-    if chm:
-        args += ["--chm", chm]
-    if model:
-        args += ["--model", model]
-    if sam:
-        args += ["--sam", sam]
-    if score_threshold >= 0:
-        args += ["--score-threshold", str(score_threshold)]
-    return args
-
-
-def parse_band_mapping(text: str) -> list[str]:
-    """'rgb=1:1,2,3; nir=1:4' -> ['rgb=1:1,2,3', 'nir=1:4'] (checked by the engine)."""
-    items = [t.strip() for t in text.replace("\n", ";").split(";")]
-    return [t for t in items if t]
+        image=image,
+        out_dir=str(Path(out_crowns).parent),
+        crowns_path=out_crowns,
+        chm=chm or None,
+        model=model or str(treecrown_model()),
+        sam=sam or None,
+        runtime={"device": device},
+        min_height_m=min_height,
+        min_distance_m=min_distance,
+        score_threshold=score_threshold if score_threshold >= 0 else None,
+    )

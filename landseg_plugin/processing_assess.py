@@ -16,8 +16,8 @@ from qgis.core import (
 )
 
 from .engine_process import (
-    accuracy_args,
-    adapt_args,
+    accuracy_request,
+    adapt_request,
 )
 from .processing_common import LandSegAlgorithm, raster_paths, run_in_processing
 
@@ -72,7 +72,7 @@ class AccuracyAlgorithm(LandSegAlgorithm):
         if ref is None and sample <= 0:
             raise QgsProcessingException("give a reference layer, or a sample size to draw points to label")
         out = self.parameterAsString(parameters, self.OUTPUT, context)
-        args = accuracy_args(
+        args = accuracy_request(
             raster_paths(self, [self.parameterAsRasterLayer(parameters, self.CLASSES, context)], "class map")[0],
             out,
             ref.source().split("|")[0] if ref is not None else "",
@@ -148,7 +148,7 @@ class AdaptAlgorithm(LandSegAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):
         labels = self.parameterAsVectorLayer(parameters, self.LABELS, context)
         out = self.parameterAsString(parameters, self.OUTPUT, context)
-        args = adapt_args(
+        args = adapt_request(
             raster_paths(self, self.parameterAsLayerList(parameters, self.INPUT, context), "input"),
             labels.source().split("|")[0],
             self.parameterAsString(parameters, self.CLASS_FIELD, context),

@@ -18,7 +18,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .engine_process import MODEL_FILTER, batch_args
+from .engine_process import MODEL_FILTER, batch_request
 from .processing_common import LandSegAlgorithm, raster_paths, run_in_processing
 
 TASKS = ("landcover", "treecrowns")  # engine.batch.TASKS
@@ -107,7 +107,7 @@ class BatchAlgorithm(LandSegAlgorithm):
         if not inputs:
             raise QgsProcessingException("give raster layers, or a folder of rasters")
         out = self.parameterAsString(parameters, self.OUTPUT, context)
-        args = batch_args(
+        args = batch_request(
             TASKS[self.parameterAsEnum(parameters, self.TASK, context)],
             inputs,
             out,

@@ -23,9 +23,9 @@ from .engine_process import (
     MODEL_FILTER,
     PRECISIONS,
     RESAMPLE_MODES,
-    change_args,
+    change_request,
     default_model,
-    landcover_args,
+    landcover_request,
 )
 from .processing_common import LandSegAlgorithm, raster_paths, resample_parameter, run_in_processing
 from .settings import DEVICES
@@ -153,7 +153,7 @@ class LandcoverAlgorithm(LandSegAlgorithm):
             polygons = os.path.splitext(polygons)[0] + ".gpkg"
         classes = self.parameterAsOutputLayer(parameters, self.OUTPUT_CLASSES, context)
         confidence = self.parameterAsOutputLayer(parameters, self.OUTPUT_CONFIDENCE, context)
-        args = landcover_args(
+        args = landcover_request(
             inputs=inputs,
             out_classes=classes,
             out_confidence=confidence,
@@ -274,7 +274,7 @@ class ChangeAlgorithm(LandSegAlgorithm):
         matrix = self.parameterAsFileOutput(parameters, self.OUTPUT_MATRIX, context)
         if not matrix.lower().endswith(".csv"):
             matrix = os.path.splitext(matrix)[0] + ".csv"
-        args = change_args(
+        args = change_request(
             before,
             after,
             out_map=self.parameterAsOutputLayer(parameters, self.OUTPUT_MAP, context),

@@ -17,9 +17,9 @@ from qgis.core import (
 
 from .engine_process import (
     MODEL_FILTER,
-    chm_args,
+    chm_request,
     treecrown_model,
-    treecrowns_args,
+    treecrowns_request,
 )
 from .processing_common import LandSegAlgorithm, raster_paths, run_in_processing
 from .settings import DEVICES
@@ -103,7 +103,7 @@ class TreeCrownsAlgorithm(LandSegAlgorithm):
         crowns = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not crowns.lower().endswith(".gpkg"):
             crowns = os.path.splitext(crowns)[0] + ".gpkg"
-        args = treecrowns_args(
+        args = treecrowns_request(
             image,
             crowns,
             chm=chm,
@@ -156,7 +156,7 @@ class ChmAlgorithm(LandSegAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         crs = self.parameterAsCrs(parameters, self.CRS, context)
-        args = chm_args(
+        args = chm_request(
             self.parameterAsFile(parameters, self.LIDAR, context),
             self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
             self.parameterAsDouble(parameters, self.RESOLUTION, context),

@@ -73,7 +73,7 @@ class EngineTask(QgsTask):
     failed = pyqtSignal(str)
 
     def __init__(
-        self, description: str, args: list[str], group_name: str, python: str | None = None, task: str = "landcover"
+        self, description: str, args: dict, group_name: str, python: str | None = None, task: str = "landcover"
     ) -> None:
         super().__init__(description, QgsTask.CanCancel)
         self.args = args
