@@ -56,14 +56,15 @@ def conv_model(path: Path, width: int = 48, layers: int = 6, n_classes: int = 5)
     return path
 
 
-def make_raster(path: Path, size: int) -> Path:
-    """Tile the real sample orthophoto into a size x size raster (tiled, deflate), block by block."""
+def make_raster(path: Path, size: int, source: Path = SAMPLE) -> Path:
+    """Tile a real raster (default: the sample orthophoto) into a size x size one (tiled, deflate), block by
+    block."""
     if path.exists():
         return path
-    with rasterio.open(SAMPLE) as src:
+    with rasterio.open(source) as src:
         img = src.read()
         profile = src.profile
-    b = img.shape[1]
+    bh, bw = img.shape[1:]
     profile.update(
         width=size,
         height=size,
@@ -73,13 +74,13 @@ def make_raster(path: Path, size: int) -> Path:
         compress="deflate",
         BIGTIFF="YES",
         nodata=None,
-        photometric="RGB",
+        photometric="RGB" if img.shape[0] == 3 else "MINISBLACK",
     )
     tmp = path.with_suffix(".part.tif")
     with rasterio.open(tmp, "w", **profile) as dst:
-        for r in range(0, size, b):
-            for c in range(0, size, b):
-                h, w = min(b, size - r), min(b, size - c)
+        for r in range(0, size, bh):
+            for c in range(0, size, bw):
+                h, w = min(bh, size - r), min(bw, size - c)
                 dst.write(img[:, :h, :w], window=Window(c, r, w, h))
     tmp.rename(path)
     return path

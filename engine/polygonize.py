@@ -9,6 +9,8 @@ confidence.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +21,9 @@ import numpy as np
 import rasterio
 import shapely
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from rasterio.windows import Window
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from shapely.affinity import affine_transform
 from shapely.geometry import mapping
 
@@ -31,6 +31,10 @@ from .areas import AreaCalculator
 from .errors import Cancelled
 from .model_package import ClassInfo
 from .vector_formats import vector_sink
+
+# Strips are traced in pixel coordinates (the map transform is applied once per closed region); the first
+# strip's transform is the identity, which rasterio would warn about as "not georeferenced".
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
 
 # Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~30 MB.
 STRIP_PIXELS = 1 << 20
@@ -49,6 +53,22 @@ class PolygonizeOptions:
     workers: int = 2  # strips labelled and traced at a time (threads); joining seams stays in order
 
 
+def _scipy():
+    """scipy's labelling and graph modules, imported on first use: a job imports them in the background while
+    the model runs (``prewarm``), so they are not on the start-up path."""
+    import scipy.ndimage
+    import scipy.sparse.csgraph
+
+    return scipy
+
+
+def prewarm() -> threading.Thread:
+    """Import what polygonizing needs in a background thread (called when inference starts)."""
+    t = threading.Thread(target=_scipy, name="landseg-prewarm", daemon=True)
+    t.start()
+    return t
+
+
 def _present(cls: np.ndarray, wanted: set[int]) -> list[int]:
     """The wanted values that occur in the strip (a histogram for 8-bit maps: one pass, no sort)."""
     seen = np.flatnonzero(np.bincount(cls.ravel(), minlength=256)) if cls.dtype == np.uint8 else np.unique(cls)
@@ -62,7 +82,7 @@ def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndar
     label_class = [0]
     lab = np.empty(cls.shape, dtype=np.int32)
     for c in values:
-        n = ndimage.label(cls == c, output=lab)
+        n = _scipy().ndimage.label(cls == c, output=lab)
         if n:
             np.add(lab, len(label_class) - 1, out=lab, where=lab > 0)  # regions are disjoint: add into labels
             labels += lab
@@ -127,8 +147,9 @@ def _seam_groups(
     po, cl = prev_bottom[both], top[both]
     same = open_cid[po] == label_class[cl]
     pairs = np.unique(np.stack([po[same], cl[same] + n_open]), axis=1) if same.any() else np.zeros((2, 0), int)
-    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
-    return connected_components(graph, directed=False)[1]
+    sp = _scipy()
+    graph = sp.sparse.coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
+    return sp.sparse.csgraph.connected_components(graph, directed=False)[1]
 
 
 def polygonize(

@@ -41,6 +41,7 @@ class TrainParams:
     photometric_p: float = 1.0  # share of crops that get the photometric augmentation
     balanced: bool = False  # class weights ~ 1/sqrt(frequency in the Dubai training labels)
     weight_decay: float = 1e-4
+    lovasz: float = 0.0  # weight of the Lovász-softmax term (a surrogate of the per-class IoU) on labelled pixels
     warmup: int = 100
     seed: int = 0
     threads: int = 2
@@ -162,6 +163,31 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     return (ce + nv) / (n_full + neg.sum()).clamp(min=1)
 
 
+def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovász-softmax (Berman et al. 2018) over the fully labelled pixels of the batch, averaged over the classes
+    present: cross-entropy rewards confident pixels, this rewards the IoU the card reports, which weighs a
+    class's boundary errors by the class's size."""
+    n_cls = logits.shape[1]
+    keep = target < n_cls  # not ignored, not a partial "not vegetation" label
+    if not keep.any():
+        return torch.zeros((), device=logits.device)
+    probs = logits.softmax(1).permute(0, 2, 3, 1)[keep]  # (P, C)
+    labels = target[keep]
+    losses = []
+    for c in range(n_cls):
+        fg = (labels == c).float()
+        if fg.sum() == 0:
+            continue
+        errors, order = torch.sort((fg - probs[:, c]).abs(), descending=True)
+        fg_sorted = fg[order]
+        inter = fg_sorted.sum() - fg_sorted.cumsum(0)
+        union = fg_sorted.sum() + (1 - fg_sorted).cumsum(0)
+        jaccard = 1 - inter / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(errors, grad))
+    return torch.stack(losses).mean()
+
+
 def set_encoder_bn_eval(model: LandcoverUNet) -> None:
     for m in model.encoder.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -217,7 +243,11 @@ def train(p: TrainParams, log=print) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(p, step) * group["mult"]
         x, y = x.to(p.device), y.to(p.device)
-        done, stop = loop.step(step, loss_fn(model(x), y, weight))
+        logits = model(x)
+        loss = loss_fn(logits, y, weight)
+        if p.lovasz:
+            loss = loss + p.lovasz * lovasz_softmax(logits, y)
+        done, stop = loop.step(step, loss)
         if done % p.eval_every == 0 and done < p.iterations:
             m = evaluate_dubai(model, p.data, limit=p.limit_images)
             history.append({"step": done, "dubai_miou": m["miou"]})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -71,6 +72,37 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _float32_graph(model: Path, dst: Path) -> Path:
+    """A float16 graph (fp16 weights and activations between Casts, as some exporters save them) as plain
+    float32, which is what onnxruntime's quantizer takes; a float32 model is returned as it is."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.load(str(model))
+    F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
+
+    def fix_tensor(t) -> bool:
+        if t.data_type != F16:
+            return False
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+        return True
+
+    changed = any([fix_tensor(t) for t in m.graph.initializer])
+    for node in m.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                changed |= fix_tensor(a.t)
+            elif node.op_type == "Cast" and a.name == "to" and a.i == F16:
+                a.i, changed = F32, True
+    for vi in [*m.graph.value_info, *m.graph.input, *m.graph.output]:
+        if vi.type.tensor_type.elem_type == F16:
+            vi.type.tensor_type.elem_type, changed = F32, True
+    if not changed:
+        return model
+    onnx.save(m, str(dst))
+    return dst
+
+
 def _quantize_int8(model: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -82,22 +114,29 @@ def _quantize_int8(model: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -
         def get_next(self):
             return next(self.it, None)
 
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # Shape inference and graph fusions (batch norm into conv) before quantizing; the symbolic pass
-        # cannot follow the dynamic batch and spatial axes, ONNX's own inference can.
-        quant_pre_process(str(model), str(pre), skip_symbolic_shape=True)
-        out = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(pre),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        _write_atomic(dst, out.read_bytes())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a warning per tensor it leaves in float: not the user's news
+    try:
+        with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+            pre = Path(tmp) / "pre.onnx"
+            f32 = _float32_graph(model, Path(tmp) / "float32.onnx")
+            # Shape inference and graph fusions (batch norm into conv) before quantizing; the symbolic pass
+            # cannot follow the dynamic batch and spatial axes, ONNX's own inference can.
+            quant_pre_process(str(f32), str(pre), skip_symbolic_shape=True)
+            out = Path(tmp) / "int8.onnx"
+            quantize_static(
+                str(pre),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            _write_atomic(dst, out.read_bytes())
+    finally:
+        root.setLevel(level)
 
 
 def _convert_fp16(model: Path, dst: Path) -> None:
