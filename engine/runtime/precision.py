@@ -51,9 +51,10 @@ def cache_paths(model: Path, precision: str, digest: str) -> tuple[Path, Path]:
     return onnx, onnx.with_suffix(".json")
 
 
-def cached(model: Path, precision: str) -> tuple[Path, dict] | None:
-    """The valid cached copy of ``model`` at ``precision`` and its record, or None."""
-    digest = sha256(model)
+def cached(model: Path, precision: str, digest: str | None = None) -> tuple[Path, dict] | None:
+    """The valid cached copy of ``model`` at ``precision`` and its record, or None (``digest``: the model's
+    SHA-256 when the caller has it already)."""
+    digest = digest or sha256(model)
     onnx, record = cache_paths(model, precision, digest)
     try:
         info = json.loads(record.read_text())
@@ -165,7 +166,7 @@ def reduced_model(
     # that same copy (chunks of one mosaic must not be inferred by differently calibrated models).
     with open(onnx.with_name(f".{onnx.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        hit = cached(model, precision)
+        hit = cached(model, precision, digest)
         if hit is not None:
             return hit[0]
         return _make(model, precision, onnx, record, digest, calibration, notify)
@@ -181,10 +182,10 @@ def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, ca
                     f"--precision int8: no calibrated copy of {model.name} yet and no tiles to calibrate it on; "
                     "run a land-cover or change job with --precision int8 on a representative raster first"
                 )
-            if notify:
-                notify(f"quantizing {model.name} to int8 on {sum(len(next(iter(f.values()))) for f in feeds)} tiles")
-            _quantize_int8(model, onnx, feeds)
             info["calibration_tiles"] = sum(len(next(iter(f.values()))) for f in feeds)
+            if notify:
+                notify(f"quantizing {model.name} to int8 on {info['calibration_tiles']} tiles")
+            _quantize_int8(model, onnx, feeds)
         else:
             _convert_fp16(model, onnx)
     except ModelError:
