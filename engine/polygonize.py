@@ -64,7 +64,7 @@ def _scipy():
 
 def prewarm() -> threading.Thread:
     """Import what polygonizing needs in a background thread (called when inference starts)."""
-    t = threading.Thread(target=_scipy, name="landseg-prewarm", daemon=True)
+    t = threading.Thread(target=_scipy, name="landseg-prewarm")  # not a daemon: never cut off mid-import
     t.start()
     return t
 

@@ -103,6 +103,13 @@ def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
     share of the blend is zero, and every pixel they share with a neighbour is invalid too (it is in their
     window), so no valid pixel changes."""
     n_cls = len(meta.classes)
+    try:
+        yield from _infer_each(batches, run, meta, T, n_cls)
+    finally:
+        batches.close()  # the reader thread stops here, not when the interpreter shuts down mid-read
+
+
+def _infer_each(batches: Iterator, run, meta: ModelMeta, T: int, n_cls: int) -> Iterator:
     for group, feeds in batches:
         live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
         out = np.zeros((len(group), n_cls, T, T), np.float32)
@@ -129,6 +136,19 @@ def predict_blocks(
     cancelled: CancelFn | None = None,
 ) -> Iterator[Block]:
     n_cls = len(meta.classes)
+    T = grid.tile
+    batches = _in_background(_batches(grid, inputs, max(1, batch)), 2, "landseg-reader")
+    inferred = _in_background(_inferred(batches, run, meta, T), 1, "landseg-inference")
+    try:
+        yield from _blend(inferred, grid, n_cls, progress, cancelled)
+    finally:
+        # Both threads are stopped before an error leaves this function: a thread still reading a raster
+        # when the interpreter exits can crash it.
+        inferred.close()
+        batches.close()
+
+
+def _blend(inferred: Iterator, grid: TileGrid, n_cls: int, progress, cancelled) -> Iterator[Block]:
     rows, cols = grid.rows, grid.cols
     T, S, O = grid.tile, rows.stride, grid.overlap  # noqa: E741 (tile, stride, overlap as in the docs)
     wsum_r = rows.weight_sum().astype(np.float32)
@@ -146,8 +166,7 @@ def predict_blocks(
             cache[key] = grid.weights(i, j)
         return cache[key]
 
-    batches = _in_background(_batches(grid, inputs, max(1, batch)), 2, "landseg-reader")
-    for group, out in _in_background(_inferred(batches, run, meta, T), 1, "landseg-inference"):
+    for group, out in inferred:
         if cancelled and cancelled():
             raise Cancelled("cancelled by the user")
         for (i, j, valid), probs in zip(group, out, strict=False):
