@@ -204,14 +204,7 @@ def calibration_feeds(
     raster (the first rows alone may be all water or all city), normalised exactly as inference reads them."""
     tiles = [t for t in grid.tiles() if getattr(inputs, "may_have_data", lambda w: True)(t[2])]
     step = max(1, len(tiles) // n)
-    buf: list[dict[str, np.ndarray]] = []
-    for _i, _j, window in tiles[::step][:n]:
-        feeds, valid = inputs.read(window)
-        if not valid.any():
-            continue
-        buf.append(feeds)
-        if len(buf) == batch:
-            yield {k: np.stack([f[k] for f in buf]) for k in buf[0]} | (constant or {})
-            buf = []
-    if buf:
-        yield {k: np.stack([f[k] for f in buf]) for k in buf[0]} | (constant or {})
+    read = ((i, j, *inputs.read(window)) for i, j, window in tiles[::step][:n])
+    picked = [tile for tile in read if tile[3].any()]
+    for k in range(0, len(picked), batch):
+        yield _stacked(picked[k : k + batch])[1] | (constant or {})
