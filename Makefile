@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup apt venv dev demo demo-crowns test lint bench model text-encoder package clean
+.PHONY: setup apt venv dev demo demo-crowns test lint bench forms model text-encoder package clean
 
 # What a plugin user needs: QGIS and the engine's runtime (no torch; the text encoder ships in models/).
 setup: apt venv
@@ -58,6 +58,11 @@ lint: dev
 
 bench: dev
 	$(PY) bench/engine_bench.py
+
+# The task table as JSON (engine/tasks.json): what the CLI, Processing and the panel are made from. Run it after
+# changing a task's OPTIONS rows or its parameters dataclass (a test fails while it is stale).
+forms: dev
+	$(PY) -m engine forms > engine/tasks.json
 
 # Rebuild the colour-rule fallback model from its definition in export/baseline.py.
 model: dev

@@ -37,6 +37,7 @@ from .errors import InputError
 from .jobs import JsonResult, atomic_outputs
 from .outputs import CLASS_NODATA
 from .raster_input import open_raster
+from .task_options import Option, name_option
 
 STRIP_PIXELS = 1 << 22
 Z95 = 1.959964
@@ -55,6 +56,25 @@ class AccuracyParams:
     name: str = "accuracy"
 
 
+OPTIONS = (
+    Option("class_map", "--classes", "Class map", "class map (LandSeg's, or any classified)", widget="raster",
+           name="CLASSES"),
+    Option("reference", "--reference", "Reference points or polygons",
+           "reference points or polygons (GeoPackage, Shapefile, ...)", widget="vector"),
+    Option("class_field", "--class-field", "Reference class field",
+           "the reference layer's class field (default: %(default)s)", widget="field", parent="REFERENCE"),
+    Option("class_names", "--class-names", "Class names (ids 0,1,2...)",
+           "names of class ids 0,1,2... for a map without LandSeg class tags", widget="text_list"),
+    Option("sample", "--sample", "Sample size (0: assess the reference layer)",
+           "draw a stratified random sample of N points to label instead", unset=0, minimum=0),
+    Option("min_per_class", "--min-per-class", "Fewest sample points a class gets",
+           "sample: fewest points a class gets (default: %(default)s)", minimum=1, advanced=True),
+    Option("seed", "--seed", "Random seed of the sample", "default: %(default)s", advanced=True),
+    Option("out_dir", "--out", "Output folder", "output folder", short="-o", widget="output_folder", name="OUTPUT"),
+    name_option(),
+)  # fmt: skip
+
+
 @dataclass
 class AccuracyResult(JsonResult):
     report: Path | None
@@ -68,6 +88,19 @@ class AccuracyResult(JsonResult):
     per_class: dict = field(default_factory=dict)
     area_adjusted: dict = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        if self.sample:
+            return [f"sample: {self.sample} ({self.n} points; fill in the 'reference' field, then pass --reference)"]
+        adj = self.area_adjusted
+        lines = [
+            f"overall accuracy {self.overall_accuracy:.3f} (area-adjusted {adj['overall_accuracy']:.3f} ± "
+            f"{adj['overall_ci95']:.3f}), kappa {self.kappa:.3f} on {self.n} reference units"
+        ]
+        for c, m in self.per_class.items():
+            ua, pa = (("-" if v is None else f"{v:.3f}") for v in (m["users_accuracy"], m["producers_accuracy"]))
+            lines.append(f"  {c:12} user's {ua}  producer's {pa}")
+        return [*lines, f"report: {self.report}"]
 
 
 def class_names_of(ds, given: list[str]) -> dict[int, str]:

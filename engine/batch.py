@@ -18,6 +18,7 @@ reported with its error in ``<out>/batch_summary.json`` while the others finish.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -32,6 +33,8 @@ from .batch_worker import plan_mosaic, run_chunk, run_one, stitch
 from .errors import InputError, LandSegError
 from .jobs import JsonResult, Messages
 from .run_lock import folder_lock
+from .task_options import DEVICE, MODEL_FILTER, Option, resample_option, tiling_options
+from .task_options import RUNTIME as _RUNTIME
 
 TASKS = ("landcover", "treecrowns")
 MANIFEST = "batch_manifest.json"
@@ -59,6 +62,34 @@ class BatchParams:
     dashboard: bool = True
 
 
+_THREADS, _PRECISION = (dataclasses.replace(o, field=o.field.removeprefix("runtime.")) for o in _RUNTIME[1:3])
+OPTIONS = (
+    Option("task", "", "Task", "the task run on every input", choices=TASKS),
+    Option("inputs", "--inputs", "Raster layers", 'rasters or glob patterns ("tiles/*.tif"); repeatable',
+           widget="rasters", name="INPUT"),
+    Option("inputs", "", "Files matching (e.g. /data/tiles/*.tif; ',' between patterns)", widget="text_list",
+           name="PATTERN", cli=False),
+    Option("model", "--model", "Model (empty: the task's shipped model)", "model (default: the task's shipped "
+           "model)", widget="model", file_filter=MODEL_FILTER),
+    Option("scheduler", "--scheduler", "Dask scheduler address (empty: local)",
+           "a Dask scheduler address (tcp://host:8786); default: a LocalCluster here"),
+    Option("workers", "--workers", "Local workers (0: one per 2 cores)",
+           "LocalCluster workers (default: one per 2 cores)", minimum=0),
+    Option("retries", "--retries", "Retries of a failing input", "retries of a failing input before it is reported "
+           "(default: %(default)s)", minimum=0, advanced=True),
+    Option("chunk_px", "--chunk-px", "Chunk size for large rasters (model pixels)", "land cover: rasters larger "
+           "than this on a side are cut into chunks run in parallel (default: %(default)s)", minimum=256),
+    *tiling_options(),
+    dataclasses.replace(DEVICE, field="device"),
+    dataclasses.replace(_THREADS, help="onnxruntime threads per worker (0: its share)"),
+    _PRECISION,
+    resample_option("auto: every input at the model's pixel size when it differs by more than 15%% (default)"),
+    Option("dashboard", "--no-dashboard", "Dask dashboard", "no Dask dashboard", negate=True, processing=False),
+    Option("out_dir", "--out", "Output folder", "output folder (one subfolder per input)", short="-o",
+           widget="output_folder", name="OUTPUT"),
+)  # fmt: skip
+
+
 @dataclass
 class BatchResult(JsonResult):
     out_dir: Path
@@ -71,6 +102,10 @@ class BatchResult(JsonResult):
     dashboard: str | None
     seconds: float
     messages: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        counts = f"{len(self.done)} done, {len(self.skipped)} done earlier, {len(self.failed)} failed"
+        return [f"{counts}: {self.summary}", *(f"failed: {k}: {v}" for k, v in self.failed.items())]
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -165,6 +200,8 @@ def run_batch(
         raise InputError(f"batch task must be one of {', '.join(TASKS)}, not {p.task!r}")
     if p.retries < 0 or p.chunk_px < 256:
         raise InputError("--retries must be >= 0 and --chunk-px at least 256")
+    if not p.inputs:
+        raise InputError("no input: give raster layers or a file pattern (--inputs)")
     paths = expand_inputs(p.inputs)
     out = Path(p.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,13 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
+from . import task_options as ui
 from .areas import AreaCalculator
 from .change_maps import class_filter, combine, write_direct, write_matrix
 from .errors import InputError, OutputError
-from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder, stage
+from .jobs import MapReport, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
-from .model_package import ClassInfo, ModelMeta, load_model_package
+from .model_package import DEFAULT_LANDCOVER_MODEL, ClassInfo, ModelMeta, load_model_package
 from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from .polygonize import PolygonizeOptions, polygonize_values
 from .predict import calibration_feeds, predict_blocks
@@ -48,8 +49,8 @@ METHODS = ("postclass", "direct")
 class ChangeParams:
     before: list[Path]
     after: list[Path]
-    model: Path
     out_dir: Path
+    model: Path = DEFAULT_LANDCOVER_MODEL
     name: str = "change"
     method: str = "postclass"
     modalities: dict[str, BandSource] = field(default_factory=dict)  # applied to both dates
@@ -69,31 +70,62 @@ class ChangeParams:
     # confidences); chosen on the LEVIR-CD / DSIFN-CD pairs (bench/change_eval.py, MODEL_CARD.md)
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
-    def output_paths(self) -> tuple[Path, Path, Path]:
-        out = Path(self.out_dir)
-        return (
-            Path(self.change_map_path or out / f"{self.name}_map.tif"),
-            Path(self.polygons_path or out / f"{self.name}.gpkg"),
-            Path(self.matrix_path or out / f"{self.name}_transitions.csv"),
-        )
+    def output_paths(self) -> tuple[Path, ...]:
+        """Change map, polygons, transition matrix: as given, or named after `name` in `out_dir`."""
+        return ui.output_paths(self, OPTIONS, ("change_map_path", "polygons_path", "matrix_path"))
+
+
+OPTIONS = (
+    ui.Option("before", "--before", "Before (first date)", "raster of the first date", widget="raster"),
+    ui.Option("after", "--after", "After (second date)", "raster of the second date", widget="raster"),
+    ui.Option("method", "--method", "Method", "postclass: land-cover model on both dates; direct: a bi-temporal change "
+           "model", choices=METHODS, panel=True),
+    ui.Option("model", "--model", "Model (land cover for postclass, change for direct)", "default: %(default)s",
+           widget="model", file_filter=ui.MODEL_FILTER),
+    ui.band_mapping("map bands to a model input on both dates, e.g. rgb=1,2,3"),
+    ui.Option("classes", "--classes", "Report changes from or to these classes only (postclass; e.g. building, road; "
+           "empty: all)", "postclass: report changes from or to these classes only, e.g. building,road",
+           widget="text_list", panel=True),
+    ui.Option("threshold", "--threshold", "Change probability threshold (direct)",
+           "direct method: change probability threshold (default: %(default)s)", minimum=0, maximum=1),
+    ui.Option("min_confidence", "--min-confidence", "Joint confidence a change needs (postclass)",
+           "postclass: joint confidence (before x after) a change needs (default: %(default)s, tuned, see "
+           "MODEL_CARD.md)", minimum=0, maximum=1, advanced=True),
+    *ui.RUNTIME,
+    *ui.tiling_options(),
+    *ui.POLYGONS,
+    ui.resample_option("postclass: infer at the model's pixel size when the input's differs by more than 15%% "
+                    "(default)"),
+    ui.RESCALE,
+    ui.out_folder("change_map_path", "polygons_path", "matrix_path"),
+    ui.name_option(),
+    ui.Option("polygons_path", "--out-polygons", "Change polygons", "change polygons path (default: OUT/NAME.gpkg)",
+           widget="output_vector", name="OUTPUT", result="polygons", suffix=".gpkg"),
+    ui.Option("change_map_path", "--out-map", "Change raster", "change raster path (default: OUT/NAME_map.tif)",
+           widget="output_raster", name="OUTPUT_MAP", result="change_map", suffix="_map.tif"),
+    ui.Option("matrix_path", "--out-matrix", "Transition matrix", "transition matrix CSV (default: "
+           "OUT/NAME_transitions.csv)", widget="output_file", name="OUTPUT_MATRIX", result="matrix",
+           file_filter="CSV files (*.csv)", suffix="_transitions.csv"),
+)  # fmt: skip
 
 
 @dataclass
-class ChangeResult(JsonResult):
+class ChangeResult(MapReport):
     change_map: Path
-    polygons: Path
     matrix: Path
-    layer: str
-    n_polygons: int
     method: str
     classes: list[str]
     transitions_m2: dict[str, dict[str, float]]  # from -> to -> area
-    changed_m2: float
-    device: str
-    seconds: float
-    messages: list[str] = field(default_factory=list)
-    resampling: dict = field(default_factory=dict)
-    rescaling: dict = field(default_factory=dict)  # "<date>:<model input>" -> stretch (engine.value_range)
+    changed_m2: float  # rescaling's keys (MapReport): "<date>:<model input>"
+
+    def lines(self) -> list[str]:
+        return [
+            f"change map:  {self.change_map}",
+            self.polygons_line(),
+            f"transitions: {self.matrix}",
+            *self.matrix_text().splitlines(),
+            f"changed: {self.changed_m2:.1f} m2, device {self.device}, {self.seconds:.1f} s",
+        ]
 
     def matrix_text(self) -> str:
         names = self.classes

@@ -21,6 +21,7 @@ from rasterio.transform import from_origin
 
 from .errors import InputError
 from .jobs import JsonResult, atomic_outputs
+from .task_options import Option
 
 NOISE_CLASSES = (7, 18)
 GROUND_CLASS = 2
@@ -38,6 +39,19 @@ class ChmParams:
     ground_tolerance_m: float = 0.5
 
 
+OPTIONS = (
+    Option("lidar", "--lidar", "LiDAR point cloud (LAS/LAZ)", "LAS or LAZ point cloud", widget="file",
+           file_filter="LiDAR (*.las *.laz)"),
+    Option("resolution", "--resolution", "Cell size (m)", "cell size in m (default: %(default)s)", minimum=0.05),
+    Option("crs", "--crs", "CRS of the points (when the file has none)",
+           "CRS of the points when the LAS header has none, e.g. EPSG:32611", widget="crs"),
+    Option("like", "--like", "Write on this raster's grid (optional)",
+           "write on this raster's grid (CRS, transform, size) instead", widget="raster", advanced=True),
+    Option("out", "--out", "Canopy height model", "output GeoTIFF", short="-o", widget="output_raster",
+           name="OUTPUT", result="chm", suffix=".tif"),
+)  # fmt: skip
+
+
 @dataclass
 class ChmResult(JsonResult):
     chm: Path
@@ -48,6 +62,10 @@ class ChmResult(JsonResult):
     ground: str  # "classified" or "filtered"
     height_max: float
     seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"canopy height model: {self.chm} ({self.width} x {self.height} cells of {self.resolution:g} m, "
+                f"{self.points} points, ground {self.ground}, highest {self.height_max:.1f} m)"]  # fmt: skip
 
 
 def _grid(params: ChmParams, header) -> tuple[rasterio.Affine, int, int, object]:

@@ -1,5 +1,6 @@
-"""Command line: ``python -m engine landcover --input ortho.tif --out results/`` (also change, treecrowns,
-chm, describe).
+"""Command line: ``python -m engine landcover --input ortho.tif --out results/``: a subcommand per task of the
+task table (engine.tasks; the parser is engine.cli_parser), plus ``run`` (a typed request), ``describe`` (a model's
+metadata) and ``forms`` (the task table as JSON).
 
 Exit codes: 0 success, 2 bad input or usage, 3 bad model, 4 output not writable, 130 cancelled,
 1 internal error. Errors are one line on stderr (``landseg: error: ...``), never a traceback, unless
@@ -12,32 +13,15 @@ LANDSEG_DEBUG=1 is set.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 
-from .cli_parser import build_parser
-from .errors import Cancelled, InputError, LandSegError
-from .polygonize import PolygonizeOptions
-from .prompts import parse_prompts
-from .raster_input import BandSource
-from .runtime import RuntimeOptions
-
-
-def _runtime(args: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(device=args.device, threads=args.threads, precision=args.precision, cache_dir=args.trt_cache)
-
-
-def _modalities(args: argparse.Namespace) -> dict[str, BandSource]:
-    modalities: dict[str, BandSource] = {}
-    for name, src in args.modality:
-        if name in modalities:
-            raise InputError(f"modality {name!r} is mapped twice")
-        modalities[name] = src
-    return modalities
+from .cli_parser import build_parser, params_document
+from .errors import Cancelled, LandSegError
 
 
 class Reporter:
@@ -99,185 +83,21 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompts(text: str | None) -> list[str]:
-    """No --prompts: every class. --prompts that holds no prompt ("", ",", "  ") is a mistake, not "every class"."""
-    prompts = parse_prompts(text)
-    if text is not None and not prompts:
-        raise InputError(f'--prompts {text!r} holds no prompt: give class names (e.g. "trees, water") or leave it out')
-    return prompts
+def _run_task(task: str, args: argparse.Namespace) -> int:
+    """Any task of engine.tasks: arguments -> its parameters (through the request parser) -> run -> result."""
+    from .request import from_json, task_entry
 
-
-def _landcover(args: argparse.Namespace) -> int:
-    from .landcover import LandcoverParams, run_landcover
-
-    explicit = (args.out_classes, args.out_confidence, args.out_polygons)
-    if args.out is None and not all(explicit):
-        raise InputError("give an output folder (--out) or all of --out-classes, --out-confidence, --out-polygons")
-    params = LandcoverParams(
-        inputs=args.input,
-        model=args.model,
-        out_dir=args.out or Path("."),
-        class_map_path=args.out_classes,
-        confidence_path=args.out_confidence,
-        polygons_path=args.out_polygons,
-        name=args.name,
-        modalities=_modalities(args),
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        blend=args.blend,
-        runtime=_runtime(args),
-        polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify),
-        prompts=_prompts(args.prompts),
-        unasked=args.unasked,
-        prompt_threshold=args.prompt_threshold,
-        fuse_models=args.fuse_model,
-        resample=args.resample,
-        rescale=args.rescale,
-        allow_pixel_coordinates=args.allow_pixel_coordinates,
-    )
-    rep = Reporter(args.progress, "landcover")
+    entry = task_entry(task)
+    params = from_json(entry.params_class(), params_document(task, args), "arguments")
+    run = entry.run_function()
+    rep = Reporter(args.progress, task if task != "batch" else f"batch {params.task}")
+    offered = {"progress": rep.progress, "notify": rep.notify}
     try:
-        result = run_landcover(params, progress=rep.progress, notify=rep.notify)
+        result = run(params, **{k: v for k, v in offered.items() if k in inspect.signature(run).parameters})
     finally:
         rep.close()
-    rep.result(
-        result,
-        args.json,
-        [
-            f"class map:   {result.class_map}",
-            f"confidence:  {result.confidence}",
-            f"polygons:    {result.polygons} (layer '{result.layer}', {result.n_polygons} features)",
-            f"device: {result.device}, tile {result.tile}, overlap {result.overlap}, {result.seconds:.1f} s",
-        ],
-    )
-    return 0
-
-
-def _change(args: argparse.Namespace) -> int:
-    from .change import ChangeParams, run_change
-
-    if args.out is None and not all((args.out_map, args.out_polygons, args.out_matrix)):
-        raise InputError("give an output folder (--out) or all of --out-map, --out-polygons, --out-matrix")
-    params = ChangeParams(
-        before=args.before,
-        after=args.after,
-        model=args.model,
-        out_dir=args.out or Path("."),
-        name=args.name,
-        method=args.method,
-        modalities=_modalities(args),
-        threshold=args.threshold,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        runtime=_runtime(args),
-        polygons=PolygonizeOptions(min_area_m2=args.min_area, simplify_px=args.simplify, layer="change"),
-        change_map_path=args.out_map,
-        polygons_path=args.out_polygons,
-        matrix_path=args.out_matrix,
-        resample=args.resample,
-        rescale=args.rescale,
-        classes=[c.strip() for c in (args.classes or "").split(",") if c.strip()],
-        **({} if args.min_confidence is None else {"min_confidence": args.min_confidence}),
-    )
-    rep = Reporter(args.progress, "change")
-    try:
-        result = run_change(params, progress=rep.progress, notify=rep.notify)
-    finally:
-        rep.close()
-    rep.result(
-        result,
-        args.json,
-        [
-            f"change map:  {result.change_map}",
-            f"polygons:    {result.polygons} (layer '{result.layer}', {result.n_polygons} features)",
-            f"transitions: {result.matrix}",
-            result.matrix_text(),
-            f"changed: {result.changed_m2:.1f} m2, device {result.device}, {result.seconds:.1f} s",
-        ],
-    )
-    return 0
-
-
-def _treecrowns(args: argparse.Namespace) -> int:
-    from .treecrowns import TreeCrownParams, run_treecrowns
-
-    if args.out is None and args.out_crowns is None:
-        raise InputError("give an output folder (--out) or --out-crowns")
-    params = TreeCrownParams(
-        image=args.input,
-        out_dir=args.out or Path("."),
-        chm=args.chm,
-        model=args.model,
-        vegetation_class=args.vegetation_class,
-        sam=args.sam,
-        modalities=_modalities(args),
-        name=args.name,
-        crowns_path=args.out_crowns,
-        min_height_m=args.min_height,
-        min_distance_m=args.min_distance,
-        min_area_m2=args.min_area,
-        score_threshold=args.score_threshold,
-        tta=args.tta,
-        rescale=args.rescale,
-        resample=args.resample,
-        runtime=RuntimeOptions(device=args.device),
-    )
-    rep = Reporter(args.progress, "treecrowns")
-    try:
-        result = run_treecrowns(params, progress=rep.progress, notify=rep.notify)
-    finally:
-        rep.close()
-    rep.result(
-        result,
-        args.json,
-        [
-            f"crowns: {result.crowns} (layer '{result.layer}', {result.n_crowns} crowns, "
-            f"{result.method}), {result.seconds:.1f} s"
-        ],
-    )
-    return 0
-
-
-def _chm(args: argparse.Namespace) -> int:
-    from .chm import ChmParams, build_chm
-
-    rep = Reporter(args.progress, "chm")
-    try:
-        res = build_chm(ChmParams(args.lidar, args.out, args.resolution, args.crs, args.like))
-    finally:
-        rep.close()
-    summary = (
-        f"canopy height model: {res.chm} ({res.width} x {res.height} cells of {res.resolution:g} m, "
-        f"{res.points} points, ground {res.ground}, highest {res.height_max:.1f} m)"
-    )
-    rep.result(res, args.json, [summary])
-    return 0
-
-
-def _reported(args: argparse.Namespace, desc: str, run, params, with_progress: bool = True):
-    """Run a job with the console/JSONL reporter; returns (reporter, result) for rep.result(...)."""
-    rep = Reporter(args.progress, desc)
-    try:
-        res = run(params, **({"progress": rep.progress} if with_progress else {}), notify=rep.notify)
-    finally:
-        rep.close()
-    return rep, res
-
-
-def _adapt(args: argparse.Namespace) -> int:
-    try:
-        from export.adapt import AdaptParams, run_adapt
-    except ImportError:
-        raise InputError(
-            "adapting needs the training code (export/) and its extra (torch): run `make dev` in the LandSeg folder"
-        ) from None
-    keys = ("labels", "class_field", "model", "minutes", "max_steps", "holdout", "name", "pixel_size_m", "keep_base")
-    params = AdaptParams(inputs=args.input, out_dir=args.out, **{k: getattr(args, k) for k in keys})
-    rep, res = _reported(args, "adapt", run_adapt, params)
-    rep.result(res, args.json, [f"adapted model: {res.model} ({res.steps} steps, {res.minutes} min)"])
-    return 0
+    rep.result(result, args.json, result.lines())
+    return 5 if getattr(result, "failed", None) else 0  # batch: some inputs failed (listed), the others are done
 
 
 def _run_request(args: argparse.Namespace) -> int:
@@ -296,45 +116,13 @@ def _run_request(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(args: argparse.Namespace) -> int:
-    from .batch import BatchParams, run_batch
-
-    keys = ("task", "inputs", "model", "scheduler", "workers", "retries", "chunk_px", "tile", "overlap", "batch")
-    keys += ("device", "threads", "precision", "resample", "dashboard")
-    params = BatchParams(out_dir=args.out, **{k: getattr(args, k) for k in keys})
-    rep, res = _reported(args, f"batch {args.task}", run_batch, params)
-    lines = [f"{len(res.done)} done, {len(res.skipped)} done earlier, {len(res.failed)} failed: {res.summary}"]
-    lines += [f"failed: {k}: {v}" for k, v in res.failed.items()]
-    rep.result(res, args.json, lines)
-    return 0 if not res.failed else 5  # some inputs failed (listed in the summary); the others are done
-
-
-def _accuracy(args: argparse.Namespace) -> int:
-    from .accuracy import AccuracyParams, run_accuracy
-
-    names = [n.strip() for n in (args.class_names or "").split(",") if n.strip()]
-    keys = ("reference", "class_field", "sample", "min_per_class", "seed", "name")
-    params = AccuracyParams(
-        class_map=args.classes, out_dir=args.out, class_names=names, **{k: getattr(args, k) for k in keys}
-    )
-    rep, res = _reported(args, "accuracy", run_accuracy, params, with_progress=False)
-    if res.sample:
-        lines = [f"sample: {res.sample} ({res.n} points; fill in the 'reference' field, then pass --reference)"]
-    else:
-        adj = res.area_adjusted
-        lines = [
-            f"overall accuracy {res.overall_accuracy:.3f} (area-adjusted {adj['overall_accuracy']:.3f} ± "
-            f"{adj['overall_ci95']:.3f}), kappa {res.kappa:.3f} on {res.n} reference units"
-        ]
-        for c, m in res.per_class.items():
-            ua, pa = (("-" if v is None else f"{v:.3f}") for v in (m["users_accuracy"], m["producers_accuracy"]))
-            lines.append(f"  {c:12} user's {ua}  producer's {pa}")
-        lines.append(f"report: {res.report}")
-    rep.result(res, args.json, lines)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["forms"]:  # the task table as JSON, from the live table (so it works when tasks.json is stale)
+        from .tasks import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
     args = build_parser().parse_args(argv)
     import warnings
 
@@ -345,24 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (the plugin's Cancel) becomes Cancelled, so temporary outputs are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Cancelled("cancelled")))
     try:
-        if args.command == "landcover":
-            return _landcover(args)
-        if args.command == "change":
-            return _change(args)
-        if args.command == "treecrowns":
-            return _treecrowns(args)
-        if args.command == "chm":
-            return _chm(args)
         if args.command == "describe":
             return _describe(args)
-        if args.command == "accuracy":
-            return _accuracy(args)
-        if args.command == "adapt":
-            return _adapt(args)
-        if args.command == "batch":
-            return _batch(args)
         if args.command == "run":
             return _run_request(args)
+        return _run_task(args.command, args)
     except LandSegError as exc:
         print(f"landseg: error: {exc}", file=sys.stderr)
         return exc.exit_code

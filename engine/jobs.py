@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LandSegError, OutputError
@@ -23,6 +24,24 @@ class JsonResult:
 
     def to_json(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})
+
+
+@dataclass
+class MapReport(JsonResult):
+    """What a mapping job (land cover, change) reports besides its rasters. Keyword-only, so each result's own
+    fields (without defaults) come first."""
+
+    polygons: Path | None = field(kw_only=True)  # None when polygonizing is off (engine.batch chunks)
+    layer: str = field(kw_only=True)
+    n_polygons: int = field(kw_only=True)
+    device: str = field(kw_only=True)
+    seconds: float = field(kw_only=True)
+    messages: list[str] = field(default_factory=list, kw_only=True)
+    resampling: dict = field(default_factory=dict, kw_only=True)  # engine.resample.ResamplePlan.as_dict()
+    rescaling: dict = field(default_factory=dict, kw_only=True)  # model input -> the stretch (engine.value_range)
+
+    def polygons_line(self) -> str:
+        return f"polygons:    {self.polygons} (layer '{self.layer}', {self.n_polygons} features)"
 
 
 class Messages:

@@ -18,8 +18,8 @@ import rasterio
 from .class_space import class_space
 from .errors import InputError, OutputError
 from .fusion import FusedInputs, FusedModel
-from .jobs import JsonResult, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
-from .model_package import load_model_package
+from .jobs import MapReport, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
+from .model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
 from .outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
 from .polygonize import PolygonizeOptions, polygonize, prewarm
 from .predict import calibration_feeds, predict_blocks
@@ -29,7 +29,20 @@ from .resample import plan as plan_resampling
 from .resample import warp_back
 from .runtime import RuntimeOptions, make_runtime
 from .styles import class_raster_qml, confidence_qml, polygon_qml
-from .tiling import TileGrid, fit_tile, requested_overlap
+from .task_options import (
+    MODEL_FILTER,
+    POLYGONS,
+    RESCALE,
+    RUNTIME,
+    Option,
+    band_mapping,
+    name_option,
+    out_folder,
+    output_paths,
+    resample_option,
+    tiling_options,
+)
+from .tiling import BLENDS, TileGrid, fit_tile, requested_overlap
 from .vector_formats import driver_for
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
@@ -39,8 +52,8 @@ GDAL_CACHE_MB = 16
 @dataclass
 class LandcoverParams:
     inputs: list[Path]
-    model: Path
     out_dir: Path
+    model: Path = DEFAULT_LANDCOVER_MODEL
     name: str = "landcover"
     modalities: dict[str, BandSource] = field(default_factory=dict)  # empty: default mapping
     tile: int | None = None  # None: the model's recommended tile size
@@ -63,32 +76,69 @@ class LandcoverParams:
     confidence_path: Path | None = None
     polygons_path: Path | None = None
 
-    def output_paths(self) -> tuple[Path, Path, Path]:
-        out = Path(self.out_dir)
-        return (
-            Path(self.class_map_path or out / f"{self.name}_classes.tif"),
-            Path(self.confidence_path or out / f"{self.name}_confidence.tif"),
-            Path(self.polygons_path or out / f"{self.name}.gpkg"),
-        )
+    def output_paths(self) -> tuple[Path, ...]:
+        """Class map, confidence, polygons: as given, or named after `name` in `out_dir` (OPTIONS' suffixes)."""
+        return output_paths(self, OPTIONS, OUTPUT_PATHS)
+
+
+OUTPUT_PATHS = ("class_map_path", "confidence_path", "polygons_path")
+# How the CLI, Processing and the panel ask for LandcoverParams (engine.task_options; a row per parameter).
+OPTIONS = (
+    Option("inputs", "--input", "Input raster layers", "input raster (a file, or any GDAL path: /vsizip/..., "
+           "/vsicurl/...); repeat for several", short="-i", widget="rasters", name="INPUT"),
+    band_mapping(),
+    Option("prompts", "--prompts", "Class prompts (e.g. woods, lake, houses; empty: all classes)",
+           'class prompts, e.g. "woods, lake, houses" (default: all model classes)', widget="text_list", panel=True),
+    Option("unasked", "--unasked", "Classes no prompt asks for (other: fold into 'other')",
+           "classes no prompt asks for: fold into 'other' or drop (default: other)", choices=("other", "drop")),
+    Option("prompt_threshold", "--prompt-threshold", "Lowest prompt-class similarity that counts as a match",
+           "lowest prompt-class similarity that counts as a match (default: %(default)s)", minimum=0, maximum=1,
+           advanced=True),
+    Option("model", "--model", "Model (.onnx with LandSeg or Deepness metadata, or a TensorRT .engine/.plan)",
+           "ONNX model package (default: %(default)s)", widget="model", file_filter=MODEL_FILTER),
+    Option("fuse_models", "--fuse-model", "Models to fuse with it (.onnx)", "another land-cover model to fuse "
+           "with --model, class by class by confidence (repeatable)", widget="models", advanced=True,
+           metavar="MODEL"),
+    *RUNTIME,
+    *tiling_options(),
+    *POLYGONS,
+    resample_option("auto: infer at the model's pixel size when the input's differs by more than 15%% (default)"),
+    RESCALE,
+    Option("blend", "--blend", "Blending of overlapping tiles", "blending of overlapping tiles: cosine ramps over "
+           "the overlap (default), gaussian (MONAI's), constant", choices=BLENDS, advanced=True),
+    Option("allow_pixel_coordinates", "--allow-pixel-coordinates", "Allow rasters without georeference",
+           "run on a raster without georeference: coordinates in pixels, area_m2 in square pixels", advanced=True),
+    out_folder(*OUTPUT_PATHS),
+    name_option(),
+    Option("polygons_path", "--out-polygons", "Land-cover polygons", "polygon layer path, .gpkg/.fgb/.shp/.parquet "
+           "(default: OUT/NAME.gpkg)", widget="output_vector", name="OUTPUT", result="polygons", suffix=".gpkg"),
+    Option("class_map_path", "--out-classes", "Class map", "class-map GeoTIFF path (default: OUT/NAME_classes.tif)",
+           widget="output_raster", name="OUTPUT_CLASSES", result="class_map", suffix="_classes.tif"),
+    Option("confidence_path", "--out-confidence", "Confidence",
+           "confidence GeoTIFF path (default: OUT/NAME_confidence.tif)", widget="output_raster",
+           name="OUTPUT_CONFIDENCE", result="confidence", suffix="_confidence.tif"),
+)  # fmt: skip
 
 
 @dataclass
-class LandcoverResult(JsonResult):
+class LandcoverResult(MapReport):
     class_map: Path
     confidence: Path
-    polygons: Path | None  # None when polygonize is off
-    layer: str
-    n_polygons: int
     class_pixels: dict[str, int]
-    device: str
     tile: int
     overlap: int
-    seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     prompt_matches: list[dict] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    resampling: dict = field(default_factory=dict)  # engine.resample.ResamplePlan.as_dict()
-    rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
+
+    def lines(self) -> list[str]:
+        """The result in a few lines, as the CLI prints it and Processing logs it."""
+        return [
+            f"class map:   {self.class_map}",
+            f"confidence:  {self.confidence}",
+            self.polygons_line(),
+            f"device: {self.device}, tile {self.tile}, overlap {self.overlap}, {self.seconds:.1f} s",
+            *([self.resampling["message"]] if self.resampling.get("message") else []),
+        ]
 
 
 def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSource] | None:

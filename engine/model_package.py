@@ -139,6 +139,14 @@ class ModelMeta:
         raise KeyError(cid)
 
 
+def _items(doc: dict, key: str, where: str) -> list:
+    """A metadata list that must hold at least one entry (inputs, classes)."""
+    items = _require(doc, key, where)
+    if not isinstance(items, list) or not items:
+        raise ModelError(f"{where}: {key!r} must be a non-empty list")
+    return items
+
+
 def _require(d: dict[str, Any], key: str, where: str) -> Any:
     if key not in d:
         raise ModelError(f"{where}: missing required field {key!r}")
@@ -156,11 +164,8 @@ def parse_metadata(doc: dict[str, Any], where: str = "model metadata") -> ModelM
     if task not in TASKS:
         raise ModelError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
 
-    raw_inputs = _require(doc, "inputs", where)
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise ModelError(f"{where}: 'inputs' must be a non-empty list")
     inputs = []
-    for i, ri in enumerate(raw_inputs):
+    for i, ri in enumerate(_items(doc, "inputs", where)):
         w = f"{where}: inputs[{i}]"
         name = str(_require(ri, "name", w))
         modality = str(ri.get("modality", name))
@@ -194,11 +199,8 @@ def parse_metadata(doc: dict[str, Any], where: str = "model metadata") -> ModelM
     if output_kind not in ("logits", "probabilities"):
         raise ModelError(f"{where}: output kind must be 'logits' or 'probabilities'")
 
-    raw_classes = _require(doc, "classes", where)
-    if not isinstance(raw_classes, list) or not raw_classes:
-        raise ModelError(f"{where}: 'classes' must be a non-empty list")
     classes = []
-    for i, rc in enumerate(raw_classes):
+    for i, rc in enumerate(_items(doc, "classes", where)):
         w = f"{where}: classes[{i}]"
         color = str(rc.get("color", "#808080"))
         if not _COLOR.match(color):

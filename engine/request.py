@@ -9,54 +9,24 @@ carry a version, so a front end and an engine of different ages notice instead o
     -> {"version": 1, "task": "landcover", "result": {"class_map": "out/landcover_classes.tif", ...}}
 
 Fields are checked against the dataclass's type hints: an unknown field or a value of the wrong type is a
-one-line error naming it (``params.runtime.threads: expected an integer, not "two"``). ``TASKS`` is the one
-table of tasks a request can name: its parameters class, its run function, and one line of help.
+one-line error naming it (``params.runtime.threads: expected an integer, not "two"``). ``TASKS`` (engine.tasks) is
+the one table of tasks a request can name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .tasks import TASKS
 
 REQUEST_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TaskEntry:
-    params: str  # "module:Class", imported only when the task is asked for (adapt needs torch)
-    run: str  # "module:function"; called with the keyword arguments it accepts of progress/notify/cancelled
-    help: str
-
-    def params_class(self) -> type:
-        return _resolve(self.params)
-
-    def run_function(self):
-        return _resolve(self.run)
-
-
-TASKS: dict[str, TaskEntry] = {
-    "landcover": TaskEntry("engine.landcover:LandcoverParams", "engine.landcover:run_landcover", "land-cover map"),
-    "change": TaskEntry("engine.change:ChangeParams", "engine.change:run_change", "change between two dates"),
-    "treecrowns": TaskEntry("engine.treecrowns:TreeCrownParams", "engine.treecrowns:run_treecrowns", "tree crowns"),
-    "chm": TaskEntry("engine.chm:ChmParams", "engine.chm:build_chm", "canopy height model from LiDAR"),
-    "accuracy": TaskEntry("engine.accuracy:AccuracyParams", "engine.accuracy:run_accuracy", "accuracy report"),
-    "batch": TaskEntry("engine.batch:BatchParams", "engine.batch:run_batch", "a task on many rasters (Dask)"),
-    "adapt": TaskEntry("export.adapt:AdaptParams", "export.adapt:run_adapt", "fine-tune on labels (torch)"),
-}
-
-
-def _resolve(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 # --- JSON -> dataclass, checked against the type hints ---------------------------------------------------------
@@ -72,7 +42,12 @@ def _number(v: Any) -> bool:
 
 # type -> (does a JSON value fit, make the value, what was expected: for the error)
 SCALARS: dict[Any, tuple] = {
-    Path: (lambda v: isinstance(v, str) and bool(v), Path, "a path (a string)"),
+    # GDAL virtual paths (/vsicurl/https://...) stay strings: Path would fold their double slashes.
+    Path: (
+        lambda v: isinstance(v, str) and bool(v),
+        lambda v: v if v.startswith("/vsi") or "://" in v else Path(v),
+        "a path (a string)",
+    ),
     bool: (lambda v: isinstance(v, bool), bool, "true or false"),
     int: (lambda v: _number(v) and isinstance(v, int), int, "an integer"),
     float: (_number, float, "a number"),
@@ -174,11 +149,20 @@ def parse_request(doc: Any) -> tuple[str, Any]:
     task = doc.get("task")
     if task not in TASKS:
         raise InputError(f"request: task must be one of {', '.join(TASKS)}, not {task!r}")
+    return task, from_json(task_entry(task).params_class(), doc.get("params", {}), "params")
+
+
+def task_entry(task: str):
+    """The task's row, its module imported: adapt's needs the training extra, which may not be installed."""
+    entry = TASKS[task]
     try:
-        cls = TASKS[task].params_class()
+        entry.params_class()
     except ImportError:
-        raise InputError(f"request: task {task!r} needs the training extra (torch): run `make dev`") from None
-    return task, from_json(cls, doc.get("params", {}), "params")
+        raise InputError(
+            f"task {task!r} needs the training code (export/) and its extra (torch): run `make dev` in the LandSeg "
+            "folder"
+        ) from None
+    return entry
 
 
 def read_request(source: str) -> Any:
@@ -202,4 +186,5 @@ def run_request(doc: Any, progress=None, notify=None, cancelled=None) -> dict:
     accepted = inspect.signature(run).parameters
     result = run(params, **{k: v for k, v in offered.items() if k in accepted and v is not None})
     body = json.loads(result.to_json()) if hasattr(result, "to_json") else to_json(result)
-    return {"version": REQUEST_VERSION, "task": task, "result": body}
+    # The result in words (as the CLI prints it): Processing logs these lines.
+    return {"version": REQUEST_VERSION, "task": task, "result": body, "lines": result.lines()}

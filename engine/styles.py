@@ -33,11 +33,8 @@ def polygon_qml(classes: tuple[ClassInfo, ...], field: str = "class_id") -> str:
 """
 
 
-def class_raster_qml(classes: tuple[ClassInfo, ...]) -> str:
-    entries = "\n".join(
-        f'        <paletteEntry value="{c.id}" color="{c.color}" label={quoteattr(c.name)} alpha="255"/>'
-        for c in classes
-    )
+def _paletted_qml(entries: str) -> str:
+    """A paletted raster style around its <paletteEntry> lines (class maps, change maps)."""
     return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
   <pipe>
     <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
@@ -48,6 +45,14 @@ def class_raster_qml(classes: tuple[ClassInfo, ...]) -> str:
   </pipe>
 </qgis>
 """
+
+
+def class_raster_qml(classes: tuple[ClassInfo, ...]) -> str:
+    entries = "\n".join(
+        f'        <paletteEntry value="{c.id}" color="{c.color}" label={quoteattr(c.name)} alpha="255"/>'
+        for c in classes
+    )
+    return _paletted_qml(entries)
 
 
 def confidence_qml() -> str:
@@ -104,16 +109,7 @@ def change_raster_qml(transitions: list[tuple[int, ClassInfo, ClassInfo]]) -> st
     for code, a, b in transitions:
         label = "change" if a is b else f"{a.name} → {b.name}"
         entries.append(f'        <paletteEntry value="{code}" color="{b.color}" label={quoteattr(label)} alpha="255"/>')
-    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
-  <pipe>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
-      <colorPalette>
-{chr(10).join(entries)}
-      </colorPalette>
-    </rasterrenderer>
-  </pipe>
-</qgis>
-"""
+    return _paletted_qml("\n".join(entries))
 
 
 def crowns_qml() -> str:

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import mapping
 
+from . import task_options as ui
 from .areas import AreaCalculator
 from .crown_shapes import SamPrompter, crown_record, suppress_overlaps, tree_tops, watershed_regions
 from .errors import Cancelled, InputError
@@ -85,6 +86,43 @@ class TreeCrownParams:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
 
+OPTIONS = (
+    ui.Option("image", "--input", "RGB image", "RGB image (a file or any GDAL path)", short="-i", widget="raster",
+           name="INPUT"),
+    ui.Option("chm", "--chm", "Canopy height model (optional)", "canopy height model / nDSM in metres (same CRS as "
+           "the image)", widget="raster"),
+    ui.Option("model", "--model", "Crown detector, or a land-cover model for the watershed method (empty: the "
+           "shipped detector)", "crown detector (task treecrowns; default: the shipped one), or a land-cover model "
+           "whose vegetation mask feeds the watershed method (e.g. models/rgb_index_baseline.onnx)", widget="model",
+           file_filter=ui.MODEL_FILTER),
+    ui.Option("vegetation_class", "--vegetation-class", "Vegetation class of a land-cover model (empty: by name)",
+           "class of the model to use as vegetation (default: by name)", advanced=True),
+    ui.Option("sam", "--sam", "SAM folder (optional)", "SAM folder from `python -m export sam` (default: watershed)",
+           widget="folder"),
+    ui.band_mapping("map bands to the model's input, e.g. rgb=1,2,3"),
+    ui.DEVICE,
+    ui.Option("min_height_m", "--min-height", "Minimum tree height (m, CHM)", "CHM: lowest tree, m (default: "
+           "%(default)s)", minimum=0, name="MIN_HEIGHT"),
+    ui.Option("min_distance_m", "--min-distance", "Minimum distance between tree tops (m)",
+           "between tree tops, m (default: %(default)s)", minimum=0.1, name="MIN_DISTANCE"),
+    ui.Option("min_area_m2", "--min-area", "Smallest crown (m²)", "smallest crown, m2 (default: %(default)s)",
+           minimum=0, name="MIN_AREA", advanced=True),
+    ui.Option("score_threshold", "--score-threshold", "Detector: lowest crown score (-1: the model's, chosen on "
+           "validation)", "detector models: lowest crown score (default: the model's)", unset=-1, minimum=-1,
+           maximum=1),
+    ui.Option("tta", "--tta", "Views averaged (d4: 8 turns/flips; none: 8x faster, fewer crowns)",
+           "detector models: views averaged, d4 = 8 turns/flips (default), none = 8x faster, fewer crowns found",
+           choices=("d4", "flips", "none"), advanced=True),
+    ui.resample_option("detector: read the image at the model's pixel size (0.1 m) when it differs by more than "
+                    "15%% (default)"),
+    ui.RESCALE,
+    ui.out_folder("crowns_path"),
+    ui.name_option(),
+    ui.Option("crowns_path", "--out-crowns", "Tree crowns", "crowns layer path (default: OUT/NAME.gpkg)",
+           widget="output_vector", name="OUTPUT", result="crowns", suffix=".gpkg"),
+)  # fmt: skip
+
+
 @dataclass
 class TreeCrownResult(JsonResult):
     crowns: Path
@@ -94,6 +132,10 @@ class TreeCrownResult(JsonResult):
     seconds: float
     messages: list[str] = field(default_factory=list)
     rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
+
+    def lines(self) -> list[str]:
+        return [f"crowns: {self.crowns} (layer '{self.layer}', {self.n_crowns} crowns, {self.method}), "
+                f"{self.seconds:.1f} s"]  # fmt: skip
 
 
 def _vegetation_index(names: list[str], wanted: str | None) -> int:
@@ -175,7 +217,7 @@ def run_treecrowns(
     model_path = params.model or DEFAULT_TREECROWN_MODEL
     package = load_model_package(model_path)
     meta = package.meta
-    final = Path(params.crowns_path or Path(params.out_dir) / f"{params.name}.gpkg")
+    (final,) = ui.output_paths(params, OPTIONS, ("crowns_path",))
     driver_for(final, "crowns output")
     if meta.task == "treecrowns":
         return _run_detector(params, package, final, say, t0, progress, cancelled)

@@ -28,6 +28,7 @@ from engine.errors import Cancelled, InputError, ModelError
 from engine.model_package import DEFAULT_LANDCOVER_MODEL, load_model_package, meta_to_dict
 from engine.raster_input import AlignedInputs, reference_grid
 from engine.resample import plan as plan_resampling
+from engine.task_options import Option
 
 from .adapt_labels import (
     IGNORE,
@@ -69,6 +70,34 @@ class AdaptParams:
     keep_base: float = 1.0
 
 
+OPTIONS = (
+    Option("inputs", "--input", "Raster(s)", "raster(s) labelled", short="-i", widget="rasters", name="INPUT"),
+    Option("labels", "--labels", "Labelled polygons or points", "labelled polygons or points (GeoPackage, ...)",
+           widget="vector"),
+    Option("class_field", "--class-field", "Class field", "the labels' class field (default: %(default)s)",
+           widget="field", parent="LABELS"),
+    Option("model", "--model", "Base model (empty: the shipped land-cover model)", "base model (default: "
+           "%(default)s)", widget="model", file_filter="ONNX (*.onnx)"),
+    Option("minutes", "--minutes", "Training time (minutes)", "training time budget (default: %(default)s)",
+           minimum=0.1),
+    Option("max_steps", "--max-steps", "Stop after this many steps", "stop after this many steps (smoke tests)",
+           processing=False),
+    Option("holdout", "--holdout", "Share of the labels held out (by location)",
+           "share of the labels held out by location (default: %(default)s)", minimum=0.05, maximum=0.9,
+           advanced=True),
+    Option("name", "--name", "New model's name (empty: <base>-adapted)", "new model's name (default: "
+           "<base>-adapted)", advanced=True),
+    Option("pixel_size_m", "--pixel-size", "New model's pixel size, m (0: the base model's)", "train (and later "
+           "run) the new model at this pixel size in m (default: the base model's)", unset=0, minimum=0,
+           name="PIXEL_SIZE"),
+    Option("keep_base", "--keep-base", "Weight towards the base model's answer on unlabelled pixels",
+           "weight pulling unlabelled pixels towards the base model's answer (default: 1; 0 = ignore them)",
+           minimum=0, advanced=True),
+    Option("out_dir", "--out", "Folder for the new model", "folder for the new model package", short="-o",
+           widget="output_folder", name="OUTPUT"),
+)  # fmt: skip
+
+
 @dataclass
 class AdaptResult:
     model: Path
@@ -82,6 +111,10 @@ class AdaptResult:
     train_polygons: int
     holdout_polygons: int
     messages: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"adapted model: {self.model} ({self.steps} steps, {self.minutes} min)",
+                f"held-out IoU before: {self.holdout_iou_before}", f"after: {self.holdout_iou_after}"]  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()})

@@ -1,5 +1,7 @@
-"""The LandSeg dock panel: pick layers and map their bands to the model's inputs, choose model, device and
-tiling, press Run. It only collects parameters; the engine does the work (see task.py)."""
+"""The LandSeg dock panel: pick a task, layers and the bands feeding the model's inputs, a model, options, press
+Run. It only collects parameters; the engine does the work (see task.py). The task list and each task's option
+widgets are made from the engine's task table (forms.py, dock_forms.py); land cover, change and tree crowns also
+get the layer-and-bands table and the model list, which serve their layer, band-mapping and model options."""
 
 from __future__ import annotations
 
@@ -20,30 +22,21 @@ from qgis.PyQt.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from . import forms
 from .dock_adapt import AdaptPanel
-from .engine_process import (
-    MODEL_FILTER,
-    RESAMPLE_MODES,
-    EngineError,
-    change_request,
-    default_model,
-    describe_model,
-    installed_models,
-    landcover_request,
-    treecrown_model,
-    treecrowns_request,
-)
-from .settings import DEVICES, models_dir_setting, output_dir_setting, python_setting, remember_output_dir
+from .dock_forms import make_widget, shown, widget_value
+from .engine_process import MODEL_FILTER, EngineError, default_model, describe_model, installed_models
+from .settings import models_dir_setting, output_dir_setting, python_setting, remember_output_dir
 from .task import EngineTask
 
-TASKS = [("landcover", "Land cover"), ("change", "Change detection"), ("treecrowns", "Tree crowns")]
-CHANGE_METHODS = [("postclass", "Land cover on both dates (from → to)"), ("direct", "Change model (direct)")]
+# The panel's own rows serve these tasks' layer, band-mapping and model options: option names per inputs-table row.
+TABLE_ROWS = {"change": ("BEFORE", "AFTER"), "treecrowns": ("INPUT", "CHM")}  # land cover: a row per model input
+PANEL_ADAPT = "adapt"  # served by its own group (dock_adapt.py): it needs the model list and a labels layer
 
 
 class LandSegDock(AdaptPanel, QgsDockWidget):
@@ -65,20 +58,11 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
 
         form = QFormLayout()
         self.task_combo = QComboBox()
-        for key, label in TASKS:
-            self.task_combo.addItem(label, key)
+        for key, task in forms.tasks().items():
+            if key != PANEL_ADAPT:
+                self.task_combo.addItem(task["title"], key)
         self.task_combo.currentIndexChanged.connect(self._model_changed)
         form.addRow("Task", self.task_combo)
-        self.method_combo = QComboBox()
-        for key, label in CHANGE_METHODS:
-            self.method_combo.addItem(label, key)
-        self.method_label = QLabel("Method")
-        form.addRow(self.method_label, self.method_combo)
-        self.change_classes = QLineEdit()
-        self.change_classes.setPlaceholderText("building, road (empty: every class)")
-        self.change_classes.setToolTip("Land cover on both dates: report changes from or to these classes only")
-        self.change_classes_label = QLabel("Changed classes")
-        form.addRow(self.change_classes_label, self.change_classes)
         model_row = QHBoxLayout()
         self.model_combo = QComboBox()
         self.model_combo.currentIndexChanged.connect(self._model_changed)
@@ -87,18 +71,13 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         browse.clicked.connect(self._browse_model)
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(browse)
-        form.addRow("Model", model_row)
-        self.prompts = QLineEdit()
-        self.prompts.setPlaceholderText("woodland, water, buildings")
-        self.prompts.setToolTip(
-            "Comma-separated; each is matched to the model class it means (shown after the "
-            "run). Empty: all the model's classes. Classes not asked for become 'other'."
-        )
-        form.addRow("Class prompts", self.prompts)
+        self.model_label = QLabel("Model")
+        form.addRow(self.model_label, model_row)
+        self.model_row = [self.model_combo, browse]
         lay.addLayout(form)
 
-        inputs_box = QGroupBox("Inputs: layer and bands for each model input")
-        ib = QVBoxLayout(inputs_box)
+        self.inputs_box = QGroupBox("Inputs: layer and bands for each model input")
+        ib = QVBoxLayout(self.inputs_box)
         self.inputs_table = QTableWidget(0, 3)
         self.inputs_table.setHorizontalHeaderLabels(["Model input", "Layer", "Bands"])
         self.inputs_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
@@ -106,35 +85,17 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         self.inputs_table.setMaximumHeight(140)
         self.inputs_table.verticalHeader().setVisible(False)
         ib.addWidget(self.inputs_table)
-        lay.addWidget(inputs_box)
+        lay.addWidget(self.inputs_box)
 
+        # The chosen task's option widgets (dock_forms), remade when the task changes.
+        self.options_box = QWidget()
+        self.options_form = QFormLayout(self.options_box)
+        self.options_form.setContentsMargins(0, 0, 0, 0)
+        self.options_form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.option_widgets: dict[str, QWidget] = {}
+        self._options_task: str | None = None
+        lay.addWidget(self.options_box)
         opts = QFormLayout()
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
-        opts.addRow("Device", self.device_combo)
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(0, 4096)
-        self.tile_spin.setSingleStep(64)
-        self.tile_spin.setSpecialValueText("model default")
-        self.overlap_spin = QSpinBox()
-        self.overlap_spin.setRange(-1, 1024)
-        self.overlap_spin.setValue(-1)
-        self.overlap_spin.setSpecialValueText("model default")
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 256)
-        self.batch_spin.setValue(4)
-        tiling = QHBoxLayout()
-        for label, w in (("tile", self.tile_spin), ("overlap", self.overlap_spin), ("batch", self.batch_spin)):
-            tiling.addWidget(QLabel(label))
-            tiling.addWidget(w)
-        opts.addRow("Tiling", tiling)
-        self.resample_combo = QComboBox()
-        self.resample_combo.addItems(list(RESAMPLE_MODES))
-        self.resample_combo.setToolTip(
-            "auto: when the layer's pixel size differs from the model's by more than 15%, infer at the model's "
-            "pixel size and write the results back on the layer's grid"
-        )
-        opts.addRow("Resample", self.resample_combo)
         self.out_widget = QgsFileWidget()
         self.out_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.out_widget.setFilePath(output_dir_setting())
@@ -187,7 +148,38 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
             idx = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(idx)
 
+    # ---- the chosen task's options ----------------------------------------------------------------------------
+    def uses_table(self, task: str | None = None) -> bool:
+        """Does the task take its layers through the layer-and-bands table and its model from the model list?"""
+        task = task or self.task_combo.currentData()
+        return any(o["widget"] == "band_mapping" for o in forms.options(task))
+
+    def _build_options(self, task: str) -> None:
+        if task == self._options_task:
+            return
+        while self.options_form.rowCount():
+            self.options_form.removeRow(0)
+        self.option_widgets = {}
+        for opt in forms.options(task):
+            if shown(task, opt, self.uses_table(task)):
+                self.option_widgets[opt["name"]] = make_widget(opt, self.option_widgets)
+                # The label's words before its parenthesis: the rest (defaults, examples) is in the tooltip.
+                label = QLabel(opt["label"].split(" (")[0])
+                label.setToolTip(opt["label"])
+                self.options_form.addRow(label, self.option_widgets[opt["name"]])
+        self._options_task = task
+        table = self.uses_table(task)
+        self.inputs_box.setVisible(table)
+        self.model_label.setVisible(table)
+        for w in self.model_row:
+            w.setVisible(table)
+
+    def option_widget(self, name: str) -> QWidget:
+        """The widget of the option `name` (its Processing name, e.g. TILE) of the chosen task."""
+        return self.option_widgets[name]
+
     def _model_changed(self) -> None:
+        self._build_options(self.task_combo.currentData())
         model = self.model_combo.currentData()
         self._meta = None
         self.inputs_table.setRowCount(0)
@@ -203,10 +195,6 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
             return
         self._set_status(self._meta.get("description", ""))
         task = self.task_combo.currentData()
-        self.method_combo.setVisible(task == "change")
-        self.method_label.setVisible(task == "change")
-        self.change_classes.setVisible(task == "change")
-        self.change_classes_label.setVisible(task == "change")
         if task == "change":
             first = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]
             n = len(first["bands"])
@@ -280,62 +268,54 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         layer = self.inputs_table.cellWidget(row, 1).currentLayer()
         if layer is None:
             if required:
-                raise EngineError(f"choose a layer for the {what}")
+                raise EngineError(f"choose a layer for '{what}'")
             return None
         if layer.providerType() != "gdal":
             raise EngineError(f"layer '{layer.name()}' is not a raster file; save it as a GeoTIFF first")
         return layer.source().split("|")[0]
 
+    def _table_values(self, task: str) -> dict[str, Any]:
+        """The layer, band-mapping and model options the table and the model list give (forms' names)."""
+        if self._meta is None:
+            raise EngineError("choose a valid model first")
+        model = self.model_combo.currentData()
+        by_name = {o["name"]: o for o in forms.options(task)}
+        # The list starts at the land-cover model: a task whose own default is another model (tree crowns: the
+        # crown detector) keeps its default unless another model is chosen on purpose.
+        own = forms.default_value(by_name["MODEL"])
+        values: dict[str, Any] = {"MODEL": None if model == str(default_model()) and own != model else model}
+        if task in TABLE_ROWS:
+            first, second = TABLE_ROWS[task]
+            values[first] = self._row_layer(0, by_name[first]["label"])
+            values[second] = self._row_layer(1, by_name[second]["label"], required=not by_name[second]["optional"])
+            bands = self.inputs_table.cellWidget(0, 2).text().strip()
+            if task == "change" and bands:
+                modality = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]["modality"]
+                values["BANDS"] = f"{modality}=1:{bands}"
+            return values
+        values["INPUT"], values["BANDS"] = self.collect()
+        return values
+
     def build_request(self, out_dir: str) -> tuple[dict, str]:
         """(engine request, short description) for the chosen task; raises EngineError if incomplete."""
         task = self.task_combo.currentData()
-        stamp = time.strftime("%Y%m%d_%H%M%S")
-        base = Path(out_dir) / f"{task}_{stamp}"
-        model = self.model_combo.currentData()
-        device = self.device_combo.currentText()
-        if self._meta is None:
-            raise EngineError("choose a valid model first")
-        if task == "change":
-            before = self._row_layer(0, "first date (before)")
-            after = self._row_layer(1, "second date (after)")
-            bands = self.inputs_table.cellWidget(0, 2).text().strip()
-            modality = [i for i in self._meta["inputs"] if i.get("date") in (None, "before")][0]["modality"]
-            return change_request(
-                [before],
-                [after],
-                f"{base}_map.tif",
-                f"{base}.gpkg",
-                f"{base}_transitions.csv",
-                model=model,
-                method=self.method_combo.currentData(),
-                band_mapping=f"{modality}=1:{bands}" if bands else "",
-                device=device,
-                classes=self.change_classes.text(),
-                resample=self.resample_combo.currentText(),
-            ), "change"
-        if task == "treecrowns":
-            image = self._row_layer(0, "RGB image")
-            chm = self._row_layer(1, "CHM", required=False)
-            if model == str(default_model()):
-                # The default land-cover model is for land cover: tree crowns come from the crown detector, as in
-                # the CLI and Processing (another model chosen on purpose is used as it is).
-                model = str(treecrown_model())
-            return treecrowns_request(image, f"{base}.gpkg", chm=chm, model=model, device=device), "tree crowns"
-        paths, mapping = self.collect()
-        return landcover_request(
-            inputs=paths,
-            out_classes=f"{base}_classes.tif",
-            out_confidence=f"{base}_confidence.tif",
-            out_polygons=f"{base}.gpkg",
-            model=model,
-            band_mapping=mapping,
-            device=device,
-            tile=self.tile_spin.value(),
-            overlap=self.overlap_spin.value(),
-            batch=self.batch_spin.value(),
-            prompts=self.prompts.text(),
-            resample=self.resample_combo.currentText(),
-        ), "land cover"
+        name = f"{task}_{time.strftime('%Y%m%d_%H%M%S')}"
+        values = {n: widget_value(o, self.option_widgets[n]) for o in forms.options(task)
+                  if (n := o["name"]) in self.option_widgets}  # fmt: skip
+        if self.uses_table(task):
+            values.update(self._table_values(task))
+        for opt in forms.options(task):  # outputs: named after the task and the time, in the output folder
+            if opt["widget"] == "output_folder":
+                values[opt["name"]] = str(Path(out_dir) / name)
+            elif opt["widget"] in forms.OUTPUT_WIDGETS and opt.get("suffix") and not self.uses_table(task):
+                values[opt["name"]] = str(Path(out_dir) / f"{name}{opt['suffix']}")
+        request = forms.build_request(task, values)
+        fields = {o["field"] for o in forms.options(task, front_end=False)}
+        request["params"].update({k: v for k, v in (("out_dir", out_dir), ("name", name)) if k in fields})
+        for opt in forms.options(task):
+            if not opt["optional"] and opt["field"] not in request["params"]:
+                raise EngineError(f"choose {opt['label'].lower()}")
+        return request, forms.tasks()[task]["title"].lower()
 
     def start_run(self) -> None:
         self.last_error = None

@@ -10,7 +10,7 @@ from qgis.core import QgsMapLayerProxyModel
 from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
 
-from .engine_process import adapt_request
+from . import forms
 from .settings import output_dir_setting, python_setting
 from .task import EngineTask
 
@@ -67,10 +67,11 @@ class AdaptPanel:
         out_dir = str(
             Path(self.out_widget.filePath() or output_dir_setting()) / f"model_{time.strftime('%Y%m%d_%H%M%S')}"
         )
-        args = adapt_request(
-            [layer.source()], labels.source().split("|")[0], self.label_field.currentField(), out_dir,
-            self.model_combo.currentData() or "", float(self.adapt_minutes.value()), self.adapt_pixel.value(),
-        )  # fmt: skip
+        args = forms.build_request("adapt", {
+            "INPUT": [layer.source()], "LABELS": labels.source().split("|")[0],
+            "CLASS_FIELD": self.label_field.currentField(), "OUTPUT": out_dir, "MODEL": self.model_combo.currentData(),
+            "MINUTES": float(self.adapt_minutes.value()), "PIXEL_SIZE": self.adapt_pixel.value(),
+        })  # fmt: skip
         self._start(
             EngineTask("LandSeg: adapt", args, "adapt", python_setting(), task="adapt"), self._adapted, "adapting…"
         )

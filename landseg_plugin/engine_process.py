@@ -43,11 +43,6 @@ def default_model() -> Path:
     return engine_root() / "models" / "landcover_unet_lite0.onnx"
 
 
-def treecrown_model() -> Path:
-    """engine.model_package.DEFAULT_TREECROWN_MODEL: the trained crown detector."""
-    return engine_root() / "models" / "treecrowns_centernet_lite0.onnx"
-
-
 # Model files the engine runs: ONNX packages, and native TensorRT engines (with their .json sidecar).
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
 MODEL_FILTER = "Models (*.onnx *.engine *.plan)"
@@ -118,6 +113,7 @@ def run_engine(
     is_cancelled: Callable[[], bool] | None = None,
     python: str | None = None,
     accept: tuple[int, ...] = (0,),  # exit codes that still carry a result
+    whole_answer: bool = False,  # requests: the whole answer (result and its lines), not only the result
 ) -> dict[str, Any]:
     """Run a request (`python -m engine run --request -`, the JSON on stdin) or CLI arguments, following the
     engine's JSON-lines progress; returns the task's result object."""
@@ -183,199 +179,11 @@ def run_engine(
         raise EngineCancelled("cancelled")
     if code not in accept or result is None:
         raise EngineError(_last_error("".join(stderr_parts)) or f"engine exited with code {code}")
-    if is_request:  # the answer: {"version", "task", "result"}
+    if is_request and not whole_answer:  # the answer: {"version", "task", "result", "lines"}
         return result["result"]
     return result
 
 
-RESAMPLE_MODES = ("auto", "off")  # engine.resample.MODES
-BLENDS = ("cosine", "gaussian", "constant")  # engine.tiling.BLENDS
-PRECISIONS = ("fp32", "fp16", "int8")  # engine.runtime.PRECISIONS
-
-
 # The typed request seam (engine/request.py): the front ends send a task's parameters dataclass as JSON, never CLI
-# strings, so the field names below are the dataclasses' (engine.landcover.LandcoverParams, ...).
+# strings; forms.build_request makes them from the engine's task table.
 REQUEST_VERSION = 1  # engine.request.REQUEST_VERSION
-
-
-def request(task: str, /, **params: Any) -> dict[str, Any]:
-    """A request for ``task``; a None value means "the dataclass's default" and is left out."""
-    return {"version": REQUEST_VERSION, "task": task, "params": {k: v for k, v in params.items() if v is not None}}
-
-
-def _split(text: str) -> list[str]:
-    """'buildings, river; trees' -> ['buildings', 'river', 'trees'] (the engine trims and de-duplicates)."""
-    return [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
-
-
-def landcover_request(
-    inputs: list[str],
-    out_classes: str,
-    out_confidence: str,
-    out_polygons: str,
-    model: str | None = None,
-    band_mapping: str = "",
-    device: str = "auto",
-    tile: int = 0,
-    overlap: int = -1,
-    batch: int = 4,
-    min_area: float = -1,
-    prompts: str = "",
-    unasked: str = "other",
-    fuse_models: list[str] | tuple[str, ...] = (),
-    resample: str = "auto",
-    blend: str = "cosine",
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """The land-cover request. 0 / -1 mean "the model's default" for tile / overlap / min area."""
-    return request(
-        "landcover",
-        inputs=list(inputs),
-        model=model or str(default_model()),
-        out_dir=str(Path(out_classes).parent),
-        class_map_path=out_classes,
-        confidence_path=out_confidence,
-        polygons_path=out_polygons,
-        modalities=band_mapping.strip() or None,  # the text form: parsed and checked by the engine
-        tile=tile if tile > 0 else None,
-        overlap=overlap if overlap >= 0 else None,
-        batch=batch,
-        blend=blend,
-        runtime={"device": device, "precision": precision},
-        polygons={"min_area_m2": min_area} if min_area >= 0 else None,
-        prompts=_split(prompts) or None,
-        unasked=unasked,
-        fuse_models=list(fuse_models) or None,
-        resample=resample,
-    )
-
-
-def change_request(
-    before: list[str],
-    after: list[str],
-    out_map: str,
-    out_polygons: str,
-    out_matrix: str,
-    model: str | None = None,
-    method: str = "postclass",
-    band_mapping: str = "",
-    device: str = "auto",
-    threshold: float = 0.5,
-    min_area: float = -1,
-    classes: str = "",
-    resample: str = "auto",
-) -> dict[str, Any]:
-    return request(
-        "change",
-        before=list(before),
-        after=list(after),
-        model=model or str(default_model()),
-        out_dir=str(Path(out_map).parent),
-        change_map_path=out_map,
-        polygons_path=out_polygons,
-        matrix_path=out_matrix,
-        method=method,
-        modalities=band_mapping.strip() or None,
-        threshold=threshold,
-        runtime={"device": device},
-        polygons={"layer": "change", **({"min_area_m2": min_area} if min_area >= 0 else {})},
-        classes=_split(classes) or None,
-        resample=resample,
-    )
-
-
-def chm_request(lidar: str, out: str, resolution: float = 0.5, crs: str = "") -> dict[str, Any]:
-    return request("chm", lidar=lidar, out=out, resolution=resolution, crs=crs or None)
-
-
-def adapt_request(
-    inputs: list[str],
-    labels: str,
-    class_field: str,
-    out_dir: str,
-    model: str = "",
-    minutes: float = 5.0,
-    pixel_size_m: float = 0.0,  # 0: the base model's
-) -> dict[str, Any]:
-    return request(
-        "adapt",
-        inputs=list(inputs),
-        labels=labels,
-        class_field=class_field,
-        out_dir=out_dir,
-        model=model or str(default_model()),
-        minutes=minutes,
-        pixel_size_m=pixel_size_m if pixel_size_m > 0 else None,
-    )
-
-
-def batch_request(
-    task: str,
-    inputs: list[str],
-    out_dir: str,
-    model: str = "",
-    workers: int = 0,
-    chunk_px: int = 8192,
-    scheduler: str = "",
-    resample: str = "auto",
-) -> dict[str, Any]:
-    return request(
-        "batch",
-        task=task,
-        inputs=list(inputs),
-        out_dir=out_dir,
-        model=model or None,
-        workers=workers,
-        chunk_px=chunk_px,
-        scheduler=scheduler.strip() or None,
-        resample=resample,
-        dashboard=False,
-    )
-
-
-def accuracy_request(
-    class_map: str,
-    out_dir: str,
-    reference: str = "",
-    class_field: str = "class",
-    class_names: str = "",
-    sample: int = 0,
-    name: str = "accuracy",
-) -> dict[str, Any]:
-    sampled = sample > 0
-    return request(
-        "accuracy",
-        class_map=class_map,
-        out_dir=out_dir,
-        name=name,
-        sample=sample if sampled else None,
-        reference=None if sampled else reference,
-        class_field=None if sampled else class_field,
-        class_names=[n.strip() for n in class_names.split(",") if n.strip()] or None,
-    )
-
-
-def treecrowns_request(
-    image: str,
-    out_crowns: str,
-    chm: str | None = None,
-    model: str | None = None,
-    sam: str | None = None,
-    device: str = "auto",
-    min_height: float = 2.0,
-    min_distance: float = 3.0,
-    score_threshold: float = -1.0,  # < 0: the model's
-) -> dict[str, Any]:
-    return request(
-        "treecrowns",
-        image=image,
-        out_dir=str(Path(out_crowns).parent),
-        crowns_path=out_crowns,
-        chm=chm or None,
-        model=model or str(treecrown_model()),
-        sam=sam or None,
-        runtime={"device": device},
-        min_height_m=min_height,
-        min_distance_m=min_distance,
-        score_threshold=score_threshold if score_threshold >= 0 else None,
-    )

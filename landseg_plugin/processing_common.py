@@ -11,16 +11,10 @@ from qgis.core import (
     QgsMapLayerType,
     QgsProcessingAlgorithm,
     QgsProcessingException,
-    QgsProcessingParameterEnum,
 )
-from qgis.PyQt.QtGui import QIcon
 
-from .engine_process import (
-    RESAMPLE_MODES,
-    EngineCancelled,
-    EngineError,
-    run_engine,
-)
+from .engine_process import EngineCancelled, EngineError, run_engine
+from .forms import flag_words
 from .settings import python_setting
 
 ICON = Path(__file__).resolve().parent / "resources" / "icons" / "landseg.svg"
@@ -46,15 +40,15 @@ def raster_paths(alg: QgsProcessingAlgorithm, layers, what: str) -> list[str]:
     return paths
 
 
-def run_in_processing(args: list[str], feedback, accept: tuple[int, ...] = (0,)) -> dict | None:
+def run_in_processing(job: dict, feedback, whole_answer: bool = False) -> dict | None:
     try:
         return run_engine(
-            args,
+            job,
             progress=lambda f, m: feedback.setProgress(100.0 * f),
             message=feedback.pushInfo,
             is_cancelled=feedback.isCanceled,
             python=python_setting(),
-            accept=accept,
+            whole_answer=whole_answer,
         )
     except EngineCancelled:
         feedback.reportError("LandSeg: cancelled; no output was written")
@@ -69,47 +63,15 @@ def run_in_processing(args: list[str], feedback, accept: tuple[int, ...] = (0,))
         raise QgsProcessingException(message) from None  # in QGIS and processing.run(): the text is the API
 
 
-# Engine (CLI) options named in error messages -> the Processing parameter that sets the same thing.
-CLI_TO_PARAMETER = {
-    "--modality": "the band mapping parameter (BANDS)",
-    "--resample": "the RESAMPLE parameter",
-    "--classes": "the CLASSES parameter",
-    "--prompts": "the PROMPTS parameter",
-}
-
-
 def in_processing_words(message: str) -> str:
     """An engine error with its CLI options replaced by the Processing parameters that set them."""
     import re
 
     def swap(m: re.Match) -> str:
         flag, value = m.group(1), (m.group(2) or "").rstrip(".,")
-        name = CLI_TO_PARAMETER.get(flag)
+        name = flag_words().get(flag)
         if name is None:
             return m.group(0)
         return f"{name}, e.g. {value.removeprefix('NAME=')}" if value else name
 
     return re.sub(r"(--[a-z-]+)(?:[ =]([^\s;,)]+(?:=[^\s;,)]+)?))?", swap, message)
-
-
-class LandSegAlgorithm(QgsProcessingAlgorithm):
-    def group(self) -> str:
-        return "Segmentation"
-
-    def groupId(self) -> str:
-        return "segmentation"
-
-    def icon(self) -> QIcon:
-        return QIcon(str(ICON))
-
-    def createInstance(self):
-        return type(self)()
-
-
-def resample_parameter(name: str) -> QgsProcessingParameterEnum:
-    return QgsProcessingParameterEnum(
-        name,
-        "Resample to the model's pixel size (auto: when the input's differs by more than 15%)",
-        options=list(RESAMPLE_MODES),
-        defaultValue=0,
-    )

@@ -1,21 +1,19 @@
-"""Processing provider `landseg`: its algorithms live in processing_mapping (land cover, change),
-processing_trees (tree crowns, CHM), processing_assess (accuracy, adapt) and processing_batch (batch)."""
+"""Processing provider `landseg`: one algorithm per task of the engine's table (processing_tasks.TaskAlgorithm)."""
 
 from __future__ import annotations
 
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .processing_assess import AccuracyAlgorithm, AdaptAlgorithm
-from .processing_batch import BatchAlgorithm
+from . import forms
 from .processing_common import ICON, in_processing_words, run_in_processing
-from .processing_mapping import ChangeAlgorithm, LandcoverAlgorithm
-from .processing_trees import ChmAlgorithm, TreeCrownsAlgorithm
+from .processing_tasks import TaskAlgorithm
 
-__all__ = [
-    "AccuracyAlgorithm", "AdaptAlgorithm", "BatchAlgorithm", "ChangeAlgorithm", "ChmAlgorithm", "LandcoverAlgorithm",
-    "LandSegProvider", "TreeCrownsAlgorithm", "in_processing_words", "run_in_processing",
-]  # fmt: skip
+__all__ = ["LandSegProvider", "TaskAlgorithm", "algorithm", "in_processing_words", "run_in_processing"]
+
+
+def algorithm(task: str) -> TaskAlgorithm:
+    return TaskAlgorithm(task)
 
 
 class LandSegProvider(QgsProcessingProvider):
@@ -29,10 +27,5 @@ class LandSegProvider(QgsProcessingProvider):
         return QIcon(str(ICON))
 
     def loadAlgorithms(self) -> None:
-        self.addAlgorithm(LandcoverAlgorithm())
-        self.addAlgorithm(ChangeAlgorithm())
-        self.addAlgorithm(TreeCrownsAlgorithm())
-        self.addAlgorithm(ChmAlgorithm())
-        self.addAlgorithm(AccuracyAlgorithm())
-        self.addAlgorithm(AdaptAlgorithm())
-        self.addAlgorithm(BatchAlgorithm())
+        for task in forms.tasks():
+            self.addAlgorithm(TaskAlgorithm(task))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import QgsSettings
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 KEY_PYTHON = "landseg/python"
 KEY_MODELS_DIR = "landseg/models_dir"
 

@@ -17,28 +17,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import pyqtSignal
 
+from . import forms
 from .engine_process import EngineCancelled, EngineError, run_engine
 
 LOG_TAG = "LandSeg"
-
-
-def result_layers(task: str, result: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(data source, layer name, visible) for each output of a task, top of the group first."""
-    if task == "change":
-        return [
-            (f"{result['polygons']}|layername={result['layer']}", "change polygons", True),
-            (result["change_map"], "change raster", True),
-        ]
-    if task == "treecrowns":
-        return [(f"{result['crowns']}|layername={result['layer']}", "tree crowns", True)]
-    if task == "adapt":  # a new model, not layers: the panel adds it to its model list
-        return []
-    return [
-        (f"{result['polygons']}|layername={result['layer']}", "land cover polygons", True),
-        (result["class_map"], "class map", True),
-        # On top of the class map the confidence would hide it: added, but switched off.
-        (result["confidence"], "confidence", False),
-    ]
 
 
 def add_result_layers(
@@ -47,11 +29,12 @@ def add_result_layers(
     """The task's outputs in a new group at the top of the layer tree, styled from the QML sidecars the engine
     wrote (the one source of class colours)."""
     project = project or QgsProject.instance()
-    specs = result_layers(task, result)
+    specs = forms.result_layers(task, result)
     layers = []
     for source, name, visible in specs:
         path = source.split("|")[0]
-        layer = QgsVectorLayer(source, name, "ogr") if path.endswith(".gpkg") else QgsRasterLayer(source, name)
+        vector = path.lower().endswith(tuple(forms.schema()["vector_suffixes"]))
+        layer = QgsVectorLayer(source, name, "ogr") if vector else QgsRasterLayer(source, name)
         if not layer.isValid():
             raise EngineError(f"QGIS cannot open the result {path}")
         qml = Path(path).with_suffix(".qml")

@@ -113,9 +113,9 @@ def test_dock_cancel_leaves_no_layers_or_files(dock, qgis_app, tmp_path):
     layer = QgsRasterLayer(str(URBAN), "urban")
     QgsProject.instance().addMapLayer(layer)
     dock.set_input(0, layer)
-    dock.tile_spin.setValue(64)  # many small tiles: long enough to cancel mid-run
-    dock.overlap_spin.setValue(16)
-    dock.batch_spin.setValue(1)
+    dock.option_widget("TILE").setValue(64)  # many small tiles: long enough to cancel mid-run
+    dock.option_widget("OVERLAP").setValue(16)
+    dock.option_widget("BATCH").setValue(1)
     dock.out_widget.setFilePath(str(tmp_path))
     n_layers = len(QgsProject.instance().mapLayers())
     dock.start_run()
@@ -176,7 +176,7 @@ def test_dock_change_task_adds_change_layers(dock, qgis_app, tmp_path):
     before_layer, after_layer = QgsRasterLayer(str(SJER), "2018"), QgsRasterLayer(str(after), "2019")
     QgsProject.instance().addMapLayers([before_layer, after_layer])
     _set_task(dock, "change")
-    assert dock.method_combo.isVisibleTo(dock) and dock.inputs_table.rowCount() == 2
+    assert "METHOD" in dock.option_widgets and dock.inputs_table.rowCount() == 2
     dock.set_input(0, before_layer)
     dock.set_input(1, after_layer)
     dock.out_widget.setFilePath(str(tmp_path / "out"))
@@ -195,7 +195,7 @@ def test_dock_treecrowns_task(dock, qgis_app, tmp_path):
     layer = QgsRasterLayer(str(URBAN), "urban")
     QgsProject.instance().addMapLayer(layer)
     _set_task(dock, "treecrowns")
-    assert dock.inputs_table.rowCount() == 2 and not dock.method_combo.isVisibleTo(dock)
+    assert dock.inputs_table.rowCount() == 2 and "METHOD" not in dock.option_widgets
     assert dock.inputs_table.cellWidget(1, 1).currentLayer() is None  # the optional CHM row starts empty
     dock.set_input(0, layer)
     dock.out_widget.setFilePath(str(tmp_path))
@@ -205,6 +205,39 @@ def test_dock_treecrowns_task(dock, qgis_app, tmp_path):
     crowns = dock.last_group.findLayers()[0].layer()
     assert crowns.name() == "tree crowns" and crowns.featureCount() >= 10  # the detector: 15 on this scene
     assert {"score", "height_max", "area_m2", "diameter_m"} <= {f.name() for f in crowns.fields()}
+
+
+def test_every_task_of_the_engines_table_is_in_processing_the_panel_and_the_cli(plugin, dock):
+    """The front ends are made from engine.tasks.TASKS: each task is a Processing algorithm whose parameters are
+    its options, a task of the panel (adapt: the panel's own group), and a CLI subcommand."""
+    from engine.cli_parser import build_parser
+    from engine.tasks import TASKS
+    from landseg_plugin import forms
+
+    registry = QgsApplication.processingRegistry()
+    panel = {dock.task_combo.itemData(i) for i in range(dock.task_combo.count())}
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for task in TASKS:
+        alg = registry.algorithmById(f"landseg:{task}")
+        assert alg is not None, task
+        names = {p.name() for p in alg.parameterDefinitions()}
+        assert names == {o["name"] for o in forms.options(task)}, task
+        assert task in panel or (task == "adapt" and dock.adapt_button is not None)
+        assert task in commands
+
+
+def test_the_panel_makes_a_form_for_a_task_without_bands(dock, tmp_path):
+    """Canopy height from LiDAR: no layer-and-bands table, a file widget for the point cloud, the CRS and cell
+    size widgets; the request the panel builds names the output in the output folder."""
+    dock.task_combo.setCurrentIndex(dock.task_combo.findData("chm"))
+    assert not dock.inputs_box.isVisibleTo(dock) and {"LIDAR", "RESOLUTION", "CRS"} <= set(dock.option_widgets)
+    dock.option_widget("LIDAR").setFilePath(str(tmp_path / "cloud.laz"))
+    dock.option_widget("RESOLUTION").setValue(1.0)
+    request, _what = dock.build_request(str(tmp_path))
+    assert request["task"] == "chm" and request["params"]["resolution"] == 1.0
+    assert request["params"]["out"].startswith(str(tmp_path / "chm_")) and request["params"]["out"].endswith(".tif")
+    dock.task_combo.setCurrentIndex(dock.task_combo.findData("landcover"))
+    assert dock.inputs_box.isVisibleTo(dock) and "TILE" in dock.option_widgets
 
 
 def test_dock_reports_missing_layer(dock):
@@ -236,9 +269,9 @@ def _destinations(folder: Path) -> dict[str, str]:
 
 
 def _run_alg(params: dict):
-    from landseg_plugin.processing_provider import LandcoverAlgorithm
+    from landseg_plugin.processing_provider import algorithm
 
-    alg = LandcoverAlgorithm()
+    alg = algorithm("landcover")
     alg.initAlgorithm()
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
@@ -375,13 +408,6 @@ def test_processing_reports_model_input_without_bands(qgis_new_project, tmp_path
         _run_alg(params)
     assert "model input 'nir' (nir) has no bands mapped to it" in str(err.value)
     assert not out.exists()
-
-
-def test_plugin_and_engine_agree_on_devices():
-    from engine.runtime import DEVICES
-    from landseg_plugin.settings import DEVICES as PLUGIN_DEVICES
-
-    assert PLUGIN_DEVICES == DEVICES
 
 
 def test_dock_adapt_to_my_labels_adds_the_new_model(dock, qgis_app, tmp_path):

@@ -161,7 +161,7 @@ def test_change_headless(qgis_env, tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
-    assert "Transition matrix" in log and "bare land" in log
+    assert "LandSeg: transitions: " in log and "from \\ to (m2)" in log and "bare land" in log
     with fiona.open(out / "change.gpkg") as layer:
         assert any(f["properties"]["to_class"] == "vegetation" for f in layer)
     assert (out / "transitions.csv").read_text().startswith("from \\ to (m2)")
@@ -270,7 +270,7 @@ def test_batch_headless(qgis_env, tmp_path):
     """landseg:batch: a folder of rasters (the two bundled samples) on a 2-worker local Dask cluster."""
     pytest.importorskip("distributed")
     proc = qgis_process(
-        qgis_env, "run", "landseg:batch", f"--FOLDER={SJER.parent}", "--PATTERN=*.tif", "--WORKERS=2",
+        qgis_env, "run", "landseg:batch", f"--PATTERN={SJER.parent}/*.tif", "--WORKERS=2",
         f"--OUTPUT={tmp_path / 'batch'}", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
