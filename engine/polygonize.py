@@ -1,10 +1,14 @@
-"""Class map -> GeoPackage polygons, strip by strip, with bounded memory.
+"""Class map -> polygons (class, area m², mean confidence), with bounded memory.
 
-Each strip of rows is labelled into 4-connected components (scipy.ndimage), turned into polygons by
-rasterio.features.shapes and summarised (class, area, mean confidence). Components that touch a strip seam
-are kept aside, joined with their neighbours across the seam by pixel adjacency, and unioned (shapely) when the
-region is complete, so a field that spans several strips comes out as one polygon with the right area and mean
-confidence.
+By default GDAL traces the whole map (engine.gdal_trace: one streaming C++ pass, a region is never cut, pixel
+coordinates), each polygon's pixel count is its area in pixel units, exactly, and its confidence sum comes from
+GDAL burning polygon ids into strips of rows, summed by id. Then area (ellipsoidal m²), minimum area,
+simplification, writing.
+
+With `max_region_pixels` (a cap on a region's size, for scenes whose one background region would not fit in
+memory) strips of rows are labelled into 4-connected components (scipy.ndimage) and traced here
+(rasterio.features.shapes); components that touch a seam are joined with their neighbours across it by pixel
+adjacency and unioned (shapely) when the region is complete, or closed at a seam once past the cap.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from shapely.geometry import mapping
 
 from .areas import AreaCalculator
 from .errors import Cancelled
+from .gdal_trace import GdalTrace
 from .model_package import ClassInfo
 from .vector_formats import vector_sink
 
@@ -82,10 +87,11 @@ def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndar
     label_class = [0]
     lab = np.empty(cls.shape, dtype=np.int32)
     for c in values:
-        n = _scipy().ndimage.label(cls == c, output=lab)
+        mask = cls == c
+        n = _scipy().ndimage.label(mask, output=lab)
         if n:
-            np.add(lab, len(label_class) - 1, out=lab, where=lab > 0)  # regions are disjoint: add into labels
-            labels += lab
+            np.add(lab, len(label_class) - 1, out=lab, where=mask)
+            np.copyto(labels, lab, where=mask)  # regions of different values are disjoint
             label_class.extend([c] * n)
     return labels, np.asarray(label_class, dtype=np.int32)
 
@@ -93,8 +99,8 @@ def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndar
 @dataclass
 class Part:
     """A region (or the part of one seen so far) with what its mean confidence needs. Its pieces (one per strip
-    it spans) are unioned once, when the region is closed: unioning at every seam would redo the growing
-    geometry each time, quadratic in the region's height."""
+    it spans; none when GDAL traces the map) are unioned once, when the region is closed: unioning at every seam
+    would redo the growing geometry each time, quadratic in the region's height."""
 
     pieces: list[shapely.Geometry]
     cid: int
@@ -192,7 +198,7 @@ def _work_strip(
     class_path: Path, conf_path: Path, r0: int, r1: int, height: int, wanted: set[int], min_pixels: float
 ) -> Strip:
     """Label one strip, summarise its regions and build polygons for those that can matter: big enough, or
-    on a seam (they may still grow). Opens its own dataset handles: GDAL handles are not shared by threads."""
+    on a seam (they may still grow). Opens its own dataset handles: GDAL's are not shared by threads."""
     with rasterio.open(class_path) as cds:
         win = Window(0, r0, cds.width, r1 - r0)
         cls = cds.read(1, window=win)
@@ -205,7 +211,8 @@ def _work_strip(
     n_lab = len(label_class)
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n_lab)
-    conf_sums = np.bincount(flat, weights=conf.ravel(), minlength=n_lab)
+    # float64 weights: bincount casts float32 ones element by element, 4x slower than casting first
+    conf_sums = np.bincount(flat, weights=conf.astype(np.float64).ravel(), minlength=n_lab)
     bottom = np.zeros(n_lab, dtype=bool)
     if r1 < height:
         bottom[labels[-1]] = True
@@ -256,13 +263,16 @@ def polygonize_values(
     schema = {"geometry": "Polygon", "properties": {**schema_props, "area_m2": "float", conf_field: "float"}}
     with rasterio.open(value_path) as cds:
         height, width, crs, transform = cds.height, cds.width, cds.crs, cds.transform
+        block_rows = cds.block_shapes[0][0]
     area_of = AreaCalculator(crs)
     min_area = options.min_area_m2
     if min_area is None:
         t, c, r = transform, width // 2, height // 2  # the centre pixel (the origin may be off the map)
         min_area = 9 * area_of(shapely.Polygon([t * xy for xy in ((c, r), (c + 1, r), (c + 1, r + 1), (c, r + 1))]))
     tolerance = options.simplify_px * abs(transform.a)
-    strip_rows = options.strip_rows or max(16, STRIP_PIXELS // width)
+    # Whole rows of the raster's blocks: a strip cutting through a block row would have each block decoded again
+    # for every strip it meets (8 times over for 64-row strips of a 16384-wide map of 512² blocks).
+    strip_rows = options.strip_rows or -(-max(16, STRIP_PIXELS // width) // block_rows) * block_rows
     # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
     # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
     min_area *= 1 - 1e-9
@@ -296,12 +306,22 @@ def polygonize_values(
     def work(r0: int, r1: int) -> Strip:
         return _work_strip(value_path, conf_path, r0, r1, height, wanted, min_pixels)
 
-    # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
-    # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
-    # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
-    open_parts: list[Part] = []
-    prev_bottom = np.full(width, -1, dtype=np.int64)
     with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
+        if options.max_region_pixels is None:  # GDAL traces the whole map: no region is ever cut
+            with GdalTrace(value_path, gpkg_path, progress, cancelled) as trace:
+                sums = trace.confidence_sums(value_path, conf_path, strip_rows, options.workers)
+                for geoms, values, fids in trace.polygons():
+                    pixels = shapely.area(geoms)  # pixel coordinates: the region's pixel count, exactly
+                    for g, v, n, fid in zip(_to_map(geoms, transform), values, pixels, fids, strict=True):
+                        if int(v) in wanted and n >= min_pixels:
+                            emit(g, int(v), sums[fid + 1] / n)
+                    flush(sink)
+            return n_written
+        # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
+        # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
+        # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
+        open_parts: list[Part] = []
+        prev_bottom = np.full(width, -1, dtype=np.int64)
         for strip in _strips(work, height, strip_rows, options.workers):
             if cancelled and cancelled():
                 raise Cancelled("cancelled by the user")
@@ -316,6 +336,12 @@ def polygonize_values(
             if progress:
                 progress(strip.r1 / height, f"polygonizing rows {strip.r1}/{height}")
     return n_written
+
+
+def _to_map(geoms: np.ndarray, t: Affine) -> np.ndarray:
+    """Polygons from pixel to map coordinates, all vertices at once."""
+    matrix = np.array([[t.a, t.d], [t.b, t.e]])
+    return shapely.transform(geoms, lambda xy: xy @ matrix + (t.c, t.f))
 
 
 def _join_seam(

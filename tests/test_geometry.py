@@ -161,3 +161,20 @@ def test_cancelling_while_polygons_and_cogs_are_made_leaves_nothing(tmp_path):
         )
     assert state["polygons"]
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_gdal_traced_polygons_match_the_strip_tracer(urban_classes, tmp_path):
+    """The default (GDAL traces the whole map, confidence summed by burnt polygon ids; each value's longest
+    outline by subtraction) and the strip tracer (labelled strips joined at seams) give the same regions: same
+    classes, ellipsoidal areas and mean confidences."""
+    cls, conf = urban_classes
+    n_gdal = polygonize(cls, conf, tmp_path / "gdal.gpkg", CLASSES, PolygonizeOptions(min_area_m2=0, simplify_px=0))
+    strips = PolygonizeOptions(min_area_m2=0, simplify_px=0, strip_rows=64, max_region_pixels=1 << 40)
+    n_strips = polygonize(cls, conf, tmp_path / "strips.gpkg", CLASSES, strips)
+    assert n_gdal == n_strips > 20
+
+    def summary(path: Path) -> list[tuple]:
+        return sorted((c, a, round(m, 3)) for c, a, m, _wkb in features(path))
+
+    assert summary(tmp_path / "gdal.gpkg") == summary(tmp_path / "strips.gpkg")
+    assert not list(tmp_path.glob(".*.tmp.*"))  # GDAL's temporary polygons are gone
