@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,10 @@ from shapely.geometry import mapping
 
 from .areas import AreaCalculator
 from .errors import Cancelled
-from .gdal_trace import GdalTrace
+from .gdal_trace import GdalTrace, match
 from .model_package import ClassInfo
+from .region_stats import region_strip
+from .seams import Part, Strip, join_seam, scipy_modules, strips
 from .vector_formats import vector_sink
 
 # Strips are traced in pixel coordinates (the map transform is applied once per closed region); the first
@@ -58,18 +58,9 @@ class PolygonizeOptions:
     workers: int = 2  # strips labelled and traced at a time (threads); joining seams stays in order
 
 
-def _scipy():
-    """scipy's labelling and graph modules, imported on first use: a job imports them in the background while
-    the model runs (``prewarm``), so they are not on the start-up path."""
-    import scipy.ndimage
-    import scipy.sparse.csgraph
-
-    return scipy
-
-
 def prewarm() -> threading.Thread:
     """Import what polygonizing needs in a background thread (called when inference starts)."""
-    t = threading.Thread(target=_scipy, name="landseg-prewarm")  # not a daemon: never cut off mid-import
+    t = threading.Thread(target=scipy_modules, name="landseg-prewarm")  # not a daemon: never cut off mid-import
     t.start()
     return t
 
@@ -88,38 +79,12 @@ def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndar
     lab = np.empty(cls.shape, dtype=np.int32)
     for c in values:
         mask = cls == c
-        n = _scipy().ndimage.label(mask, output=lab)
+        n = scipy_modules().ndimage.label(mask, output=lab)
         if n:
             np.add(lab, len(label_class) - 1, out=lab, where=mask)
             np.copyto(labels, lab, where=mask)  # regions of different values are disjoint
             label_class.extend([c] * n)
     return labels, np.asarray(label_class, dtype=np.int32)
-
-
-@dataclass
-class Part:
-    """A region (or the part of one seen so far) with what its mean confidence needs. Its pieces (one per strip
-    it spans; none when GDAL traces the map) are unioned once, when the region is closed: unioning at every seam
-    would redo the growing geometry each time, quadratic in the region's height."""
-
-    pieces: list[shapely.Geometry]
-    cid: int
-    conf_sum: float
-    count: int
-    touches_bottom: bool = False
-
-
-def _join(parts: list[Part]) -> Part:
-    """One region from parts that share edges across a seam (same class, 4-connected through the seam)."""
-    if len(parts) == 1:
-        return parts[0]
-    return Part(
-        [g for p in parts for g in p.pieces],
-        parts[0].cid,
-        sum(p.conf_sum for p in parts),
-        sum(p.count for p in parts),
-        any(p.touches_bottom for p in parts),
-    )
 
 
 def _polygon(geojson: dict) -> shapely.Polygon:
@@ -143,21 +108,6 @@ def _geometry(pieces: list[shapely.Geometry], transform: Affine) -> shapely.Geom
     return affine_transform(geom, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
-def _seam_groups(
-    prev_bottom: np.ndarray, open_cid: np.ndarray, top: np.ndarray, label_class: np.ndarray, n_open: int
-) -> np.ndarray:
-    """Connected groups of open parts (nodes 0..n_open-1) and current labels (nodes n_open + label) that touch
-    across the seam with the same class. Returns the group id of every node."""
-    n_nodes = n_open + len(label_class)
-    both = (prev_bottom >= 0) & (top > 0)
-    po, cl = prev_bottom[both], top[both]
-    same = open_cid[po] == label_class[cl]
-    pairs = np.unique(np.stack([po[same], cl[same] + n_open]), axis=1) if same.any() else np.zeros((2, 0), int)
-    sp = _scipy()
-    graph = sp.sparse.coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
-    return sp.sparse.csgraph.connected_components(graph, directed=False)[1]
-
-
 def polygonize(
     class_path: Path,
     conf_path: Path,
@@ -179,19 +129,6 @@ def polygonize(
         progress,
         cancelled,
     )
-
-
-@dataclass
-class Strip:
-    """What one strip of rows yields on its own, before any seam is joined: strips are independent, so they
-    are worked on in parallel and joined in order."""
-
-    r0: int
-    r1: int
-    label_class: np.ndarray | None = None  # None: no wanted value in the strip
-    top: np.ndarray | None = None  # labels of its first row
-    last: np.ndarray | None = None  # labels of its last row
-    parts: list[tuple[int, Part]] = field(default_factory=list)  # (label, its polygon and statistics)
 
 
 def _work_strip(
@@ -227,23 +164,6 @@ def _work_strip(
         part = Part([_polygon(geom)], int(label_class[lab]), float(conf_sums[lab]), int(counts[lab]), bool(bottom[lab]))
         parts.append((lab, part))
     return Strip(r0, r1, label_class, labels[0].copy(), labels[-1].copy(), parts)
-
-
-def _strips(work: Callable[[int, int], Strip], height: int, strip_rows: int, workers: int) -> Iterator[Strip]:
-    """Strips in order, ``workers`` of them being worked on at a time (labelling, GDAL's polygonize and the
-    histograms run outside the GIL). A bounded window: memory stays a few strips, whatever the height."""
-    bounds = [(r0, min(height, r0 + strip_rows)) for r0 in range(0, height, strip_rows)]
-    if workers <= 1 or len(bounds) < 2:
-        yield from (work(r0, r1) for r0, r1 in bounds)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="landseg-polygonize") as pool:
-        pending: deque = deque()
-        for r0, r1 in bounds:
-            pending.append(pool.submit(work, r0, r1))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def polygonize_values(
@@ -306,23 +226,11 @@ def polygonize_values(
     def work(r0: int, r1: int) -> Strip:
         return _work_strip(value_path, conf_path, r0, r1, height, wanted, min_pixels)
 
-    with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
-        if options.max_region_pixels is None:  # GDAL traces the whole map: no region is ever cut
-            with GdalTrace(value_path, gpkg_path, progress, cancelled) as trace:
-                sums = trace.confidence_sums(value_path, conf_path, strip_rows, options.workers)
-                for geoms, values, fids in trace.polygons():
-                    pixels = shapely.area(geoms)  # pixel coordinates: the region's pixel count, exactly
-                    for g, v, n, fid in zip(_to_map(geoms, transform), values, pixels, fids, strict=True):
-                        if int(v) in wanted and n >= min_pixels:
-                            emit(g, int(v), sums[fid + 1] / n)
-                    flush(sink)
-            return n_written
-        # Regions cut by the seam above the current strip, and which of them each pixel of that seam belongs
-        # to. Joining goes by pixel adjacency across the seam, so only regions that really touch are unioned,
-        # and only one seam's worth is ever held: memory depends on the raster's width, not its height.
+    def each_strip(work: Callable[[int, int], Strip], close: Callable[[Part], None], after, share: float) -> None:
+        """Strips in order, their regions joined across seams (engine.seams); `share` of the progress."""
         open_parts: list[Part] = []
         prev_bottom = np.full(width, -1, dtype=np.int64)
-        for strip in _strips(work, height, strip_rows, options.workers):
+        for strip in strips(work, height, strip_rows, options.workers):
             if cancelled and cancelled():
                 raise Cancelled("cancelled by the user")
             if strip.label_class is None:
@@ -331,10 +239,35 @@ def polygonize_values(
                 open_parts = []
                 prev_bottom = np.full(width, -1, dtype=np.int64)
             else:
-                open_parts, prev_bottom = _join_seam(strip, open_parts, prev_bottom, close, options)
-            flush(sink)
+                open_parts, prev_bottom = join_seam(strip, open_parts, prev_bottom, close, options.max_region_pixels)
+            after()
             if progress:
-                progress(strip.r1 / height, f"polygonizing rows {strip.r1}/{height}")
+                progress(share * strip.r1 / height, f"polygonizing rows {strip.r1}/{height}")
+
+    with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
+        if options.max_region_pixels is not None:  # strips traced here; regions past the cap closed at a seam
+            each_strip(work, close, lambda: flush(sink), 1.0)
+            return n_written
+        # GDAL traces the whole map (no region is ever cut) while the regions' statistics are gathered.
+        asked = np.zeros(1 << 16, dtype=bool)
+        asked[list(wanted)] = True
+        regions: dict[tuple[int, ...], tuple[int, float]] = {}  # (value, box) -> (pixels, confidence sum)
+
+        def keep(part: Part) -> None:
+            if part.count >= min_pixels:
+                regions[(part.cid, *part.box)] = (part.count, part.conf_sum)
+
+        def stats(r0: int, r1: int) -> Strip:
+            return region_strip(value_path, conf_path, r0, r1, height, asked, min_pixels)
+
+        with GdalTrace(value_path, gpkg_path, cancelled) as trace:
+            each_strip(stats, keep, lambda: None, 0.8)
+            for geoms, values in trace.polygons():
+                found = list(match(geoms, values, regions))
+                mapped = _to_map(np.array([g for g, _v, _m in found], dtype=object), transform) if found else []
+                for geom, (_g, value, conf_mean) in zip(mapped, found, strict=True):
+                    emit(geom, value, conf_mean)
+                flush(sink)
     return n_written
 
 
@@ -342,38 +275,3 @@ def _to_map(geoms: np.ndarray, t: Affine) -> np.ndarray:
     """Polygons from pixel to map coordinates, all vertices at once."""
     matrix = np.array([[t.a, t.d], [t.b, t.e]])
     return shapely.transform(geoms, lambda xy: xy @ matrix + (t.c, t.f))
-
-
-def _join_seam(
-    strip: Strip, open_parts: list[Part], prev_bottom: np.ndarray, close, options: PolygonizeOptions
-) -> tuple[list[Part], np.ndarray]:
-    """Join the strip's regions with the open ones above its top seam; close what is complete; return the
-    regions left open at its bottom seam and which of them each pixel of that seam belongs to."""
-    n_open = len(open_parts)
-    group = _seam_groups(
-        prev_bottom, np.array([p.cid for p in open_parts], dtype=np.int64), strip.top, strip.label_class, n_open
-    )
-    members: dict[int, list[Part]] = defaultdict(list)
-    for i, part in enumerate(open_parts):
-        members[int(group[i])].append(part)
-    for lab, part in strip.parts:
-        members[int(group[n_open + lab])].append(part)
-    next_open: list[Part] = []
-    carried: dict[int, int] = {}  # group id -> index in next_open
-    for gid, parts in members.items():
-        region = _join(parts)
-        cap = options.max_region_pixels
-        if region.touches_bottom and (cap is None or region.count <= cap):
-            region.touches_bottom = False  # relative to the strip it was found in
-            carried[gid] = len(next_open)
-            next_open.append(region)
-        else:
-            close(region)
-    last = strip.last
-    bottom = np.full(len(last), -1, dtype=np.int64)
-    if carried:
-        index_of_group = np.full(int(group.max()) + 1, -1, dtype=np.int64)
-        index_of_group[np.fromiter(carried, np.int64)] = np.fromiter(carried.values(), np.int64)
-        lut = index_of_group[group]
-        bottom[last > 0] = lut[n_open + last[last > 0]]
-    return next_open, bottom
