@@ -106,3 +106,24 @@ def test_a_float16_model_is_quantized_through_a_float32_graph(tmp_path):
     ]
     # Calibrated on these 4 tiles only: 94 % measured (a broken conversion lands near chance, ~20-40 %).
     assert float((outs[0].argmax(1) == outs[1].argmax(1)).mean()) >= 0.9
+
+
+def test_the_optimized_graph_is_saved_once_and_gives_the_same_answers(tmp_path, monkeypatch):
+    """CPU sessions load onnxruntime's saved optimized graph (runtime/graph_cache.py) from the second run on: the
+    same outputs, one cached copy keyed by the model's size and time; an unwritable cache means no cache."""
+    from engine.runtime.graph_cache import optimized_graph
+    from engine.runtime.onnx import OnnxRuntime
+    from engine.runtime.options import RuntimeOptions
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    x = {"rgb": np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)}
+    first = OnnxRuntime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu"))
+    cached = optimized_graph(DEFAULT_MODEL)
+    assert cached != DEFAULT_MODEL and cached.parent == tmp_path / "cache" / "landseg" / "optimized"
+    made = cached.stat().st_mtime_ns
+    second = OnnxRuntime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu"))
+    assert optimized_graph(DEFAULT_MODEL).stat().st_mtime_ns == made  # not made again
+    assert np.array_equal(first.run(x), second.run(x))
+    assert len(list((tmp_path / "cache" / "landseg" / "optimized").glob("*.onnx"))) == 1
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")
+    assert optimized_graph(DEFAULT_MODEL) == DEFAULT_MODEL
