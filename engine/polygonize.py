@@ -1,9 +1,9 @@
 """Class map -> polygons (class, area m², mean confidence), with bounded memory.
 
-By default GDAL traces the whole map (engine.gdal_trace: one streaming C++ pass, a region is never cut, pixel
-coordinates), each polygon's pixel count is its area in pixel units, exactly, and its confidence sum comes from
-GDAL burning polygon ids into strips of rows, summed by id. Then area (ellipsoidal m²), minimum area,
-simplification, writing.
+By default GDAL traces the whole map on a thread of its own (engine.gdal_trace: one streaming C++ pass, a region
+is never cut, pixel coordinates) while strips of rows are labelled by runs (engine.region_stats) for each region's
+pixel count, confidence sum and bounding box, joined across strip seams (engine.seams); each polygon finds its
+region by (value, bounding box). Then area (ellipsoidal m²), minimum area, simplification, writing.
 
 With `max_region_pixels` (a cap on a region's size, for scenes whose one background region would not fit in
 memory) strips of rows are labelled into 4-connected components (scipy.ndimage) and traced here
@@ -41,7 +41,8 @@ from .vector_formats import vector_sink
 # strip's transform is the identity, which rasterio would warn about as "not georeferenced".
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=NotGeoreferencedWarning)
 
-# Pixels per polygonize strip. Labelling and statistics need ~30 bytes a pixel of temporaries, so ~30 MB.
+# Pixels per strip, rounded up to whole rows of the raster's blocks (a 16384-wide map of 512² blocks: 8 Mpx).
+# Run-length statistics need ~8 bytes a pixel of temporaries, the strip tracer's labelling ~30.
 STRIP_PIXELS = 1 << 20
 
 
