@@ -27,7 +27,7 @@ from rasterio.transform import from_origin
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.change import ChangeParams, run_change  # noqa: E402
+from engine.jobs.change import ChangeParams, run_change  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
 from engine.polygonize import PolygonizeOptions  # noqa: E402
 from export.landcover_data import write_rgb_geotiff  # noqa: E402

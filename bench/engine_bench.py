@@ -26,7 +26,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.model_package import embed_metadata, load_model_package, meta_to_dict  # noqa: E402
 from engine.polygonize import PolygonizeOptions  # noqa: E402
 from engine.tiling import TileGrid  # noqa: E402

@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from render_map import render, render_crowns  # noqa: E402
 
-from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
-from engine.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 from export import landcover_data as D  # noqa: E402
 
 

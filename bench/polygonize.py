@@ -24,7 +24,7 @@ import rasterio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL, load_model_package  # noqa: E402
 from engine.polygonize import PolygonizeOptions, polygonize  # noqa: E402
 

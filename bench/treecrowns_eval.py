@@ -21,7 +21,7 @@ import rasterio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
+from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 
 IOU = 0.4
 

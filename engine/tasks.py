@@ -46,7 +46,7 @@ class TaskEntry:
 
 TASKS: dict[str, TaskEntry] = {
     "landcover": TaskEntry(
-        "engine.landcover", "LandcoverParams", "run_landcover", "Land cover",
+        "engine.jobs.landcover", "LandcoverParams", "run_landcover", "Land cover",
         "land-cover class map, confidence and polygons from rasters",
         "Maps land cover from one or more raster layers with a local ONNX model and writes a class-map GeoTIFF, a "
         "confidence GeoTIFF and styled polygons (class id, class name, area in m², mean confidence). The first "
@@ -62,7 +62,7 @@ TASKS: dict[str, TaskEntry] = {
                 ("confidence", "", "confidence", False)),
     ),
     "change": TaskEntry(
-        "engine.change", "ChangeParams", "run_change", "Change detection",
+        "engine.jobs.change", "ChangeParams", "run_change", "Change detection",
         "change between a 'before' and an 'after' raster",
         "Change between a 'before' and an 'after' raster (any CRS and resolution: both are aligned to the before "
         "raster's grid over their overlap). 'postclass' maps land cover on both dates and reports from -> to "
@@ -71,7 +71,7 @@ TASKS: dict[str, TaskEntry] = {
         layers=(("polygons", "layer", "change polygons", True), ("change_map", "", "change raster", True)),
     ),
     "treecrowns": TaskEntry(
-        "engine.treecrowns", "TreeCrownParams", "run_treecrowns", "Tree crowns",
+        "engine.jobs.treecrowns", "TreeCrownParams", "run_treecrowns", "Tree crowns",
         "individual tree crowns from an RGB image (+ optional CHM/nDSM)",
         "Individual tree crowns (score, height max/mean from the CHM, area, diameter) from an RGB image and an "
         "optional canopy height model (nDSM, metres, same CRS). The shipped crown detector finds crowns in the "
@@ -81,7 +81,7 @@ TASKS: dict[str, TaskEntry] = {
         layers=(("crowns", "layer", "tree crowns", True),),
     ),
     "chm": TaskEntry(
-        "engine.chm", "ChmParams", "build_chm", "Canopy height model from LiDAR",
+        "engine.jobs.chm", "ChmParams", "build_chm", "Canopy height model from LiDAR",
         "canopy height model (m) from a LiDAR LAS/LAZ file",
         "Canopy height (m) from a LAS/LAZ point cloud: highest return per cell minus a terrain model from the "
         "ground returns (class 2, or a ground filter when the file has no ground class). The CRS is read from "
@@ -89,7 +89,7 @@ TASKS: dict[str, TaskEntry] = {
         layers=(("chm", "", "canopy height", True),),
     ),
     "accuracy": TaskEntry(
-        "engine.accuracy", "AccuracyParams", "run_accuracy", "Accuracy assessment of a class map",
+        "engine.jobs.accuracy", "AccuracyParams", "run_accuracy", "Accuracy assessment of a class map",
         "accuracy of a class map against reference points/polygons, or a sample",
         "Reference points or polygons (a class field holding class names or ids) against a class map: confusion "
         "matrix, overall/user's/producer's accuracy, IoU, kappa, and area-adjusted accuracy and class areas with "
@@ -99,7 +99,7 @@ TASKS: dict[str, TaskEntry] = {
         layers=(("sample", "", "accuracy sample", True),),
     ),
     "batch": TaskEntry(
-        "engine.batch", "BatchParams", "run_batch", "Batch: run a task on many rasters (Dask)",
+        "engine.jobs.batch", "BatchParams", "run_batch", "Batch: run a task on many rasters (Dask)",
         "a task on many rasters or on one huge mosaic, with Dask distributed",
         "Runs land cover or tree crowns on every raster of a list of layers and/or of file patterns (e.g. "
         "/data/tiles/*.tif), one subfolder of outputs per input, on Dask distributed: a local cluster sized to "

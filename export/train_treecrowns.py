@@ -32,7 +32,7 @@ STRIDE = 4
 CHM_SCALE = 10.0  # metres per input unit
 IOU_MATCH = 0.4
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-TTA = "d4"  # the engine's default test-time views (engine.treecrowns.TreeCrownParams.tta)
+TTA = "d4"  # the engine's default test-time views (engine.jobs.treecrowns.TreeCrownParams.tta)
 
 
 class CrownNet(nn.Module):
@@ -253,7 +253,7 @@ def match(pred: np.ndarray, truth: np.ndarray, iou: float = IOU_MATCH) -> int:
 @torch.no_grad()
 def predict_plot(model: CrownNet, rgb: np.ndarray, chm: np.ndarray | None, tta: str = TTA) -> np.ndarray:
     """Network output for a whole plot, averaged over the engine's test-time views (one place: the engine's)."""
-    from engine.crown_detector import predict_views
+    from engine.jobs.crown_detector import predict_views
 
     x = make_input(rgb, chm)[None]
     h, w = x.shape[-2:]

@@ -14,8 +14,8 @@ from rasterio.features import shapes
 from rasterio.transform import from_origin
 
 from conftest import ROOT, SHARED
-from engine.accuracy import AccuracyParams, run_accuracy
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.accuracy import AccuracyParams, run_accuracy
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import DEFAULT_LANDCOVER_MODEL
 from export import landcover_data as D
 
@@ -125,7 +125,7 @@ def test_bad_reference_is_a_one_line_error(scene, tmp_path):
 def test_olofsson_2014_numerical_example():
     """The worked example of Olofsson et al. (2014, RSE 148: 42-57): strata deforestation, forest gain, stable
     forest, stable non-forest (30 m pixels); sample counts (rows: map, columns: reference)."""
-    from engine.accuracy import metrics
+    from engine.jobs.accuracy import metrics
 
     m = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
     pixels = np.array([200_000, 150_000, 3_200_000, 6_450_000])
@@ -143,7 +143,7 @@ def test_olofsson_2014_numerical_example():
 
 
 def test_a_hand_computed_small_case():
-    from engine.accuracy import metrics
+    from engine.jobs.accuracy import metrics
 
     m = np.array([[8, 2], [1, 9]])  # map a: 8 right, 2 were b; map b: 1 was a, 9 right
     r = metrics(m, ["a", "b"], np.array([500, 500]), 1.0)

@@ -12,9 +12,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from conftest import DEFAULT_MODEL, SJER, URBAN, meta_doc, write_raster
-from engine.change import ChangeParams, run_change
 from engine.errors import InputError
-from engine.treecrowns import TreeCrownParams, run_treecrowns
+from engine.jobs.change import ChangeParams, run_change
+from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns
 
 PARK = (slice(1200, 1500), slice(300, 700))  # rows, cols painted green in the "after" image
 LOT = (slice(400, 600), slice(1300, 1600))  # painted grey

@@ -15,7 +15,7 @@ from conftest import ROOT, SHARED
 sys.path.insert(0, str(ROOT / "bench"))
 from change_eval import _tif, polygons_mask, prf  # noqa: E402
 
-from engine.change import ChangeParams, run_change  # noqa: E402
+from engine.jobs.change import ChangeParams, run_change  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
 
 LEVIR = SHARED / "change" / "LEVIR"

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from conftest import ROOT, SHARED
-from engine.chm import ChmParams, build_chm
+from engine.jobs.chm import ChmParams, build_chm
 
 TEAK = SHARED / "trees" / "neon_teak"
 PLOTS = sorted(p.stem for p in (TEAK / "lidar").glob("*.laz")) if TEAK.exists() else []

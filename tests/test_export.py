@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import DEFAULT_MODEL, ROOT, SJER, meta_doc  # noqa: E402
 from engine.errors import ModelError  # noqa: E402
-from engine.landcover import LandcoverParams, run_landcover  # noqa: E402
+from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.model_package import load_model_package  # noqa: E402
 from engine.predict import softmax  # noqa: E402
 from engine.runtime.tensorrt import check_compatible  # noqa: E402

@@ -16,7 +16,7 @@ from shapely.geometry import shape
 
 from conftest import DEFAULT_MODEL, URBAN
 from engine.errors import Cancelled
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.polygonize import PolygonizeOptions, polygonize
 

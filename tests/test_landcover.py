@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 
 from conftest import DEFAULT_MODEL, SJER, URBAN, multimodal_model, sign_model, write_raster
 from engine.errors import Cancelled
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.polygonize import PolygonizeOptions, polygonize
 from engine.raster_input import BandSource

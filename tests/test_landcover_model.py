@@ -16,7 +16,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from conftest import ROOT, SHARED, write_raster
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import COLOUR_RULE_MODEL, DEFAULT_LANDCOVER_MODEL, load_model_package
 from export import landcover_data as D
 from export.train_landcover import confusion, iou_from_confusion

@@ -418,7 +418,7 @@ def test_dock_adapt_to_my_labels_adds_the_new_model(dock, qgis_app, tmp_path):
     import rasterio
     from rasterio.features import shapes
 
-    from engine.landcover import LandcoverParams, run_landcover
+    from engine.jobs.landcover import LandcoverParams, run_landcover
 
     # labels: the default model's own vegetation/bare-land regions on the SJER sample, as an analyst might draw
     res = run_landcover(LandcoverParams(inputs=[SJER], model=DEFAULT_LANDCOVER_MODEL, out_dir=tmp_path / "lc"))

@@ -12,7 +12,7 @@ from test_bad_input import assert_clean_failure, run_cli
 
 from conftest import DEFAULT_MODEL, URBAN
 from engine.errors import ModelError
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.runtime import RuntimeOptions, make_runtime
 from engine.runtime import precision as P
 

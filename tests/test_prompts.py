@@ -14,7 +14,7 @@ import rasterio
 
 from conftest import DEFAULT_MODEL, ROOT, SJER, band_model, save
 from engine.errors import InputError
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.prompts import DEFAULT_ENCODER, TextEncoder, map_prompts, parse_prompts
 from export.graph_builder import GraphBuilder

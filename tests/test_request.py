@@ -21,12 +21,12 @@ P = Path
 
 def examples() -> dict:
     """One parameters object per task, with nested dataclasses, lists, dicts and optional values set."""
-    from engine.accuracy import AccuracyParams
-    from engine.batch import BatchParams
-    from engine.change import ChangeParams
-    from engine.chm import ChmParams
-    from engine.landcover import LandcoverParams
-    from engine.treecrowns import TreeCrownParams
+    from engine.jobs.accuracy import AccuracyParams
+    from engine.jobs.batch import BatchParams
+    from engine.jobs.change import ChangeParams
+    from engine.jobs.chm import ChmParams
+    from engine.jobs.landcover import LandcoverParams
+    from engine.jobs.treecrowns import TreeCrownParams
     from export.adapt import AdaptParams
 
     return {

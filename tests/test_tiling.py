@@ -9,7 +9,7 @@ import rasterio
 
 from conftest import SJER, URBAN, write_raster
 from engine.errors import InputError
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.predict import predict_blocks, softmax
 from engine.raster_input import AlignedInputs

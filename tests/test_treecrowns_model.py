@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, SHARED
 from engine.errors import InputError
-from engine.treecrowns import TreeCrownParams, run_treecrowns
+from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns
 from export import landcover_data as D
 from export.train_treecrowns import match, prf
 

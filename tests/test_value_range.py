@@ -11,7 +11,7 @@ import pytest
 import rasterio
 
 from conftest import ROOT, SJER
-from engine.landcover import LandcoverParams, run_landcover
+from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import COLOUR_RULE_MODEL, DEFAULT_LANDCOVER_MODEL
 
 

@@ -5,7 +5,7 @@
 - ``tensorrt.TensorRTRuntime``: native TensorRT ``.engine``/``.plan`` files built by ``python -m export tensorrt``.
 - ``precision.py``: the cached int8 (CPU) and fp16 (CUDA) copies of a model.
 
-Jobs only call ``make_runtime``; a batch worker (engine.batch) keeps its sessions between tasks.
+Jobs only call ``make_runtime``; a batch worker (engine.jobs.batch) keeps its sessions between tasks.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ _KEPT: dict | None = None
 
 def keep_sessions() -> None:
     """From now on this process keeps every runtime it makes, keyed by model file (and its mtime) and options:
-    a batch worker (engine.batch) loads each model once and reuses its session for every task."""
+    a batch worker (engine.jobs.batch) loads each model once and reuses its session for every task."""
     global _KEPT
     if _KEPT is None:
         _KEPT = {}
 
 
 def kept_sessions() -> int:
-    """How many sessions this process keeps (engine.batch reports it: one per model per worker)."""
+    """How many sessions this process keeps (engine.jobs.batch reports it: one per model per worker)."""
     return len(_KEPT or {})
 
 

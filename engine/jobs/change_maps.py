@@ -10,10 +10,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .errors import InputError
-from .outputs import geotiff_profile
-from .predict import predict_blocks
-from .raster_input import Grid
+from ..errors import InputError
+from ..outputs import geotiff_profile
+from ..predict import predict_blocks
+from ..raster_input import Grid
 
 CHANGE_NODATA = 65535
 

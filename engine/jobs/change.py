@@ -23,23 +23,23 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from . import task_options as ui
-from .areas import AreaCalculator
+from .. import task_options as ui
+from ..areas import AreaCalculator
+from ..errors import InputError, OutputError
+from ..model_package import DEFAULT_LANDCOVER_MODEL, ClassInfo, ModelMeta, load_model_package
+from ..outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
+from ..polygonize import PolygonizeOptions, polygonize_values
+from ..predict import calibration_feeds, predict_blocks
+from ..raster_input import AlignedInputs, BandSource, overlap_grid
+from ..resample import plan as plan_resampling
+from ..resample import warp_back
+from ..runtime import RuntimeOptions, make_runtime
+from ..styles import change_polygon_qml, change_raster_qml
+from ..tiling import TileGrid, fit_tile, requested_overlap
+from ..vector_formats import driver_for
 from .change_maps import class_filter, combine, write_direct, write_matrix
-from .errors import InputError, OutputError
-from .jobs import MapReport, Messages, atomic_outputs, scratch_folder, stage
+from .common import MapReport, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
-from .model_package import DEFAULT_LANDCOVER_MODEL, ClassInfo, ModelMeta, load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
-from .polygonize import PolygonizeOptions, polygonize_values
-from .predict import calibration_feeds, predict_blocks
-from .raster_input import AlignedInputs, BandSource, overlap_grid
-from .resample import plan as plan_resampling
-from .resample import warp_back
-from .runtime import RuntimeOptions, make_runtime
-from .styles import change_polygon_qml, change_raster_qml
-from .tiling import TileGrid, fit_tile, requested_overlap
-from .vector_formats import driver_for
 
 DEFAULT_MIN_CONFIDENCE = 0.0  # best mean F1 over LEVIR-CD and DSIFN-CD (bench/change_eval.py, MODEL_CARD.md)
 METHODS = ("postclass", "direct")

@@ -1,4 +1,4 @@
-"""What a batch worker runs (engine.batch submits it to Dask): one whole input, or one chunk of a large mosaic
+"""What a batch worker runs (engine.jobs.batch submits it to Dask): one whole input, or one chunk of a large mosaic
 and the stitch that joins the chunks; and how a large raster is cut into chunks.
 
 Chunks are cut on the model's grid (the input warped to the model's pixel size by a GDAL VRT, as a single run
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import LandSegError
+from ..errors import LandSegError
 
 if TYPE_CHECKING:
     from .batch import BatchParams
@@ -68,9 +68,9 @@ def plan_chunks(width: int, height: int, chunk_px: int, tile: int, overlap: int)
 
 def _model_grid(p: BatchParams, path: Path):
     """(model meta, resampling plan) of a land-cover run on ``path``, as run_landcover makes them."""
-    from .model_package import load_model_package
-    from .raster_input import reference_grid
-    from .resample import plan as plan_resampling
+    from ..model_package import load_model_package
+    from ..raster_input import reference_grid
+    from ..resample import plan as plan_resampling
 
     meta = load_model_package(_landcover_model(p)).meta
     return meta, plan_resampling(reference_grid(path), meta.pixel_size_m, p.resample)
@@ -78,7 +78,7 @@ def _model_grid(p: BatchParams, path: Path):
 
 def plan_mosaic(p: BatchParams, path: Path) -> Mosaic | None:
     """The chunks of a raster too large for one task (land cover only), or None."""
-    from .tiling import fit_tile, requested_overlap
+    from ..tiling import fit_tile, requested_overlap
 
     if p.task != "landcover":
         return None
@@ -100,7 +100,7 @@ def plan_mosaic(p: BatchParams, path: Path) -> Mosaic | None:
 
 
 def _runtime_options(p: BatchParams):
-    from .runtime import RuntimeOptions, keep_sessions
+    from ..runtime import RuntimeOptions, keep_sessions
 
     keep_sessions()  # this worker keeps the model sessions it makes: loaded once, used for every task
     return RuntimeOptions(device=p.device, threads=p.threads, precision=p.precision)
@@ -145,13 +145,13 @@ def run_one(p: BatchParams, path: str, out: str) -> dict:
 
 
 def _worker() -> dict:
-    from .runtime import kept_sessions
+    from ..runtime import kept_sessions
 
     return {"worker_pid": os.getpid(), "sessions": kept_sessions()}
 
 
 def _landcover_model(p: BatchParams) -> Path:
-    from .model_package import DEFAULT_LANDCOVER_MODEL
+    from ..model_package import DEFAULT_LANDCOVER_MODEL
 
     return Path(p.model or DEFAULT_LANDCOVER_MODEL)
 
@@ -206,11 +206,11 @@ def stitch(p: BatchParams, path: str, mosaic: Mosaic, parts: list[dict], out: st
     import rasterio
     from rasterio.windows import Window
 
-    from .jobs import atomic_outputs, scratch_folder
+    from ..outputs import PredictionWriter
+    from ..polygonize import PolygonizeOptions
+    from ..resample import warp_back
+    from .common import atomic_outputs, scratch_folder
     from .landcover import finish_outputs
-    from .outputs import PredictionWriter
-    from .polygonize import PolygonizeOptions
-    from .resample import warp_back
 
     t0 = time.perf_counter()
     meta, rplan = _model_grid(p, Path(path))

@@ -31,13 +31,13 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 
+from ..areas import AreaCalculator
+from ..errors import InputError
+from ..outputs import CLASS_NODATA
+from ..raster_input import open_raster
+from ..task_options import Option, name_option
 from .accuracy_report import classes_csv, report_html, report_markdown, write_figure
-from .areas import AreaCalculator
-from .errors import InputError
-from .jobs import JsonResult, atomic_outputs
-from .outputs import CLASS_NODATA
-from .raster_input import open_raster
-from .task_options import Option, name_option
+from .common import JsonResult, atomic_outputs
 
 STRIP_PIXELS = 1 << 22
 Z95 = 1.959964

@@ -19,9 +19,9 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from .errors import InputError
-from .jobs import JsonResult, atomic_outputs
-from .task_options import Option
+from ..errors import InputError
+from ..task_options import Option
+from .common import JsonResult, atomic_outputs
 
 NOISE_CLASSES = (7, 18)
 GROUND_CLASS = 2

@@ -18,9 +18,9 @@ import shapely
 from rasterio.windows import Window
 from shapely import affinity
 
-from .areas import AreaCalculator
-from .errors import Cancelled, InputError
-from .raster_input import read_error
+from ..areas import AreaCalculator
+from ..errors import Cancelled, InputError
+from ..raster_input import read_error
 
 PIXEL_TOLERANCE = 0.15
 

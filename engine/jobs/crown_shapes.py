@@ -13,7 +13,7 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class SamPrompter:

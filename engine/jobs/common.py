@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LandSegError, OutputError
-from .outputs import OutputSet
-from .run_lock import folder_lock
+from ..errors import LandSegError, OutputError
+from ..outputs import OutputSet
+from ..run_lock import folder_lock
 
 ProgressFn = Callable[[float, str], None]
 
@@ -31,7 +31,7 @@ class MapReport(JsonResult):
     """What a mapping job (land cover, change) reports besides its rasters. Keyword-only, so each result's own
     fields (without defaults) come first."""
 
-    polygons: Path | None = field(kw_only=True)  # None when polygonizing is off (engine.batch chunks)
+    polygons: Path | None = field(kw_only=True)  # None when polygonizing is off (engine.jobs.batch chunks)
     layer: str = field(kw_only=True)
     n_polygons: int = field(kw_only=True)
     device: str = field(kw_only=True)

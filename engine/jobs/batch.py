@@ -6,7 +6,7 @@ given (SSH, Kubernetes, HPC queues, cloud). A worker process keeps its model ses
 (engine.runtime.keep_sessions), so a model is loaded once per worker, not once per input.
 
 Large mosaics (land cover): a raster with more than ``chunk_px`` pixels on a side (on the model's grid) is cut
-into chunks that reproduce the single run's tiles exactly (engine.batch_worker). One stitch task copies the
+into chunks that reproduce the single run's tiles exactly (engine.jobs.batch_worker). One stitch task copies the
 chunks' cores into one class map and confidence, brings them back to the input's grid as a single run does, and
 polygonizes once: a region crossing chunk edges is one polygon.
 
@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import InputError, LandSegError
+from ..run_lock import folder_lock
+from ..task_options import DEVICE, MODEL_FILTER, Option, resample_option, tiling_options
+from ..task_options import RUNTIME as _RUNTIME
 from .batch_worker import plan_mosaic, run_chunk, run_one, stitch
-from .errors import InputError, LandSegError
-from .jobs import JsonResult, Messages
-from .run_lock import folder_lock
-from .task_options import DEVICE, MODEL_FILTER, Option, resample_option, tiling_options
-from .task_options import RUNTIME as _RUNTIME
+from .common import JsonResult, Messages
 
 TASKS = ("landcover", "treecrowns")
 MANIFEST = "batch_manifest.json"

@@ -25,22 +25,22 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import mapping
 
-from . import task_options as ui
-from .areas import AreaCalculator
+from .. import task_options as ui
+from ..areas import AreaCalculator
+from ..errors import Cancelled, InputError
+from ..model_package import DEFAULT_TREECROWN_MODEL, load_model_package
+from ..outputs import geotiff_profile
+from ..predict import predict_blocks
+from ..raster_input import AlignedInputs, BandSource, Grid, open_raster
+from ..resample import plan as plan_resampling
+from ..runtime import RuntimeOptions, make_runtime
+from ..styles import crowns_qml
+from ..tiling import TileGrid, fit_overlap
+from ..value_range import describe, plan_stretch
+from ..vector_formats import driver_for, vector_sink
+from .common import JsonResult, Messages, atomic_outputs, scratch_folder
 from .crown_shapes import SamPrompter, crown_record, suppress_overlaps, tree_tops, watershed_regions
-from .errors import Cancelled, InputError
-from .jobs import JsonResult, Messages, atomic_outputs, scratch_folder
 from .landcover import GDAL_CACHE_MB
-from .model_package import DEFAULT_TREECROWN_MODEL, load_model_package
-from .outputs import geotiff_profile
-from .predict import predict_blocks
-from .raster_input import AlignedInputs, BandSource, Grid, open_raster
-from .resample import plan as plan_resampling
-from .runtime import RuntimeOptions, make_runtime
-from .styles import crowns_qml
-from .tiling import TileGrid, fit_overlap
-from .value_range import describe, plan_stretch
-from .vector_formats import driver_for, vector_sink
 
 VEGETATION_NAMES = ("vegetation", "tree", "trees", "woodland", "forest", "canopy")
 SCHEMA = {
@@ -342,7 +342,7 @@ def _write_crowns(crowns: list[dict], path: Path, crs) -> None:
 
 
 def _run_detector(params, package, final: Path, say, t0, progress, cancelled) -> TreeCrownResult:
-    """Crowns from a trained detector model (engine.crown_detector)."""
+    """Crowns from a trained detector model (engine.jobs.crown_detector)."""
     from .crown_detector import detect_crowns
 
     if params.sam:

@@ -15,21 +15,20 @@ from pathlib import Path
 
 import rasterio
 
-from .class_space import class_space
-from .errors import InputError, OutputError
-from .fusion import FusedInputs, FusedModel
-from .jobs import MapReport, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
-from .model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
-from .outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
-from .polygonize import PolygonizeOptions, polygonize, prewarm
-from .predict import calibration_feeds, predict_blocks
-from .prompts import DEFAULT_THRESHOLD
-from .raster_input import AlignedInputs, BandSource, reference_grid
-from .resample import plan as plan_resampling
-from .resample import warp_back
-from .runtime import RuntimeOptions, make_runtime
-from .styles import class_raster_qml, confidence_qml, polygon_qml
-from .task_options import (
+from ..class_space import class_space
+from ..errors import InputError, OutputError
+from ..fusion import FusedInputs, FusedModel
+from ..model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
+from ..outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
+from ..polygonize import PolygonizeOptions, polygonize, prewarm
+from ..predict import calibration_feeds, predict_blocks
+from ..prompts import DEFAULT_THRESHOLD
+from ..raster_input import AlignedInputs, BandSource, reference_grid
+from ..resample import plan as plan_resampling
+from ..resample import warp_back
+from ..runtime import RuntimeOptions, make_runtime
+from ..styles import class_raster_qml, confidence_qml, polygon_qml
+from ..task_options import (
     MODEL_FILTER,
     POLYGONS,
     RESCALE,
@@ -42,8 +41,9 @@ from .task_options import (
     resample_option,
     tiling_options,
 )
-from .tiling import BLENDS, TileGrid, fit_tile, requested_overlap
-from .vector_formats import driver_for
+from ..tiling import BLENDS, TileGrid, fit_tile, requested_overlap
+from ..vector_formats import driver_for
+from .common import MapReport, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 
 # GDAL's block cache defaults to 5% of RAM, which would make peak memory grow with raster size.
 GDAL_CACHE_MB = 16
@@ -70,7 +70,7 @@ class LandcoverParams:
     rescale: str = "auto"  # values beyond the model's value_range: engine.value_range (auto, percentile, off)
     resample: str = "auto"  # "auto": infer at the model's pixel size when the input's differs by > 15 %; "off"
     allow_pixel_coordinates: bool = False  # run on a raster without georeference (areas then in square pixels)
-    polygonize: bool = True  # False: rasters only (engine.batch chunks: polygons come later)
+    polygonize: bool = True  # False: rasters only (engine.jobs.batch chunks: polygons come later)
     # Explicit output paths (Processing destinations); None: <out_dir>/<name>[_classes|_confidence].<ext>
     class_map_path: Path | None = None
     confidence_path: Path | None = None
