@@ -18,7 +18,7 @@ from typing import Any
 
 from .model_package import MODELS_DIR
 from .resample import MODES as RESAMPLE_MODES
-from .runtime import DEVICES, PRECISIONS
+from .runtime import DEVICES, PRECISIONS, VIEWS
 from .value_range import RESCALE_MODES
 
 # How a front end asks for a value. "" means: from the field's type (number, text, true/false, file).
@@ -95,6 +95,9 @@ RUNTIME = (
     Option("runtime.precision", "--precision", "Precision (int8: faster on the CPU; fp16: GPU)",
            "fp32 (default); int8: quantized on the CPU, calibrated on this raster the first time and cached next to "
            "the model; fp16: GPU only", choices=PRECISIONS, advanced=True),
+    Option("runtime.views", "--views", "Test-time views (flips: 4 flipped runs averaged, 4x the model time)",
+           "none (default): the model once; flips: the model on 4 flips of each batch, averaged (measured on the "
+           "shipped land-cover model in MODEL_CARD.md)", choices=VIEWS, advanced=True),
     Option("runtime.cache_dir", "--trt-cache", "TensorRT engine cache folder",
            "engine/timing cache folder for onnxruntime's TensorRT provider", widget="folder", advanced=True,
            name="TRT_CACHE"),

@@ -127,3 +127,34 @@ def test_the_optimized_graph_is_saved_once_and_gives_the_same_answers(tmp_path, 
     assert len(list((tmp_path / "cache" / "landseg" / "optimized").glob("*.onnx"))) == 1
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")
     assert optimized_graph(DEFAULT_MODEL) == DEFAULT_MODEL
+
+
+def test_flipped_views_are_flipped_back_before_they_are_averaged():
+    """--views flips runs the model on 4 flips of each batch; each output is flipped back before averaging, so a
+    model that returns its input gives the input back exactly, and one that is not flip-equivariant gives the
+    mean of the four views."""
+    from engine.runtime import RuntimeOptions, make_runtime
+    from engine.runtime.views import FlipViews
+
+    class Echo:
+        providers = ["CPUExecutionProvider"]
+        device_label = "CPU"
+
+        def run(self, feeds):
+            return feeds["x"]
+
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    assert np.array_equal(FlipViews(Echo()).run({"x": x}), x)
+
+    class Left(Echo):  # marks the left column of what it sees: not equivariant
+        def run(self, feeds):
+            out = np.zeros_like(feeds["x"])
+            out[..., 0] = 1
+            return out
+
+    avg = FlipViews(Left()).run({"x": x})
+    assert np.allclose(avg[..., 0], 0.5) and np.allclose(avg[..., -1], 0.5) and np.allclose(avg[..., 1:-1], 0)
+    runtime = make_runtime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu", views="flips"))
+    assert runtime.device_label.endswith("4 views")
+    with pytest.raises(ModelError, match="views must be one of none, flips"):
+        make_runtime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu", views="d8"))

@@ -15,9 +15,11 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import ModelError
 from .onnx import OnnxRuntime, choose_providers
 from .options import DEVICES, PRECISIONS, RuntimeOptions
 from .precision import CALIBRATION_TILES, Calibration
+from .views import VIEWS, FlipViews
 
 __all__ = [
     "CALIBRATION_TILES",
@@ -27,6 +29,7 @@ __all__ = [
     "OnnxRuntime",
     "Runtime",
     "RuntimeOptions",
+    "VIEWS",
     "choose_providers",
     "keep_sessions",
     "kept_sessions",
@@ -85,6 +88,10 @@ def make_runtime(
         runtime = TensorRTRuntime(model_path, output_name, notify)
     else:
         runtime = OnnxRuntime(model_path, output_name, options, notify, calibration)
+    if options.views not in VIEWS:
+        raise ModelError(f"views must be one of {', '.join(VIEWS)}, not {options.views!r}")
+    if options.views == "flips":
+        runtime = FlipViews(runtime)
     if key is not None:
         _KEPT[key] = runtime
     return runtime

@@ -17,6 +17,7 @@ class RuntimeOptions:
     threads: int = 0  # 0: onnxruntime's default (all physical cores)
     precision: str = "fp32"
     cache_dir: Path | None = None  # TensorRT EP engine cache
+    views: str = "none"  # test-time views averaged: none, flips (engine.runtime.views)
 
     @property
     def fp16(self) -> bool:
