@@ -4,6 +4,7 @@ options they replace; every other option a task has gets a widget here."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsMapLayerProxyModel
@@ -23,7 +24,10 @@ def _number(opt: dict[str, Any]) -> QWidget:
     box.setRange(low if low is not None else -BIG, opt.get("maximum", BIG))
     if opt.get("unset") is not None:
         box.setMinimum(opt["unset"])
-        box.setSpecialValueText("default")  # the unset sentinel: the engine's (or the model's) default
+    # The label says what its lowest value means, e.g. "Tile size (0: model default)": the box shows those words.
+    meaning = re.search(rf"\({box.minimum():g}: ([^)]*)\)", opt["label"])
+    if meaning or opt.get("unset") is not None:
+        box.setSpecialValueText(meaning.group(1) if meaning else "default")
     default = forms.default_value(opt)
     box.setValue(default if default is not None else box.minimum())
     return box

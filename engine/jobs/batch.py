@@ -64,7 +64,7 @@ class BatchParams:
 
 _THREADS, _PRECISION = (dataclasses.replace(o, field=o.field.removeprefix("runtime.")) for o in _RUNTIME[1:3])
 OPTIONS = (
-    Option("task", "", "Task", "the task run on every input", choices=TASKS),
+    Option("task", "", "Task run on every input", "the task run on every input", choices=TASKS),
     Option("inputs", "--inputs", "Raster layers", 'rasters or glob patterns ("tiles/*.tif"); repeatable',
            widget="rasters", name="INPUT"),
     Option("inputs", "", "Files matching (e.g. /data/tiles/*.tif; ',' between patterns)", widget="text_list",
