@@ -212,7 +212,7 @@ def test_adapting_to_kampala_buildings_of_the_western_half(tmp_path):
     with fiona.open(labels, "w", driver="GPKG", schema=schema, crs="EPSG:3857") as sink:
         for g, v in shapes(wm, mask=wm != D.IGNORE, transform=transform):
             sink.write({"geometry": g, "properties": {"label": "building" if v == 1 else "background"}})
-    res = _adapt(tmp_path, [west], labels, "label", "--pixel-size", "0.15", "--max-steps", "300", "--minutes", "4")
+    res = _adapt(tmp_path, [west], labels, "label", "--pixel-size", "0.15", "--max-steps", "300", "--minutes", "30")
     assert res["label_matches"]["building"] == "building" and res["new_classes"] == ["background"]
 
     def iou(model, tag):
