@@ -13,7 +13,6 @@ LANDSEG_DEBUG=1 is set.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import signal
@@ -85,15 +84,12 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _run_task(task: str, args: argparse.Namespace) -> int:
     """Any task of engine.tasks: arguments -> its parameters (through the request parser) -> run -> result."""
-    from .request import from_json, task_entry
+    from .request import from_json, run_task, task_entry
 
-    entry = task_entry(task)
-    params = from_json(entry.params_class(), params_document(task, args), "arguments")
-    run = entry.run_function()
+    params = from_json(task_entry(task).params_class(), params_document(task, args), "arguments")
     rep = Reporter(args.progress, task if task != "batch" else f"batch {params.task}")
-    offered = {"progress": rep.progress, "notify": rep.notify}
     try:
-        result = run(params, **{k: v for k, v in offered.items() if k in inspect.signature(run).parameters})
+        result = run_task(task, params, progress=rep.progress, notify=rep.notify)
     finally:
         rep.close()
     rep.result(result, args.json, result.lines())

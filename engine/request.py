@@ -178,13 +178,17 @@ def read_request(source: str) -> Any:
         raise InputError(f"request {source}: not valid JSON ({exc})") from None
 
 
+def run_task(task: str, params: Any, **hooks) -> Any:
+    """Run a task's function with the hooks (progress, notify, cancelled) it accepts; None hooks are left out."""
+    run = TASKS[task].run_function()
+    accepted = inspect.signature(run).parameters
+    return run(params, **{k: v for k, v in hooks.items() if k in accepted and v is not None})
+
+
 def run_request(doc: Any, progress=None, notify=None, cancelled=None) -> dict:
     """Run a request; the answer carries the version, the task and the task's result."""
     task, params = parse_request(doc)
-    run = TASKS[task].run_function()
-    offered = {"progress": progress, "notify": notify, "cancelled": cancelled}
-    accepted = inspect.signature(run).parameters
-    result = run(params, **{k: v for k, v in offered.items() if k in accepted and v is not None})
+    result = run_task(task, params, progress=progress, notify=notify, cancelled=cancelled)
     body = json.loads(result.to_json()) if hasattr(result, "to_json") else to_json(result)
     # The result in words (as the CLI prints it): Processing logs these lines.
     return {"version": REQUEST_VERSION, "task": task, "result": body, "lines": result.lines()}

@@ -8,6 +8,7 @@ parser, so start-up stays fast), and a test fails when the file is stale.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ def schema_text() -> str:
     return "\n".join([*out, "}}", ""])
 
 
+@functools.lru_cache(maxsize=1)
 def load_schema() -> dict:
-    """The committed description (engine/tasks.json); `python -m engine forms` remakes it."""
+    """The committed description (engine/tasks.json), read once per process (the CLI's parser and its conversion
+    of the parsed arguments both use it); `python -m engine forms` remakes it. Callers only read it."""
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))

@@ -62,7 +62,12 @@ class BatchParams:
     dashboard: bool = True
 
 
-_THREADS, _PRECISION = (dataclasses.replace(o, field=o.field.removeprefix("runtime.")) for o in _RUNTIME[1:3])
+# BatchParams holds these runtime options as its own fields (each worker makes its RuntimeOptions).
+_THREADS, _PRECISION = (
+    dataclasses.replace(o, field=o.field.removeprefix("runtime."))
+    for o in _RUNTIME
+    if o.field in ("runtime.threads", "runtime.precision")
+)
 OPTIONS = (
     Option("task", "", "Task run on every input", "the task run on every input", choices=TASKS),
     Option("inputs", "--inputs", "Raster layers", 'rasters or glob patterns ("tiles/*.tif"); repeatable',
