@@ -44,6 +44,7 @@ class GdalTrace:
         self.path.unlink(missing_ok=True)
 
     def _trace(self) -> None:
+        src = pixels = band = out = layer = None
         try:
             from osgeo import gdal, ogr
 
@@ -58,9 +59,17 @@ class GdalTrace:
             # 4-connected regions of one value; the mask band leaves no-data pixels out. Returning 0 stops GDAL.
             go = lambda *_: 0 if self.stop or self.cancelled() else 1  # noqa: E731
             gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=go)
-            out = None  # closes the file
         except BaseException as exc:  # handed to the caller's thread by polygons()
-            self.error = exc
+            # Without its frames: they hold the layer and dataset, and a layer freed after its dataset (at
+            # interpreter exit) crashes GDAL's Python bindings: a cancelled run must not take its process down.
+            self.error = exc.with_traceback(None)
+        finally:
+            # GDAL's objects go child first: the layer before its data source, the band before its dataset.
+            layer = None
+            out = None  # closes the file
+            band = None
+            pixels = None
+            src = None
 
     def polygons(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(polygons in pixel coordinates, their values), in batches, once GDAL has finished."""

@@ -163,6 +163,22 @@ def test_cancelling_while_polygons_and_cogs_are_made_leaves_nothing(tmp_path):
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 
 
+def test_a_process_that_cancelled_polygonizing_exits_cleanly():
+    """The cancellation above, in a process of its own (pytest keeps the exception and its frames, as a log or a
+    batch worker may): the process exits with status 0. GDAL's trace datasets, kept alive by the cancellation's
+    traceback and freed in the wrong order at exit, crashed the interpreter (status 139, in GDALClose)."""
+    import subprocess
+    import sys
+
+    test = f"{__file__}::test_cancelling_while_polygons_and_cogs_are_made_leaves_nothing"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert "1 passed" in proc.stdout, proc.stdout[-500:]
+    assert proc.returncode == 0, proc.stderr[-500:]
+
+
 def test_gdal_traced_polygons_match_the_strip_tracer(urban_classes, tmp_path):
     """The default (GDAL traces the whole map, confidence summed by burnt polygon ids; each value's longest
     outline by subtraction) and the strip tracer (labelled strips joined at seams) give the same regions: same
