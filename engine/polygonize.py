@@ -34,7 +34,7 @@ from .errors import Cancelled
 from .gdal_trace import GdalTrace, match
 from .model_package import ClassInfo
 from .region_stats import region_strip
-from .seams import Part, Strip, join_seam, scipy_modules, strips
+from .seams import Part, Strip, join_seam, scipy_graphs, strips
 from .vector_formats import vector_sink
 
 # Strips are traced in pixel coordinates (the map transform is applied once per closed region); the first
@@ -61,7 +61,7 @@ class PolygonizeOptions:
 
 def prewarm() -> threading.Thread:
     """Import what polygonizing needs in a background thread (called when inference starts)."""
-    t = threading.Thread(target=scipy_modules, name="landseg-prewarm")  # not a daemon: never cut off mid-import
+    t = threading.Thread(target=scipy_graphs, name="landseg-prewarm")  # not a daemon: never cut off mid-import
     t.start()
     return t
 
@@ -75,12 +75,14 @@ def _present(cls: np.ndarray, wanted: set[int]) -> list[int]:
 def _components(cls: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Label 4-connected same-value regions of ``values``; returns (labels int32, value of each label (index 0
     unused)). Other values get label 0."""
+    from scipy import ndimage  # here: only the strip tracer (max_region_pixels) labels with it
+
     labels = np.zeros(cls.shape, dtype=np.int32)
     label_class = [0]
     lab = np.empty(cls.shape, dtype=np.int32)
     for c in values:
         mask = cls == c
-        n = scipy_modules().ndimage.label(mask, output=lab)
+        n = ndimage.label(mask, output=lab)
         if n:
             np.add(lab, len(label_class) - 1, out=lab, where=mask)
             np.copyto(labels, lab, where=mask)  # regions of different values are disjoint

@@ -18,10 +18,10 @@ import numpy as np
 import shapely
 
 
-def scipy_modules():
-    """scipy's labelling and graph modules, imported on first use: a job imports them in the background while
-    the model runs (``prewarm``), so they are not on the start-up path."""
-    import scipy.ndimage
+def scipy_graphs():
+    """scipy's sparse graphs, imported on first use: a job imports them in the background while the model runs
+    (``prewarm``), so they are not on the start-up path. Only what joining regions needs: scipy.ndimage (the
+    strip tracer's labelling) would double the import, and on 2 cores an import competes with the model."""
     import scipy.sparse.csgraph
 
     return scipy
@@ -80,7 +80,7 @@ def seam_groups(
     po, cl = prev_bottom[both], top[both]
     same = open_cid[po] == label_class[cl]
     pairs = np.unique(np.stack([po[same], cl[same] + n_open]), axis=1) if same.any() else np.zeros((2, 0), int)
-    sp = scipy_modules()
+    sp = scipy_graphs()
     graph = sp.sparse.coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
     return sp.sparse.csgraph.connected_components(graph, directed=False)[1]
 
