@@ -2,9 +2,9 @@
 task table (engine.tasks; the parser is engine.cli_parser), plus ``run`` (a typed request), ``describe`` (a model's
 metadata) and ``forms`` (the task table as JSON).
 
-Exit codes: 0 success, 2 bad input or usage, 3 bad model, 4 output not writable, 130 cancelled,
-1 internal error. Errors are one line on stderr (``landseg: error: ...``), never a traceback, unless
-LANDSEG_DEBUG=1 is set.
+Exit codes: 0 success, 2 bad input or usage, 3 bad model, 4 output not writable, 5 a batch finished with some
+inputs failed (the result lists them), 130 cancelled, 1 internal error. Errors are one line on stderr
+(``landseg: error: ...``), never a traceback, unless LANDSEG_DEBUG=1 is set.
 
 ``--progress jsonl`` prints one JSON object per line on stdout ({"progress": 0.42, "message": ...}, then
 {"result": {...}}): the QGIS plugin runs the engine as a subprocess and reads these lines.
@@ -93,7 +93,13 @@ def _run_task(task: str, args: argparse.Namespace) -> int:
     finally:
         rep.close()
     rep.result(result, args.json, result.lines())
-    return 5 if getattr(result, "failed", None) else 0  # batch: some inputs failed (listed), the others are done
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    """5 when a batch finished with some inputs failed (listed in the result; the others are done), else 0."""
+    failed = result.get("failed") if isinstance(result, dict) else getattr(result, "failed", None)
+    return 5 if failed else 0
 
 
 def _run_request(args: argparse.Namespace) -> int:
@@ -109,7 +115,7 @@ def _run_request(args: argparse.Namespace) -> int:
         print(json.dumps({"result": answer}), flush=True)
     else:
         print(json.dumps(answer))
-    return 0
+    return _exit_code(answer["result"])  # the same status as the task's own subcommand
 
 
 def main(argv: list[str] | None = None) -> int:

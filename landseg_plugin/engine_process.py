@@ -112,7 +112,7 @@ def run_engine(
     message: Callable[[str], None] | None = None,
     is_cancelled: Callable[[], bool] | None = None,
     python: str | None = None,
-    accept: tuple[int, ...] = (0,),  # exit codes that still carry a result
+    accept: tuple[int, ...] = (0, 5),  # exit codes that carry a result (5: a batch with some inputs failed)
     whole_answer: bool = False,  # requests: the whole answer (result and its lines), not only the result
 ) -> dict[str, Any]:
     """Run a request (`python -m engine run --request -`, the JSON on stdin) or CLI arguments, following the

@@ -154,6 +154,15 @@ def test_a_corrupt_input_is_reported_while_the_others_finish(tmp_path):
     assert "broken.tif" in error and "\n" not in error and "Traceback" not in proc.stderr
     summary = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
     assert summary["failed"] == res["failed"]
+    # The same batch as a typed request (`engine run`, what the plugin sends) answers the same status; its
+    # inputs done are skipped now, the broken one fails again.
+    params = {"task": "landcover", "inputs": [str(tmp_path / "in" / "*.tif")], "out_dir": str(tmp_path / "out"),
+              "workers": 1, "dashboard": False, "retries": 1}  # fmt: skip
+    request = {"version": 1, "task": "batch", "params": params}
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", "--request", "-", "--progress", "none"],
+                          input=json.dumps(request), capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+    assert proc.returncode == 5, proc.stderr
+    assert list(json.loads(proc.stdout)["result"]["failed"]) == [str(bad)]
 
 
 def test_two_batches_into_one_folder_refuse(tmp_path):
