@@ -5,7 +5,9 @@ Why: building a session spends most of its time optimizing the graph (0.33 s of 
 level, which onnxruntime documents as independent of the machine (the layout changes of the "all" level, done
 again at load, depend on the CPU), and it is keyed by the model's path, size and modification time and
 onnxruntime's version. It lives in the user's cache folder (~/.cache/landseg/optimized), never beside the model;
-when that folder cannot be written the model is loaded as it is.
+when that folder cannot be written the model is loaded as it is. Each new copy removes the copies that can never
+be used again (their model is gone, or has changed since): models run from temporary folders would otherwise
+fill the cache without end (40 MB a run for ukis-csmask's).
 """
 
 from __future__ import annotations
@@ -50,8 +52,26 @@ def optimized_graph(model: Path) -> Path:
         ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
         os.replace(tmp, onnx)  # whole files only: a reader never sees half of one
         record.write_text(json.dumps(key))
+        _prune(onnx.parent, keep=name)
         return onnx
     except Exception:  # no cache (read-only home, full disk, a graph it cannot load): the model itself
         if tmp:
             Path(tmp).unlink(missing_ok=True)
         return model
+
+
+def _prune(folder: Path, keep: str) -> None:
+    """Remove the copies whose model no longer exists or has another size or time (a stale copy is never loaded:
+    its key no longer matches). A copy in use by a running session is safe: onnxruntime has read it."""
+    for record in folder.glob("*.json"):
+        if record.stem == keep:
+            continue
+        try:
+            key = json.loads(record.read_text())
+            st = Path(key["model"]).stat()
+            if (st.st_size, st.st_mtime_ns) == (key["size"], key["mtime_ns"]):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable record, or its model is gone: stale
+        record.with_suffix(".onnx").unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
