@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--limit-images", type=int, help="smoke test: this many images per source")
     tr.add_argument("--no-export", action="store_true", help="train and report only")
     tr.add_argument("--lovasz", type=float, help="landcover: weight of the Lovász-softmax loss term")
+    tr.add_argument("--average", type=float, help="landcover: decay of the weight average shipped (0: last weights)")
 
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
     pk.add_argument("--checkpoint", type=Path, default=Path("out/train_landcover/model.pt"))
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if args.task == "landcover":
             from .train_landcover import TrainParams, train
 
-            extra = {"lovasz": args.lovasz} if args.lovasz is not None else {}
+            extra = {k: v for k, v in (("lovasz", args.lovasz), ("average", args.average)) if v is not None}
             train(TrainParams(export=not args.no_export, **common, **extra))
         else:
             from .train_treecrowns import CrownTrainParams, train_treecrowns

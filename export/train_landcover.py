@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import landcover_data as D
 from .augment import crop_scaled, flip_rotate, photometric
 from .effnet_lite import LandcoverUNet, load_imagenet
-from .training import StepLoop, resume, save_weights
+from .training import StepLoop, WeightAverage, resume, save_weights
 
 
 @dataclass
@@ -42,6 +42,7 @@ class TrainParams:
     balanced: bool = False  # class weights ~ 1/sqrt(frequency in the Dubai training labels)
     weight_decay: float = 1e-4
     lovasz: float = 0.0  # weight of the Lovász-softmax term (a surrogate of the per-class IoU) on labelled pixels
+    average: float = 0.0  # decay of an exponential moving average of the weights (0: none); the average is shipped
     warmup: int = 100
     seed: int = 0
     threads: int = 2
@@ -133,6 +134,12 @@ class Batches:
         return x, torch.stack(labs).long()
 
 
+def _averaged_miou(model: LandcoverUNet, average: WeightAverage, p: TrainParams) -> float:
+    shadow = LandcoverUNet(len(D.CLASSES)).to(p.device)
+    average.copy_to(shadow)
+    return evaluate_dubai(shadow, p.data, limit=p.limit_images)["miou"]
+
+
 class _StepBatches(torch.utils.data.Dataset):
     """Batches start..end as a dataset, so DataLoader workers can prepare them ahead."""
 
@@ -219,8 +226,9 @@ def train(p: TrainParams, log=print) -> dict:
     rest = [q for n, q in model.named_parameters() if not n.startswith("encoder.")]
     groups = [{"params": enc, "mult": p.encoder_lr_mult}, {"params": rest, "mult": 1.0}]
     opt = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
+    average = WeightAverage(model, p.average) if p.average else None
     ckpt = p.work / "last.pt"
-    start = resume(ckpt, model, opt, p.device, log) if p.resume and ckpt.exists() else 0
+    start = resume(ckpt, model, opt, p.device, log, average) if p.resume and ckpt.exists() else 0
     batches = Batches(p, log)
     weight = None
     if p.balanced:
@@ -236,7 +244,7 @@ def train(p: TrainParams, log=print) -> dict:
         prefetch_factor=4 if p.workers else None,
     )
     bar = tqdm(loader, initial=start, total=p.iterations, desc="train landcover", mininterval=5)
-    loop = StepLoop(model, opt, ckpt, p.iterations, p.checkpoint_every, p.minutes, bar)
+    loop = StepLoop(model, opt, ckpt, p.iterations, p.checkpoint_every, p.minutes, bar, average)
     for step, (x, y) in enumerate(bar, start):
         model.train()
         set_encoder_bn_eval(model)
@@ -251,14 +259,23 @@ def train(p: TrainParams, log=print) -> dict:
         if done % p.eval_every == 0 and done < p.iterations:
             m = evaluate_dubai(model, p.data, limit=p.limit_images)
             history.append({"step": done, "dubai_miou": m["miou"]})
-            log(f"step {done}: loss {loop.running:.3f}, Dubai val mIoU {m['miou']:.3f}")
+            line = f"step {done}: loss {loop.running:.3f}, Dubai val mIoU {m['miou']:.3f}"
+            if average is not None:
+                history[-1]["dubai_miou_average"] = _averaged_miou(model, average, p)
+                line += f" (weight average {history[-1]['dubai_miou_average']:.3f})"
+            log(line)
         if stop:
             log(f"stopped after {p.minutes} min at step {done}; continue with --resume")
             return {"stopped_at": done}
     minutes = (time.time() - loop.t0) / 60
-    save_weights(model, p.work / "model.pt")
     report = {"params": {k: str(v) for k, v in asdict(p).items()}, "train_minutes": round(minutes, 1)}
     report["history"] = history
+    if average is not None:  # the last weights are reported beside the shipped average
+        save_weights(model, p.work / "model_last_weights.pt")
+        report["last_weights"] = run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log)
+        average.copy_to(model)
+        log("the weight average (shipped):")
+    save_weights(model, p.work / "model.pt")
     report.update(run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log))
     (p.work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"report: {p.work / 'report.json'}")

@@ -189,9 +189,11 @@ def test_one_band_raster_names_the_band_problem(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_training_smoke(tmp_path):
+@pytest.mark.parametrize("average", [0.0, 0.5])
+def test_training_smoke(tmp_path, average):
     """A few iterations on 2 images per source: the command runs, checkpoints, and is deterministic — a run
-    stopped early and resumed ends with the same weights as the same run done in one go."""
+    stopped early and resumed ends with the same weights as the same run done in one go (with a weight average
+    too: it is checkpointed and resumed, and it is what model.pt holds)."""
     import torch
 
     from export.train_landcover import TrainParams, train
@@ -199,7 +201,7 @@ def test_training_smoke(tmp_path):
     def params(work: str, **kw) -> TrainParams:
         return TrainParams(
             data=SHARED, work=tmp_path / work, iterations=3, batch=2, crop=64, weak_per_batch=1, limit_images=2,
-            checkpoint_every=1, eval_every=100, export=False, **kw,
+            checkpoint_every=1, eval_every=100, export=False, average=average, **kw,
         )  # fmt: skip
 
     report = train(params("once"), log=lambda *_: None)
@@ -210,3 +212,7 @@ def test_training_smoke(tmp_path):
     once = torch.load(tmp_path / "once/model.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/model.pt", weights_only=True)
     assert all(torch.equal(once[k], resumed[k]) for k in once)
+    if average:  # model.pt is the average, not the last weights
+        last = torch.load(tmp_path / "once/model_last_weights.pt", weights_only=True)
+        assert "last_weights" in report
+        assert not all(torch.equal(once[k], last[k]) for k in once if once[k].dtype.is_floating_point)
