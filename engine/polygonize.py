@@ -32,7 +32,7 @@ from shapely.geometry import mapping
 
 from .areas import AreaCalculator
 from .errors import Cancelled
-from .gdal_trace import GdalTrace, match
+from .gdal_trace import GdalTrace, band_count, match
 from .model_package import ClassInfo
 from .region_stats import region_strip
 from .seams import Part, Strip, join_seam, scipy_graphs, strips
@@ -58,6 +58,9 @@ class PolygonizeOptions:
     max_region_pixels: int | None = None
     layer: str = "landcover"
     workers: int = 2  # threads: strips labelled and traced at a time (joining seams stays in order); simplifying
+    # Bands GDAL traces at once (engine.gdal_trace), their regions joined at the seams. None: one per worker on
+    # maps larger than 4096², one below that.
+    trace_bands: int | None = None
 
 
 def prewarm() -> threading.Thread:
@@ -264,7 +267,8 @@ def polygonize_values(
         def stats(r0: int, r1: int) -> Strip:
             return region_strip(value_path, conf_path, r0, r1, height, asked, min_pixels)
 
-        with GdalTrace(value_path, gpkg_path, cancelled) as trace:
+        bands = band_count(height, width, options.workers, options.trace_bands)
+        with GdalTrace(value_path, gpkg_path, cancelled, bands) as trace:
             each_strip(stats, keep, lambda: None, 0.8)
             for geoms, values in trace.polygons():
                 found = list(match(geoms, values, regions))

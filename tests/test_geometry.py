@@ -16,6 +16,7 @@ from shapely.geometry import shape
 
 from conftest import DEFAULT_MODEL, URBAN
 from engine.errors import Cancelled
+from engine.gdal_trace import band_count
 from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import load_model_package
 from engine.polygonize import PolygonizeOptions, polygonize
@@ -133,6 +134,55 @@ def features(path: Path) -> list[tuple]:
             (f.properties["class_id"], f.properties["area_m2"], f.properties["mean_conf"], shape(f.geometry).wkb)
             for f in src
         )
+
+
+def textured_classes(folder: Path) -> tuple[Path, Path]:
+    """A busy class map from real imagery: the urban orthophoto's 512² crop, its brightness cut at its quartiles
+    into 4 classes (roofs, river, trees and shadows make a thousand regions of every size); the brightness as
+    the confidence."""
+    with rasterio.open(URBAN) as src:
+        win = Window(768, 768, 512, 512)
+        # Read at a quarter of the resolution, each pixel then 4 x 4: regions of every size, not only specks.
+        small = src.read(window=win, out_shape=(src.count, 128, 128), resampling=Resampling.average)
+        grey = small.astype(np.float32).mean(axis=0).repeat(4, axis=0).repeat(4, axis=1)
+        prof = {"driver": "GTiff", "width": 512, "height": 512, "count": 1, "crs": src.crs,
+                "transform": src.window_transform(win), "tiled": True, "blockxsize": 256,
+                "blockysize": 256}  # fmt: skip
+    classes = np.digitize(grey, np.percentile(grey, [25, 50, 75])).astype(np.uint8)
+    with rasterio.open(folder / "cls.tif", "w", dtype="uint8", nodata=255, **prof) as dst:
+        dst.write(classes, 1)
+    with rasterio.open(folder / "conf.tif", "w", dtype="float32", nodata=-1, **prof) as dst:
+        dst.write(grey / 255, 1)
+    return folder / "cls.tif", folder / "conf.tif"
+
+
+def test_a_map_traced_in_bands_gives_the_same_polygons_as_traced_whole(tmp_path):
+    """GDAL traces big maps in bands on threads of their own; regions cut by a band seam are joined again. A busy
+    512² map from real imagery cut in 16 bands of 32 rows: the same classes, areas, mean confidences, and polygons
+    equal to the whole map's with the same vertices (the seams leave none behind)."""
+    cls, conf = textured_classes(tmp_path)
+    bands = 16
+    whole = PolygonizeOptions(min_area_m2=0, simplify_px=0, trace_bands=1)
+    banded = PolygonizeOptions(min_area_m2=0, simplify_px=0, trace_bands=bands)
+    n_whole = polygonize(cls, conf, tmp_path / "whole.gpkg", CLASSES, whole)
+    n_banded = polygonize(cls, conf, tmp_path / "banded.gpkg", CLASSES, banded)
+    a, b = features(tmp_path / "whole.gpkg"), features(tmp_path / "banded.gpkg")
+    assert n_whole == n_banded == len(a) > 20
+    with rasterio.open(cls) as ds:  # the seams' y in map coordinates
+        seams = [ds.transform.f + round(k * ds.height / bands) * ds.transform.e for k in range(1, bands)]
+    crossed = [sum(g.bounds[1] < y < g.bounds[3] for y in seams) for g in shapely.from_wkb([r[3] for r in a])]
+    assert sum(c > 0 for c in crossed) > 100 and max(crossed) >= 3  # many regions cut, some several times
+    assert [r[:3] for r in a] == [r[:3] for r in b]
+
+    def by_place(rows: list[tuple]) -> list[tuple]:  # a region's class and bounding box: unique (gdal_trace.py)
+        return sorted((r[0], tuple(np.round(shapely.from_wkb(r[3]).bounds, 3)), shapely.from_wkb(r[3])) for r in rows)
+
+    for (ca, box_a, ga), (cb, box_b, gb) in zip(by_place(a), by_place(b), strict=True):
+        assert (ca, box_a) == (cb, box_b)
+        assert shapely.equals(ga, gb) and shapely.get_num_coordinates(ga) == shapely.get_num_coordinates(gb)
+    assert not list(tmp_path.glob(".*.tmp.*"))
+    # By default: bands only above 4096² (one per polygonizing thread), never thinner than 64 rows.
+    assert (band_count(16384, 16384, 2), band_count(4096, 4096, 2), band_count(100, 9000, 2, 16)) == (2, 1, 1)
 
 
 def test_strips_traced_on_two_threads_give_the_same_polygons_as_one(urban_classes, tmp_path):
