@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import shapely
+from rasterio.windows import Window
 
 from .errors import Cancelled
+from .seams import components
 
 BATCH = 4096  # polygons handed back at a time
 BAND_PIXELS = 1 << 24  # maps larger than this (4096²) are traced in bands, one thread each
@@ -45,8 +48,6 @@ class GdalTrace:
     def __init__(
         self, value_path: Path, near: Path, cancelled: Callable[[], bool] | None = None, bands: int = 1
     ) -> None:
-        import rasterio
-
         with rasterio.open(value_path) as ds:
             self.height, self.width = ds.height, ds.width
         n = max(1, min(bands, self.height))
@@ -133,11 +134,6 @@ class GdalTrace:
         """Pieces on band seams joined into their regions: across a seam, the piece holding the pixel above and
         the one holding the pixel below (same value) are one region. Pixel centres are never on an outline, so
         each lies in exactly one piece (none for no-data pixels)."""
-        import rasterio
-        from rasterio.windows import Window
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         tree = shapely.STRtree(pieces)
         shapely.prepare(pieces)  # point-in-polygon on prepared pieces: 0.08 s a seam instead of 6 s at 16k²
 
@@ -162,8 +158,7 @@ class GdalTrace:
                 pairs.append(np.unique(np.stack([piece_a[both], piece_b[both]]), axis=1))
         n = len(pieces)
         edges = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), dtype=np.int64)
-        graph = coo_matrix((np.ones(edges.shape[1]), (edges[0], edges[1])), shape=(n, n))
-        n_groups, group = connected_components(graph, directed=False)
+        n_groups, group = components(n, edges[0], edges[1])
         order = np.argsort(group, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
         joined = np.empty(n_groups, dtype=object)

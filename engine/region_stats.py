@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .seams import Part, Strip, scipy_graphs
+from .seams import Part, Strip, components
 
 
 def region_strip(
@@ -48,10 +48,7 @@ def region_strip(
     at = np.flatnonzero(starts[1:] | starts[:-1])
     above, below = run_of(at), run_of(at + width)
     same = value[above] == value[below]
-    sp = scipy_graphs()
-    n_runs = len(first)
-    graph = sp.sparse.coo_matrix((np.ones(int(same.sum())), (above[same], below[same])), shape=(n_runs, n_runs))
-    n, region = sp.sparse.csgraph.connected_components(graph, directed=False)
+    n, region = components(len(first), above[same], below[same])
     count = np.bincount(region, weights=ends - first, minlength=n).astype(np.int64)
     conf_sum = np.bincount(region, weights=sums, minlength=n)
     region_value = np.zeros(n, dtype=np.int64)

@@ -27,6 +27,15 @@ def scipy_graphs():
     return scipy
 
 
+def components(n: int, a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components of nodes 0..n-1 joined by the edges a[i]-b[i]: (count, component of every node).
+    What joins runs into regions (engine.region_stats), regions across seams, and pieces of one region cut by
+    GDAL's trace bands (engine.gdal_trace)."""
+    sp = scipy_graphs()
+    graph = sp.sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    return sp.sparse.csgraph.connected_components(graph, directed=False)
+
+
 @dataclass
 class Part:
     """A region (or the part of one seen so far) with what its mean confidence needs. Its pieces (one per strip
@@ -80,9 +89,7 @@ def seam_groups(
     po, cl = prev_bottom[both], top[both]
     same = open_cid[po] == label_class[cl]
     pairs = np.unique(np.stack([po[same], cl[same] + n_open]), axis=1) if same.any() else np.zeros((2, 0), int)
-    sp = scipy_graphs()
-    graph = sp.sparse.coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n_nodes, n_nodes))
-    return sp.sparse.csgraph.connected_components(graph, directed=False)[1]
+    return components(n_nodes, pairs[0], pairs[1])[1]
 
 
 def strips(work: Callable[[int, int], Strip], height: int, strip_rows: int, workers: int) -> Iterator[Strip]:

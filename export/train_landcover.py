@@ -270,13 +270,14 @@ def train(p: TrainParams, log=print) -> dict:
     minutes = (time.time() - loop.t0) / 60
     report = {"params": {k: str(v) for k, v in asdict(p).items()}, "train_minutes": round(minutes, 1)}
     report["history"] = history
+    predict = lambda img: predict_torch(model.eval(), img)  # noqa: E731 (the model's weights as they are now)
     if average is not None:  # the last weights are reported beside the shipped average
         save_weights(model, p.work / "model_last_weights.pt")
-        report["last_weights"] = run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log)
+        report["last_weights"] = run_checks(predict, p.data, p.limit_images, log)
         average.copy_to(model)
         log("the weight average (shipped):")
     save_weights(model, p.work / "model.pt")
-    report.update(run_checks(lambda img: predict_torch(model.eval(), img), p.data, p.limit_images, log))
+    report.update(run_checks(predict, p.data, p.limit_images, log))
     (p.work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"report: {p.work / 'report.json'}")
     if p.export:
