@@ -189,6 +189,8 @@ def _read(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A traced band's polygons and values, in batches."""
     from osgeo import ogr
 
+    if path.stat().st_size == 0:  # GDAL writes nothing at all for a band without data (a sparse mosaic's)
+        return
     source = ogr.Open(str(path))
     try:
         geoms, values = [], []
