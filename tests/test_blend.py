@@ -91,3 +91,17 @@ def test_blend_modes_change_only_the_overlaps_and_an_unknown_mode_is_refused(tmp
     proc = subprocess.run([sys.executable, "-m", "engine", "landcover", "-i", str(raster), "-o", str(tmp_path / "x"),
                            "--blend", "median"], capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "--blend" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_class_and_confidence_of_a_block_are_argmax_and_max_ties_to_the_lower_class():
+    from engine.outputs import top_class
+
+    rng = np.random.default_rng(0)
+    for n_cls in (1, 2, 3, 5, 9):
+        # Probabilities of a real-looking block, with ties (quantized) so the tie rule is exercised.
+        probs = np.round(rng.dirichlet(np.ones(n_cls), size=(67, 45)).transpose(2, 0, 1), 1).astype(np.float32)
+        cls, conf = top_class(probs)
+        assert cls.dtype == np.uint8 and conf.dtype == np.float32
+        np.testing.assert_array_equal(cls, probs.argmax(axis=0))
+        np.testing.assert_array_equal(conf, probs.max(axis=0))
+        assert not np.shares_memory(conf, probs)  # written over (rounding, nodata) by the writer
