@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-export", action="store_true", help="train and report only")
     tr.add_argument("--lovasz", type=float, help="landcover: weight of the Lovász-softmax loss term")
     tr.add_argument("--average", type=float, help="landcover: decay of the weight average shipped (0: last weights)")
+    tr.add_argument("--encoder-bn", choices=("frozen", "train"), help="landcover: ImageNet's BN statistics or new")
 
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
     pk.add_argument("--checkpoint", type=Path, default=Path("out/train_landcover/model.pt"))
@@ -155,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         if args.task == "landcover":
             from .train_landcover import TrainParams, train
 
-            extra = {k: v for k, v in (("lovasz", args.lovasz), ("average", args.average)) if v is not None}
+            options = (("lovasz", args.lovasz), ("average", args.average), ("encoder_bn", args.encoder_bn))
+            extra = {k: v for k, v in options if v is not None}
             train(TrainParams(export=not args.no_export, **common, **extra))
         else:
             from .train_treecrowns import CrownTrainParams, train_treecrowns

@@ -43,6 +43,7 @@ class TrainParams:
     weight_decay: float = 1e-4
     lovasz: float = 0.0  # weight of the Lovász-softmax term (a surrogate of the per-class IoU) on labelled pixels
     average: float = 0.0  # decay of an exponential moving average of the weights (0: none); the average is shipped
+    encoder_bn: str = "frozen"  # the encoder's batch-norm statistics: ImageNet's ("frozen") or re-estimated ("train")
     warmup: int = 100
     seed: int = 0
     threads: int = 2
@@ -247,7 +248,8 @@ def train(p: TrainParams, log=print) -> dict:
     loop = StepLoop(model, opt, ckpt, p.iterations, p.checkpoint_every, p.minutes, bar, average)
     for step, (x, y) in enumerate(bar, start):
         model.train()
-        set_encoder_bn_eval(model)
+        if p.encoder_bn == "frozen":
+            set_encoder_bn_eval(model)
         for group in opt.param_groups:
             group["lr"] = lr_at(p, step) * group["mult"]
         x, y = x.to(p.device), y.to(p.device)

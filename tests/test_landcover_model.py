@@ -189,19 +189,21 @@ def test_one_band_raster_names_the_band_problem(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("average", [0.0, 0.5])
-def test_training_smoke(tmp_path, average):
+@pytest.mark.parametrize(("average", "encoder_bn"), [(0.0, "frozen"), (0.5, "train")])
+def test_training_smoke(tmp_path, average, encoder_bn):
     """A few iterations on 2 images per source: the command runs, checkpoints, and is deterministic — a run
     stopped early and resumed ends with the same weights as the same run done in one go (with a weight average
-    too: it is checkpointed and resumed, and it is what model.pt holds)."""
+    too: it is checkpointed and resumed, and it is what model.pt holds). The encoder's batch-norm statistics stay
+    ImageNet's unless asked to be re-estimated."""
     import torch
 
+    from export.effnet_lite import LandcoverUNet, load_imagenet
     from export.train_landcover import TrainParams, train
 
     def params(work: str, **kw) -> TrainParams:
         return TrainParams(
             data=SHARED, work=tmp_path / work, iterations=3, batch=2, crop=64, weak_per_batch=1, limit_images=2,
-            checkpoint_every=1, eval_every=100, export=False, average=average, **kw,
+            checkpoint_every=1, eval_every=100, export=False, average=average, encoder_bn=encoder_bn, **kw,
         )  # fmt: skip
 
     report = train(params("once"), log=lambda *_: None)
@@ -212,6 +214,13 @@ def test_training_smoke(tmp_path, average):
     once = torch.load(tmp_path / "once/model.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed/model.pt", weights_only=True)
     assert all(torch.equal(once[k], resumed[k]) for k in once)
+    imagenet = LandcoverUNet(5)
+    load_imagenet(imagenet.encoder)
+    trained = torch.load(tmp_path / "once/last.pt", weights_only=False)["model"]
+    stats = [k for k in trained if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 50
+    kept = [torch.equal(trained[k], imagenet.state_dict()[k]) for k in stats]
+    assert all(kept) if encoder_bn == "frozen" else not any(kept)
     if average:  # model.pt is the average, not the last weights
         last = torch.load(tmp_path / "once/model_last_weights.pt", weights_only=True)
         assert "last_weights" in report
