@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-export", action="store_true", help="train and report only")
     tr.add_argument("--lovasz", type=float, help="landcover: weight of the Lovász-softmax loss term")
     tr.add_argument("--average", type=float, help="landcover: decay of the weight average shipped (0: last weights)")
+    tr.add_argument("--crop", type=int, help="landcover: training crop size in pixels (default 256)")
+    tr.add_argument("--batch", type=int, help="landcover: crops per step (default 8)")
+    tr.add_argument("--weak-per-batch", type=int, help="landcover: of them, crops of weak labels (default 2)")
     tr.add_argument("--encoder-bn", choices=("frozen", "train"), help="landcover: ImageNet's BN statistics or new")
 
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
@@ -93,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="write the physically based RGB index baseline model")
     b.add_argument("--out", type=Path, default=Path("models/rgb_index_baseline.onnx"))
     return parser
+
+
+def train_params(args: argparse.Namespace):
+    """The training command's parameters (TrainParams or CrownTrainParams) from its arguments; options left out
+    keep the recipe's defaults."""
+    from .landcover_data import data_root
+
+    given = {k: v for k, v in (("out", args.out), ("work", args.work), ("iterations", args.iterations)) if v}
+    common = dict(
+        data=data_root(args.data), minutes=args.minutes, seed=args.seed, threads=args.threads,
+        resume=args.resume, limit_images=args.limit_images, **given,
+    )  # fmt: skip
+    if args.task != "landcover":
+        from .train_treecrowns import CrownTrainParams
+
+        return CrownTrainParams(**common)
+    from .train_landcover import TrainParams
+
+    options = {"lovasz": args.lovasz, "average": args.average, "encoder_bn": args.encoder_bn,
+               "crop": args.crop, "batch": args.batch, "weak_per_batch": args.weak_per_batch}  # fmt: skip
+    return TrainParams(export=not args.no_export, **common, **{k: v for k, v in options.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,23 +170,14 @@ def run(args: argparse.Namespace) -> int:
         embed_classes(args.model)
         print(args.model)
     elif args.command == "train":
-        from .landcover_data import data_root
-
-        given = {k: v for k, v in (("out", args.out), ("work", args.work), ("iterations", args.iterations)) if v}
-        common = dict(
-            data=data_root(args.data), minutes=args.minutes, seed=args.seed, threads=args.threads,
-            resume=args.resume, limit_images=args.limit_images, **given,
-        )  # fmt: skip
         if args.task == "landcover":
-            from .train_landcover import TrainParams, train
+            from .train_landcover import train
 
-            options = (("lovasz", args.lovasz), ("average", args.average), ("encoder_bn", args.encoder_bn))
-            extra = {k: v for k, v in options if v is not None}
-            train(TrainParams(export=not args.no_export, **common, **extra))
+            train(train_params(args))
         else:
-            from .train_treecrowns import CrownTrainParams, train_treecrowns
+            from .train_treecrowns import train_treecrowns
 
-            train_treecrowns(CrownTrainParams(**common))
+            train_treecrowns(train_params(args))
     elif args.command == "package-landcover":
         from .landcover_package import export_landcover
 

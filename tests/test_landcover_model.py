@@ -189,6 +189,20 @@ def test_one_band_raster_names_the_band_problem(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_training_command_passes_its_recipe_options_and_keeps_the_defaults_of_those_left_out():
+    from export.__main__ import build_parser, train_params
+    from export.train_landcover import TrainParams
+
+    args = ["train", "landcover", "--data", str(SHARED), "--crop", "384", "--batch", "4", "--weak-per-batch", "1",
+            "--encoder-bn", "train", "--average", "0.99", "--iterations", "5", "--seed", "3",
+            "--no-export"]  # fmt: skip
+    p = train_params(build_parser().parse_args(args))
+    assert (p.crop, p.batch, p.weak_per_batch, p.encoder_bn, p.average) == (384, 4, 1, "train", 0.99)
+    assert (p.iterations, p.seed, p.export, p.data) == (5, 3, False, SHARED)
+    default = train_params(build_parser().parse_args(["train", "landcover", "--data", str(SHARED)]))
+    assert default == TrainParams(data=SHARED)  # the shipped recipe
+
+
 @pytest.mark.parametrize(("average", "encoder_bn"), [(0.0, "frozen"), (0.5, "train")])
 def test_training_smoke(tmp_path, average, encoder_bn):
     """A few iterations on 2 images per source: the command runs, checkpoints, and is deterministic — a run
