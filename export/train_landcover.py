@@ -3,8 +3,8 @@
 Recipe (MODEL_CARD.md has the numbers): U-Net on the ImageNet EfficientNet-Lite0 encoder, 5 classes, trained at
 0.5 m on the Dubai labels (6 of 7 tiles) plus weak labels from the tree data (crowns = vegetation, bare ground
 away from crowns = bare land, OAM-TCD non-canopy = "not vegetation"), random scale 0.6-1.6x, strong photometric
-augmentation, AdamW with warm-up and cosine decay, encoder batch-norm statistics frozen (ImageNet's: batches of 8
-are too small to re-estimate them, and frozen statistics carry better to other imagery).
+augmentation, AdamW with warm-up and cosine decay, encoder batch-norm statistics frozen (ImageNet's: re-estimated
+on the training mix they fit it and carry worse to the held-out tile and to other sites, measured in MODEL_CARD.md).
 Deterministic for a seed (the batch of step k depends only on the seed and k, so a resumed run is the same run).
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.errors import InputError
 
 from . import landcover_data as D
 from .augment import crop_scaled, flip_rotate, photometric
@@ -55,6 +57,18 @@ class TrainParams:
     export: bool = True
     device: str = "cpu"  # the shipped model is trained on the CPU; "cuda" for recipe experiments
     workers: int = 0  # processes preparing batches (batch k depends only on seed and k: same batches)
+
+    def __post_init__(self) -> None:
+        # One line naming the parameter, before any data is loaded (the U-Net halves a crop five times).
+        if self.crop < 32 or self.crop % 32:
+            raise InputError(f"--crop must be a multiple of 32 (the encoder's stride), not {self.crop}")
+        if self.batch < 1 or not 0 <= self.weak_per_batch <= self.batch:
+            raise InputError(
+                f"--batch must be at least 1 and --weak-per-batch between 0 and it (got {self.batch} and "
+                f"{self.weak_per_batch})"
+            )
+        if self.encoder_bn not in ("frozen", "train"):
+            raise InputError(f"--encoder-bn must be frozen or train, not {self.encoder_bn!r}")
 
 
 def pad32(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:

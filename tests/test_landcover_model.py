@@ -203,6 +203,22 @@ def test_the_training_command_passes_its_recipe_options_and_keeps_the_defaults_o
     assert default == TrainParams(data=SHARED)  # the shipped recipe
 
 
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [(["--crop", "100"], "--crop"), (["--batch", "4", "--weak-per-batch", "5"], "--weak-per-batch")],
+)
+def test_a_training_option_out_of_range_is_one_line_naming_it(tmp_path, option, named):
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "train", "landcover", "--data", str(SHARED), "--work", str(tmp_path / "w"),
+         *option],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
 @pytest.mark.parametrize(("average", "encoder_bn"), [(0.0, "frozen"), (0.5, "train")])
 def test_training_smoke(tmp_path, average, encoder_bn):
     """A few iterations on 2 images per source: the command runs, checkpoints, and is deterministic — a run
