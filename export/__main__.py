@@ -20,7 +20,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from engine.errors import LandSegError
+from engine.errors import InputError, LandSegError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,15 +108,18 @@ def train_params(args: argparse.Namespace):
         data=data_root(args.data), minutes=args.minutes, seed=args.seed, threads=args.threads,
         resume=args.resume, limit_images=args.limit_images, **given,
     )  # fmt: skip
+    options = {"lovasz": args.lovasz, "average": args.average, "encoder_bn": args.encoder_bn,
+               "crop": args.crop, "batch": args.batch, "weak_per_batch": args.weak_per_batch}  # fmt: skip
+    given_options = {k: v for k, v in options.items() if v is not None}
     if args.task != "landcover":
         from .train_treecrowns import CrownTrainParams
 
+        if given_options:  # the crown recipe has none of these: refused rather than silently ignored
+            raise InputError(f"--{next(iter(given_options)).replace('_', '-')} applies to landcover training only")
         return CrownTrainParams(**common)
     from .train_landcover import TrainParams
 
-    options = {"lovasz": args.lovasz, "average": args.average, "encoder_bn": args.encoder_bn,
-               "crop": args.crop, "batch": args.batch, "weak_per_batch": args.weak_per_batch}  # fmt: skip
-    return TrainParams(export=not args.no_export, **common, **{k: v for k, v in options.items() if v is not None})
+    return TrainParams(export=not args.no_export, **common, **given_options)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -205,12 +205,15 @@ def test_the_training_command_passes_its_recipe_options_and_keeps_the_defaults_o
 
 @pytest.mark.parametrize(
     ("option", "named"),
-    [(["--crop", "100"], "--crop"), (["--batch", "4", "--weak-per-batch", "5"], "--weak-per-batch")],
+    [
+        (["landcover", "--crop", "100"], "--crop"),
+        (["landcover", "--batch", "4", "--weak-per-batch", "5"], "--weak-per-batch"),
+        (["treecrowns", "--encoder-bn", "train"], "--encoder-bn"),  # a landcover option: refused, not ignored
+    ],
 )
 def test_a_training_option_out_of_range_is_one_line_naming_it(tmp_path, option, named):
     proc = subprocess.run(
-        [sys.executable, "-m", "export", "train", "landcover", "--data", str(SHARED), "--work", str(tmp_path / "w"),
-         *option],
+        [sys.executable, "-m", "export", "train", *option, "--data", str(SHARED), "--work", str(tmp_path / "w")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 2
