@@ -69,6 +69,10 @@ class TrainParams:
             )
         if self.encoder_bn not in ("frozen", "train"):
             raise InputError(f"--encoder-bn must be frozen or train, not {self.encoder_bn!r}")
+        if not 0 <= self.average < 1:
+            raise InputError(f"--average must be a decay in [0, 1) (0: no average), not {self.average}")
+        if self.lovasz < 0:
+            raise InputError(f"--lovasz must be a weight of at least 0, not {self.lovasz}")
 
 
 def pad32(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:

@@ -208,6 +208,7 @@ def test_the_training_command_passes_its_recipe_options_and_keeps_the_defaults_o
     [
         (["landcover", "--crop", "100"], "--crop"),
         (["landcover", "--batch", "4", "--weak-per-batch", "5"], "--weak-per-batch"),
+        (["landcover", "--average", "1.5"], "--average"),
         (["treecrowns", "--encoder-bn", "train"], "--encoder-bn"),  # a landcover option: refused, not ignored
     ],
 )
