@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import InputError, ModelError
 from .model_package import ClassInfo, ModelMeta
+from .outputs import top_class
 
 DEFAULT_ENCODER = Path(__file__).resolve().parent.parent / "models" / "text_encoder"
 DEFAULT_THRESHOLD = 0.5
@@ -104,7 +105,7 @@ class PromptMapping:
             out[-1] = probs[self.other].max(axis=0)
         if self.dropped is None:
             return out, None
-        return out, np.isin(probs.argmax(axis=0), self.dropped)  # the model's own answer was an unasked class
+        return out, np.isin(top_class(probs)[0], self.dropped)  # the model's own answer was an unasked class
 
 
 def class_embeddings(meta: ModelMeta, encoder: TextEncoder | None) -> np.ndarray:
