@@ -12,6 +12,7 @@ thread each, and the regions a seam cut are joined again (GdalTrace): 16k² of a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import threading
@@ -28,6 +29,12 @@ from .seams import components
 
 BATCH = 4096  # polygons handed back at a time
 BAND_PIXELS = 1 << 24  # maps larger than this (4096²) are traced in bands, one thread each
+
+
+def available() -> bool:
+    """Whether GDAL's Python bindings (osgeo) can be imported. QGIS and Debian's python3-gdal bring them; an
+    environment of pip wheels alone has rasterio's own GDAL but not them (engine.polygonize then traces strips)."""
+    return importlib.util.find_spec("osgeo") is not None
 
 
 def band_count(height: int, width: int, workers: int, bands: int | None = None) -> int:

@@ -6,9 +6,10 @@ pixel count, confidence sum and bounding box, joined across strip seams (engine.
 region by (value, bounding box). Then area (ellipsoidal m²), minimum area, simplification, writing.
 
 With `max_region_pixels` (a cap on a region's size, for scenes whose one background region would not fit in
-memory) strips of rows are labelled into 4-connected components (scipy.ndimage) and traced here
-(rasterio.features.shapes); components that touch a seam are joined with their neighbours across it by pixel
-adjacency and unioned (shapely) when the region is complete, or closed at a seam once past the cap.
+memory), or where GDAL's Python bindings are missing (a pip-only environment; no cap then), strips of rows are
+labelled into 4-connected components (scipy.ndimage) and traced here (rasterio.features.shapes); components that
+touch a seam are joined with their neighbours across it by pixel adjacency and unioned (shapely) when the region
+is complete, or closed at a seam once past the cap.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from shapely.geometry import mapping
 from .areas import AreaCalculator
 from .errors import Cancelled
 from .gdal_trace import GdalTrace, band_count, match
+from .gdal_trace import available as gdal_available
 from .model_package import ClassInfo
 from .region_stats import region_strip
 from .seams import Part, Strip, join_seam, scipy_graphs, strips
@@ -252,7 +254,9 @@ def polygonize_values(
                 progress(share * strip.r1 / height, f"polygonizing rows {strip.r1}/{height}")
 
     with vector_sink(gpkg_path, options.layer, schema, crs.to_wkt() if crs else None) as sink:
-        if options.max_region_pixels is not None:  # strips traced here; regions past the cap closed at a seam
+        # Strips traced here: regions past the cap closed at a seam; without osgeo, no cap (the same regions as
+        # GDAL's trace, at more memory for a huge region's outline pieces).
+        if options.max_region_pixels is not None or not gdal_available():
             each_strip(work, close, lambda: flush(sink), 1.0)
             return n_written
         # GDAL traces the whole map (no region is ever cut) while the regions' statistics are gathered.

@@ -252,3 +252,21 @@ def test_gdal_traced_polygons_match_the_strip_tracer(urban_classes, tmp_path):
 
     assert summary(tmp_path / "gdal.gpkg") == summary(tmp_path / "strips.gpkg")
     assert not list(tmp_path.glob(".*.tmp.*"))  # GDAL's temporary polygons are gone
+
+
+def test_polygons_without_gdal_python_bindings(urban_classes, tmp_path, monkeypatch):
+    """A pip-only environment has no osgeo: the strip tracer gives the same regions as GDAL's trace instead of
+    failing at the last stage of a job."""
+    import engine.polygonize as pg
+
+    cls, conf = urban_classes
+    options = PolygonizeOptions(min_area_m2=0, simplify_px=0)
+    n_gdal = polygonize(cls, conf, tmp_path / "gdal.gpkg", CLASSES, options)
+    monkeypatch.setattr(pg, "gdal_available", lambda: False)
+    monkeypatch.setattr(pg, "GdalTrace", None)  # never reached without the bindings
+    assert polygonize(cls, conf, tmp_path / "strips.gpkg", CLASSES, options) == n_gdal > 20
+
+    def summary(path: Path) -> list[tuple]:
+        return sorted((c, a, round(m, 3)) for c, a, m, _wkb in features(path))
+
+    assert summary(tmp_path / "gdal.gpkg") == summary(tmp_path / "strips.gpkg")
