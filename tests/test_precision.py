@@ -174,3 +174,48 @@ def test_flipped_views_are_flipped_back_before_they_are_averaged():
     assert runtime.device_label.endswith("4 views")
     with pytest.raises(ModelError, match="views must be one of none, flips"):
         make_runtime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu", views="d8"))
+
+
+def test_fp16_copy_of_a_model_already_in_float16_loads_and_agrees(tmp_path):
+    """ukis-csmask's model is a float16 graph between float32 Casts (onnxruntime's converter made it, so its first
+    node is that converter's `graph_input_cast0`); converting it again made a copy onnxruntime refused to load on
+    the GPU ("two nodes with same node name"). Its fp16 copy is the model as it is: it loads, keeps float32 in
+    and out, and agrees with the float32 graph; a float32 model is still converted (float16 weights)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w32 = np.random.default_rng(0).normal(size=(3, 4, 3, 3)).astype(np.float32)
+
+    def model(path, fp16: bool):
+        cast = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+        w = numpy_helper.from_array(w32.astype(np.float16) if fp16 else w32, "w")
+        cast_in, cast_out = ("graph_input_cast", "graph_output_cast") if fp16 else ("cast_in", "cast_out")
+        graph = helper.make_graph(
+            [
+                helper.make_node("Cast", ["input"], [f"{cast_in}_0"], to=cast, name=f"{cast_in}0"),
+                helper.make_node("Conv", [f"{cast_in}_0", "w"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+                helper.make_node("Cast", ["y"], ["output"], to=TensorProto.FLOAT, name=f"{cast_out}0"),
+            ],
+            "cast_io",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4, 16, 16])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 3, 16, 16])],
+            [w],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        return path
+
+    x = np.random.default_rng(1).normal(size=(2, 4, 16, 16)).astype(np.float32)
+
+    def infer(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    ref = infer(model(tmp_path / "f32.onnx", fp16=False))
+    for name, fp16 in (("f16", True), ("f32", False)):
+        dst = tmp_path / f"{name}.fp16.onnx"
+        P._convert_fp16(model(tmp_path / f"{name}.onnx", fp16), dst)
+        weights = {t.name: t.data_type for t in onnx.load(str(dst)).graph.initializer}
+        assert weights == {"w": TensorProto.FLOAT16}
+        got = infer(dst)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=0.05)
