@@ -18,7 +18,7 @@ from typing import Any
 
 from .model_package import MODELS_DIR
 from .resample import MODES as RESAMPLE_MODES
-from .runtime import DEVICES, PRECISIONS, VIEWS
+from .runtime import CONV_SEARCHES, DEVICES, PRECISIONS, VIEWS
 from .value_range import RESCALE_MODES
 
 # How a front end asks for a value. "" means: from the field's type (number, text, true/false, file).
@@ -101,6 +101,10 @@ RUNTIME = (
     Option("runtime.cache_dir", "--trt-cache", "TensorRT engine cache folder",
            "engine/timing cache folder for onnxruntime's TensorRT provider", widget="folder", advanced=True,
            name="TRT_CACHE"),
+    Option("runtime.conv_search", "--conv-search", "GPU convolution algorithm search (cuDNN)",
+           "how the CUDA provider picks cuDNN convolution algorithms: heuristic (default: at once), exhaustive "
+           "(times each one at every new batch shape: seconds per shape, for long runs of one shape), default",
+           choices=CONV_SEARCHES, advanced=True),
 )  # fmt: skip
 POLYGONS = (
     Option("polygons.min_area_m2", "--min-area", "Minimum polygon area, m² (-1: 9 pixels)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -116,3 +117,70 @@ def test_provider_selection(device, available, first, warns):
 def test_unknown_device():
     with pytest.raises(ModelError, match="device must be one of"):
         choose_providers("tpu", ["CPUExecutionProvider"])
+
+
+def test_cuda_provider_picks_convolutions_by_heuristic_unless_asked():
+    """onnxruntime's own default (exhaustive) times every cuDNN algorithm at each new batch shape; the engine
+    asks for cuDNN's heuristic pick unless --conv-search says otherwise. TensorRT keeps its options."""
+    from engine.runtime import RuntimeOptions
+    from engine.runtime.onnx import provider_options
+
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt, cuda, cpu = provider_options(providers, RuntimeOptions(precision="fp16", cache_dir=Path("/c")))
+    assert cuda == {"cudnn_conv_algo_search": "HEURISTIC"} and cpu == {}
+    assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_path"] == "/c"
+    assert provider_options(providers[1:], RuntimeOptions(conv_search="exhaustive"))[0] == {
+        "cudnn_conv_algo_search": "EXHAUSTIVE"
+    }
+    with pytest.raises(ModelError, match="conv search must be one of"):
+        provider_options(providers, RuntimeOptions(conv_search="fastest"))
+
+
+class _FakeSession:
+    """onnxruntime's InferenceSession as it behaves on a machine whose onnxruntime has the TensorRT provider
+    but not TensorRT's libraries: it prints the failure on stdout and falls back without any provider option."""
+
+    made: list[tuple[list[str], list[dict] | None]] = []
+
+    def __init__(self, path, so=None, providers=(), provider_options=None):
+        if providers[0] == "TensorrtExecutionProvider":
+            print("*************** EP Error ***************")
+            why = "Please install TensorRT libraries"
+            print(f"EP Error /src/pybind_state.cc:729 void Register(...) {why} when using {providers}")
+            print("Falling back to ['CUDAExecutionProvider', 'CPUExecutionProvider'] and retrying.")
+            providers, provider_options = ["CUDAExecutionProvider", "CPUExecutionProvider"], None
+        self.providers = list(providers)
+        _FakeSession.made.append((self.providers, provider_options))
+
+    def get_providers(self):
+        return self.providers
+
+    def disable_fallback(self):
+        self.fallback = False
+
+
+def test_a_provider_that_fails_to_start_is_one_line_and_keeps_stdout_clean(monkeypatch, capsys, tmp_path):
+    """--json writes its result on stdout: onnxruntime's printed provider failure must not land there. The
+    engine says it in one line and makes the next provider's session itself, with its options (onnxruntime's
+    retry drops them: the CUDA provider would be back on exhaustive searches)."""
+    import onnxruntime as ort
+
+    from engine.runtime import RuntimeOptions
+    from engine.runtime.onnx import OnnxRuntime
+
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+    _FakeSession.made.clear()
+    notes: list[str] = []
+    rt = OnnxRuntime(tmp_path / "m.onnx", "out", RuntimeOptions(device="tensorrt"), notify=notes.append)
+    assert capsys.readouterr().out == ""
+    assert rt.providers[0] == "CUDAExecutionProvider" and rt.session.fallback is False
+    assert _FakeSession.made[-1] == (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        [{"cudnn_conv_algo_search": "HEURISTIC"}, {}],
+    )
+    assert notes == [
+        "Tensorrt provider did not start (Please install TensorRT libraries when using "
+        "['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']); running on CUDA"
+    ]

@@ -17,12 +17,13 @@ import numpy as np
 
 from ..errors import ModelError
 from .onnx import OnnxRuntime, choose_providers
-from .options import DEVICES, PRECISIONS, RuntimeOptions
+from .options import CONV_SEARCHES, DEVICES, PRECISIONS, RuntimeOptions
 from .precision import CALIBRATION_TILES, Calibration
 from .views import VIEWS, FlipViews
 
 __all__ = [
     "CALIBRATION_TILES",
+    "CONV_SEARCHES",
     "DEVICES",
     "PRECISIONS",
     "Calibration",

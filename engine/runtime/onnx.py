@@ -7,6 +7,8 @@ says so through ``notify`` rather than failing: an analyst's batch should still 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .graph_cache import optimized_graph
-from .options import DEVICES, PRECISIONS, RuntimeOptions
+from .options import CONV_SEARCHES, DEVICES, PRECISIONS, RuntimeOptions
 from .precision import Calibration, reduced_model
 
 _PROVIDER = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -41,6 +43,37 @@ def choose_providers(device: str, available: list[str]) -> tuple[list[str], str 
     return providers, message
 
 
+def provider_options(providers: list[str], options: RuntimeOptions) -> list[dict]:
+    """onnxruntime's options for each provider, in the order of ``providers``."""
+    if options.conv_search not in CONV_SEARCHES:
+        raise ModelError(f"conv search must be one of {', '.join(CONV_SEARCHES)}, not {options.conv_search!r}")
+    out: list[dict] = []
+    for p in providers:
+        opts: dict = {}
+        if p == "TensorrtExecutionProvider":
+            opts = {"trt_fp16_enable": options.fp16}
+            if options.cache_dir:
+                opts.update(
+                    trt_engine_cache_enable=True,
+                    trt_engine_cache_path=str(options.cache_dir),
+                    trt_timing_cache_enable=True,
+                )
+        elif p == "CUDAExecutionProvider":
+            opts = {"cudnn_conv_algo_search": options.conv_search.upper()}
+        out.append(opts)
+    return out
+
+
+def _provider_failure(printed: str) -> str | None:
+    """onnxruntime prints (to stdout) when a provider fails to start and it falls back to the next one, e.g.
+    the TensorRT provider without TensorRT's libraries: its first line of substance, or None."""
+    if "EP Error" not in printed:
+        return None
+    lines = [ln.strip() for ln in printed.splitlines() if ln.strip() and not ln.strip().startswith("*")]
+    reason = next((ln for ln in lines if "EP Error" in ln), lines[0] if lines else "")
+    return reason.split(") ", 1)[-1][:200] if ") " in reason else reason[:200]
+
+
 class OnnxRuntime:
     """Runs a batch of named float32 inputs through an ONNX graph and returns one named output."""
 
@@ -59,34 +92,38 @@ class OnnxRuntime:
         if message and notify:
             notify(message)
         self.model_path = model_path
-        model_path = self._model_for(Path(model_path), options.precision, providers[0], calibration, notify)
         so = ort.SessionOptions()
         if options.threads:
             so.intra_op_num_threads = options.threads
         so.log_severity_level = 4
-        provider_options = []
-        for p in providers:
-            if p == "TensorrtExecutionProvider":
-                opts = {"trt_fp16_enable": options.fp16}
-                if options.cache_dir:
-                    opts.update(
-                        trt_engine_cache_enable=True,
-                        trt_engine_cache_path=str(options.cache_dir),
-                        trt_timing_cache_enable=True,
-                    )
-                provider_options.append(opts)
-            else:
-                provider_options.append({})
-        # CPU: the saved optimized graph (graph_cache.py) starts in a third of the time
-        load = optimized_graph(model_path) if providers[0] == "CPUExecutionProvider" else model_path
-        try:
-            self.session = ort.InferenceSession(str(load), so, providers=providers, provider_options=provider_options)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot load model {model_path}: {first}") from None
+        self.session, failure = self._session(ort, so, Path(model_path), providers, options, calibration, notify)
+        if failure:  # onnxruntime's own retry would drop every provider option: this one keeps them
+            self.session, _ = self._session(ort, so, Path(model_path), providers[1:], options, calibration, notify)
+            if notify:
+                ran = self.session.get_providers()[0].replace("ExecutionProvider", "")
+                notify(f"{providers[0].replace('ExecutionProvider', '')} provider did not start ({failure}); "
+                       f"running on {ran}")  # fmt: skip
+        self.session.disable_fallback()  # a provider failing mid-run raises (one line, below), never prints
         self.providers = self.session.get_providers()
         self.output_name = output_name
         self.precision = options.precision
+
+    def _session(self, ort, so, model: Path, providers: list[str], options: RuntimeOptions, calibration, notify):
+        """(session, why the first provider failed to start or None). onnxruntime prints that failure on stdout,
+        where --json writes its result, and retries without it: both are caught here."""
+        model = self._model_for(model, options.precision, providers[0], calibration, notify)
+        # CPU: the saved optimized graph (graph_cache.py) starts in a third of the time
+        load = optimized_graph(model) if providers[0] == "CPUExecutionProvider" else model
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                session = ort.InferenceSession(
+                    str(load), so, providers=providers, provider_options=provider_options(providers, options)
+                )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"onnxruntime cannot load model {model}: {first}") from None
+        return session, _provider_failure(printed.getvalue()) if len(providers) > 1 else None
 
     @staticmethod
     def _model_for(model: Path, precision: str, provider: str, calibration, notify) -> Path:
