@@ -97,8 +97,11 @@ def run_engine(raster: Path, model: Path, out: Path, a, extra: list[str], device
     )  # fmt: skip
     secs = time.perf_counter() - t
     if proc.returncode:
-        raise SystemExit(proc.stderr)
-    return secs, json.loads(proc.stdout)
+        raise SystemExit(proc.stderr.strip() or f"exit status {proc.returncode}")
+    try:
+        return secs, json.loads(proc.stdout)
+    except ValueError:  # the engine's --json promise broken (a library printing on stdout): say so, go on
+        raise SystemExit(f"no JSON result on stdout: {proc.stdout.strip()[:200]!r}") from None
 
 
 def read_classes(res: dict) -> np.ndarray:
