@@ -9,7 +9,9 @@
 
 printing for each: the provider that really ran (onnxruntime falls back to the CPU when the CUDA provider cannot
 load), whole-job seconds (best of --repeat new processes), the inference stage's seconds, Mpx/s, speed against
-(a) and class agreement with the CUDA fp32 run. Needs onnxruntime-gpu
+(a) and class agreement with the CUDA fp32 run. The bare loop's session and first batch (CUDA set-up, cuDNN's
+algorithm search) are printed beside it, not counted; `--conv-search` (default heuristic, the engine's) is used by
+both. Needs onnxruntime-gpu
 (and `tensorrt` for (c)/(d)); a runner whose provider or package is missing is reported and skipped. Put the
 figures in bench/RESULTS.md with the card named (`nvidia-smi -L`).
 
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=2, help="whole GPU jobs per runner (best is reported)")
+    ap.add_argument("--conv-search", default="heuristic", help="cuDNN algorithm search, bare and engine alike")
     ap.add_argument("--model", default="default", help="default, ukis, or a LandSeg .onnx package")
     ap.add_argument("--source", type=Path, help="the real raster tiled up to --size (default: by model)")
     ap.add_argument("--bands", help="raster bands fed to the model, e.g. 3,2,1,4 (default: by model)")
@@ -81,9 +84,14 @@ def main() -> None:
     tiles = np.stack(
         [padded[:, w.row_off : w.row_off + a.tile, w.col_off : w.col_off + a.tile] for *_, w in grid.tiles()]
     )
-    session = ort.InferenceSession(str(model), providers=["CUDAExecutionProvider"])
+    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": a.conv_search.upper()})
+    t = time.perf_counter()
+    session = ort.InferenceSession(str(model), providers=[cuda])
+    t_session = time.perf_counter() - t
     feed = meta.inputs[0].name
-    session.run(None, {feed: tiles[: a.batch]})
+    t = time.perf_counter()
+    session.run(None, {feed: tiles[: a.batch]})  # the first batch: CUDA and cuDNN set up (algorithm search)
+    t_first = time.perf_counter() - t
     t = time.perf_counter()
     for k in range(0, len(tiles), a.batch):
         session.run(None, {feed: tiles[k : k + a.batch]})
@@ -105,7 +113,9 @@ def main() -> None:
 
     # onnxruntime falls back to the CPU silently when the CUDA provider cannot load: say which one ran.
     row("bare onnxruntime CUDA EP, pre-cut tiles", t_bare, session.get_providers()[0], t_bare)
-    runs = [("engine CUDA EP fp32", "cuda", []), ("engine CUDA EP fp16", "cuda", ["--precision", "fp16"])]
+    print(f"  (not in the bare time: its session took {t_session:.2f} s, its first batch {t_first:.2f} s)")
+    search = ["--conv-search", a.conv_search]
+    runs = [("engine CUDA EP fp32", "cuda", search), ("engine CUDA EP fp16", "cuda", ["--precision", "fp16", *search])]
     cache = ["--trt-cache", str(tmp / "trt")]
     runs.append(("engine TensorRT EP fp16 (cached engine)", "tensorrt", ["--precision", "fp16", *cache]))
     runs.append((f"engine CPU fp32 ({os.cpu_count()} cores)", "cpu", []))
