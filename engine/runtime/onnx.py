@@ -71,7 +71,8 @@ def _provider_failure(printed: str) -> str | None:
         return None
     lines = [ln.strip() for ln in printed.splitlines() if ln.strip() and not ln.strip().startswith("*")]
     reason = next((ln for ln in lines if "EP Error" in ln), lines[0] if lines else "")
-    return reason.split(") ", 1)[-1][:200] if ") " in reason else reason[:200]
+    reason = reason.split(" when using ", 1)[0]  # the provider list: said by the caller's own line
+    return reason.split(") ", 1)[-1][:200]  # after the C++ source location and signature, where there is one
 
 
 class OnnxRuntime:
