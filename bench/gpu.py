@@ -73,10 +73,9 @@ def main() -> None:
         model = Path(a.model if a.model != "default" else ROOT / "models/landcover_unet_lite0.onnx")
         raster = make_raster(tmp / f"raster_{a.size}.tif", a.size, *([a.source] if a.source else []))
         order = [int(b) for b in a.bands.split(",")] if a.bands else [1, 2, 3]
-    if a.model == "ukis" or a.bands:
-        modality = load_model_package(model).meta.inputs[0].modality
-        extra = ["--modality", f"{modality}={','.join(map(str, order))}"]
     meta = load_model_package(model).meta
+    if a.model == "ukis" or a.bands:
+        extra = ["--modality", f"{meta.inputs[0].modality}={','.join(map(str, order))}"]
     with rasterio.open(raster) as ds:
         x = meta.inputs[0].normalization.apply(ds.read(order))
     grid = TileGrid(a.size, a.size, a.tile, a.overlap)
@@ -96,7 +95,6 @@ def main() -> None:
     for k in range(0, len(tiles), a.batch):
         session.run(None, {feed: tiles[k : k + a.batch]})
     t_bare = time.perf_counter() - t
-    # ORT falls back to the CPU silently when the CUDA provider cannot load: say which one ran.
     mpx = a.size * a.size / 1e6
     print(f"{gpu}\n{model.name} on {raster.name}: {a.size}^2 px, tile {a.tile}, overlap {a.overlap}, batch {a.batch}")
     print(
@@ -117,7 +115,8 @@ def main() -> None:
     search = ["--conv-search", a.conv_search]
     runs = [("engine CUDA EP fp32", "cuda", search), ("engine CUDA EP fp16", "cuda", ["--precision", "fp16", *search])]
     cache = ["--trt-cache", str(tmp / "trt")]
-    runs.append(("engine TensorRT EP fp16 (cached engine)", "tensorrt", ["--precision", "fp16", *cache]))
+    # The TensorRT provider's chain ends in the CUDA provider: the same search setting.
+    runs.append(("engine TensorRT EP fp16 (cached engine)", "tensorrt", ["--precision", "fp16", *cache, *search]))
     runs.append((f"engine CPU fp32 ({os.cpu_count()} cores)", "cpu", []))
     for label, device, more in runs:
         try:
