@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from .errors import ModelError
+from .onnx_signature import GraphSignature
 
 DEEPNESS_KEYS = ("model_type", "class_names", "resolution", "tiles_size", "tiles_overlap")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -38,22 +39,17 @@ def _value(props: dict[str, str], key: str, default: Any = None) -> Any:
         return raw  # some exporters write plain strings ("Segmentor")
 
 
-def _dims(value_info) -> list[int | None]:
-    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
-
-
-def landseg_metadata(props: dict[str, str], proto, where: str) -> dict[str, Any]:
+def landseg_metadata(props: dict[str, str], sig: GraphSignature, where: str) -> dict[str, Any]:
     """The LandSeg metadata document (engine.model_package schema) equivalent to a Deepness model's."""
     model_type = str(_value(props, "model_type", "Segmentor"))
     if model_type.lower() != "segmentor":
         raise ModelError(
             f"{where}: a Deepness {model_type!r} model; LandSeg runs Deepness segmentors (as land cover) only"
         )
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(proto.graph.output) != 1:
+    inputs = sig.inputs  # less the initializers (weights)
+    if len(inputs) != 1 or len(sig.outputs) != 1:
         raise ModelError(f"{where}: a Deepness segmentor has one input and one output")
-    in_dims, out_dims = _dims(inputs[0]), _dims(proto.graph.output[0])
+    in_dims, out_dims = inputs[0].dims, sig.outputs[0].dims
     if len(in_dims) != 4 or in_dims[1] is None:
         raise ModelError(f"{where}: the input must be (batch, channels, height, width) with a fixed channel count")
     channels = in_dims[1]
@@ -86,7 +82,7 @@ def landseg_metadata(props: dict[str, str], proto, where: str) -> dict[str, Any]
     rgb = channels == 3
     resolution = _value(props, "resolution", None)
     return {
-        "name": str(_value(props, "name", proto.graph.name or "deepness-model")),
+        "name": str(_value(props, "name", sig.name or "deepness-model")),
         "task": "landcover",
         "description": f"Deepness {model_type} (metadata read from the ONNX file)",
         "inputs": [
@@ -103,7 +99,7 @@ def landseg_metadata(props: dict[str, str], proto, where: str) -> dict[str, Any]
                 "value_range": [0, 255],
             }
         ],
-        "output": {"name": proto.graph.output[0].name, "kind": "probabilities"},
+        "output": {"name": sig.outputs[0].name, "kind": "probabilities"},
         "classes": [{"id": i, "name": n, "color": PALETTE[i % len(PALETTE)]} for i, n in enumerate(classes)],
         "tile_size": tile,
         "overlap": min(overlap, tile // 2),

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
+from .onnx_signature import GraphSignature, read_signature
 
 FORMAT = "landseg-model/1"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -288,8 +289,6 @@ def sidecar_path(model_path: Path) -> Path:
 
 def load_model_package(path: str | Path) -> ModelPackage:
     """Load and validate an ONNX model and its metadata; check metadata against the graph's I/O."""
-    import onnx  # local: importing onnx is slow and only needed here
-
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -300,11 +299,10 @@ def load_model_package(path: str | Path) -> ModelPackage:
     if path.suffix.lower() != ".onnx":
         raise ModelError(f"model file must be an .onnx file (or a TensorRT .engine/.plan): {path}")
     try:
-        # load_external_data=False: we only need the graph signature and metadata here.
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ... on corrupt files
+        sig = read_signature(path)  # names, shapes and metadata only: the weights are skipped, not parsed
+    except (OSError, ValueError) as exc:
         raise ModelError(f"model file is not a valid ONNX model: {path} ({type(exc).__name__})") from None
-    if not proto.graph.node:
+    if not sig.n_nodes:
         raise ModelError(f"model file is not a valid ONNX model (empty graph): {path}")
 
     side = sidecar_path(path)
@@ -316,11 +314,11 @@ def load_model_package(path: str | Path) -> ModelPackage:
             raise ModelError(f"model metadata {side} is not valid JSON: {exc}") from None
     else:
         where = f"{path} metadata"
-        props = {p.key: p.value for p in proto.metadata_props}
+        props = sig.metadata
         from .deepness import is_deepness, landseg_metadata
 
         if METADATA_KEY not in props and is_deepness(props):  # a Deepness model, run as it is
-            return _checked(path, parse_metadata(landseg_metadata(props, proto, where), where), proto, where)
+            return _checked(path, parse_metadata(landseg_metadata(props, sig, where), where), sig, where)
         if METADATA_KEY not in props:
             raise ModelError(
                 f"model {path} has no LandSeg metadata (no '{METADATA_KEY}' entry in its ONNX metadata "
@@ -330,21 +328,20 @@ def load_model_package(path: str | Path) -> ModelPackage:
             doc = json.loads(props[METADATA_KEY])
         except ValueError as exc:
             raise ModelError(f"{where}: not valid JSON: {exc}") from None
-    return _checked(path, parse_metadata(doc, where), proto, where)
+    return _checked(path, parse_metadata(doc, where), sig, where)
 
 
-def _checked(path: Path, meta: ModelMeta, proto, where: str) -> ModelPackage:
+def _checked(path: Path, meta: ModelMeta, sig: GraphSignature, where: str) -> ModelPackage:
     """The metadata checked against the graph's inputs and outputs."""
-    graph_inputs = {i.name: i for i in proto.graph.input}
-    initializers = {i.name for i in proto.graph.initializer}
-    real_inputs = {n for n in graph_inputs if n not in initializers}
+    graph_inputs = {i.name: i for i in sig.inputs}  # initializers (weights) are not among them
+    real_inputs = set(graph_inputs)
     for mi in meta.inputs:
         if mi.name not in real_inputs:
             raise ModelError(f"{where}: input {mi.name!r} is not an input of the ONNX graph ({sorted(real_inputs)})")
-        dims = graph_inputs[mi.name].type.tensor_type.shape.dim
-        if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value != mi.n_bands:
+        dims = graph_inputs[mi.name].dims
+        if len(dims) == 4 and dims[1] is not None and dims[1] != mi.n_bands:
             raise ModelError(
-                f"{where}: input {mi.name!r} lists {mi.n_bands} bands but the graph takes {dims[1].dim_value} channels"
+                f"{where}: input {mi.name!r} lists {mi.n_bands} bands but the graph takes {dims[1]} channels"
             )
     text = meta.text_input
     if text is not None and text not in real_inputs:
@@ -352,7 +349,7 @@ def _checked(path: Path, meta: ModelMeta, proto, where: str) -> ModelPackage:
     extra_inputs = real_inputs - {mi.name for mi in meta.inputs} - {text}
     if extra_inputs:
         raise ModelError(f"{where}: graph inputs {sorted(extra_inputs)} are not described in the metadata")
-    outputs = [o.name for o in proto.graph.output]
+    outputs = [o.name for o in sig.outputs]
     if meta.output_name not in outputs:
         raise ModelError(f"{where}: output {meta.output_name!r} is not an output of the graph ({outputs})")
     return ModelPackage(path, meta)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 from conftest import DEFAULT_MODEL, meta_doc
 from engine.errors import ModelError
 from engine.model_package import load_model_package, parse_metadata
+from engine.onnx_signature import GraphSignature, TensorSignature, read_signature
 from engine.runtime import choose_providers
 from export import baseline
 from export.graph_builder import GraphBuilder
@@ -90,6 +92,58 @@ def test_bundled_default_model_is_what_export_builds():
     assert pkg.meta.name == baseline.NAME
     assert [c.name for c in pkg.meta.classes] == [c["name"] for c in baseline.CLASSES]
     assert onnx.load(str(DEFAULT_MODEL)).graph == baseline.build().graph
+
+
+def _onnx_reading(path: Path) -> GraphSignature:
+    """The same signature as onnx.load gives it: the reference the wire reader must match."""
+    m = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in m.graph.initializer}
+
+    def sig(v) -> TensorSignature:
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+        return TensorSignature(v.name, dims)
+
+    return GraphSignature(
+        name=m.graph.name,
+        n_nodes=len(m.graph.node),
+        inputs=tuple(sig(i) for i in m.graph.input if i.name not in weights),
+        outputs=tuple(sig(o) for o in m.graph.output),
+        metadata={p.key: p.value for p in m.metadata_props},
+    )
+
+
+def _odd_graph(path: Path) -> Path:
+    """Named and negative dimensions, a weight that is also listed as a graph input (older exporters do
+    that), no shape at all on an output, non-ASCII metadata, two nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, -1, 64])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Mul", ["x", "w"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    weight = numpy_helper.from_array(np.full(1, 2.0, np.float32), "w")
+    model = helper.make_model(helper.make_graph(nodes, "odd", [x, w], [y], [weight]))
+    helper.set_model_props(model, {"note": "Bäume, 樹木", "landseg": "{}"})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("model", [*sorted(DEFAULT_MODEL.parent.rglob("*.onnx")), "odd"], ids=lambda m: Path(m).name)
+def test_the_wire_reader_sees_what_onnx_sees(model, tmp_path):
+    """load_model_package reads names, shapes and metadata from the file's protobuf wire format, skipping the
+    weights (onnx.load parses all of them: 0.1 s of a job); it must see exactly what onnx.load sees."""
+    path = _odd_graph(tmp_path / "odd.onnx") if model == "odd" else Path(model)
+    assert read_signature(path) == _onnx_reading(path)
+    if model == "odd":
+        assert read_signature(path).inputs == (TensorSignature("x", (None, 3, -1, 64)),)  # the weight w is not one
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all\n", b"\x3a\xff\xff\xff\x0f", "cut"])
+def test_a_file_that_is_not_onnx_is_one_line(content, tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(DEFAULT_MODEL.read_bytes()[:5000] if content == "cut" else content)
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        load_model_package(path)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,8 @@ def test_a_float16_model_is_quantized_through_a_float32_graph(tmp_path):
 def test_the_optimized_graph_is_saved_once_and_gives_the_same_answers(tmp_path, monkeypatch):
     """CPU sessions load onnxruntime's saved optimized graph (runtime/graph_cache.py) from the second run on: the
     same outputs, one cached copy keyed by the model's size and time; an unwritable cache means no cache."""
-    from engine.runtime.graph_cache import optimized_graph
+    from engine.runtime import graph_cache
+    from engine.runtime.graph_cache import cpu_identity, optimized_graph
     from engine.runtime.onnx import OnnxRuntime
     from engine.runtime.options import RuntimeOptions
 
@@ -124,8 +125,16 @@ def test_the_optimized_graph_is_saved_once_and_gives_the_same_answers(tmp_path, 
     second = OnnxRuntime(DEFAULT_MODEL, "logits", RuntimeOptions(device="cpu"))
     assert optimized_graph(DEFAULT_MODEL).stat().st_mtime_ns == made  # not made again
     assert np.array_equal(first.run(x), second.run(x))
+    # The saved graph is onnxruntime's highest level, loaded with optimization off: the same answers, bit for
+    # bit, as the model optimized while it loads.
+    import onnxruntime as ort
+
+    direct = ort.InferenceSession(str(DEFAULT_MODEL), providers=["CPUExecutionProvider"]).run(["logits"], x)[0]
+    assert np.array_equal(first.run(x), direct)
     folder = tmp_path / "cache" / "landseg" / "optimized"
     assert len(list(folder.glob("*.onnx"))) == 1
+    key = json.loads(cached.with_suffix(".json").read_text())
+    assert key["level"] == "all" and key["cpu"] == cpu_identity()
     # A copy of the model in a folder later removed (a benchmark's temporary folder): its cached graph goes when
     # the next copy is made, so the cache does not grow run after run; the shipped model's stays.
     gone = tmp_path / "tmp_model" / DEFAULT_MODEL.name
@@ -141,6 +150,15 @@ def test_the_optimized_graph_is_saved_once_and_gives_the_same_answers(tmp_path, 
         [str(DEFAULT_MODEL.resolve()), str(other.resolve())]
     )
     assert len(list(folder.glob("*.onnx"))) == 2
+    # That level depends on the CPU: another CPU (a home folder shared by several machines) gets its own copy.
+    monkeypatch.setattr(graph_cache, "cpu_identity", lambda: "another-cpu")
+    assert optimized_graph(DEFAULT_MODEL) != cached and len(list(folder.glob("*.onnx"))) == 3
+    # A copy of an older recipe (another level, or onnxruntime version) goes with the next copy made.
+    old = json.loads(cached.with_suffix(".json").read_text()) | {"level": "extended"}
+    cached.with_suffix(".json").write_text(json.dumps(old))
+    monkeypatch.setattr(graph_cache, "cpu_identity", lambda: "a-third-cpu")
+    optimized_graph(other)
+    assert not cached.exists() and len(list(folder.glob("*.onnx"))) == 3
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")
     assert optimized_graph(DEFAULT_MODEL) == DEFAULT_MODEL
 

@@ -113,15 +113,26 @@ class OnnxRuntime:
         """(session, why the first provider failed to start or None). onnxruntime prints that failure on stdout,
         where --json writes its result, and retries without it: both are caught here."""
         model = self._model_for(model, options.precision, providers[0], calibration, notify)
-        # CPU: the saved optimized graph (graph_cache.py) starts in a third of the time
-        load = optimized_graph(model) if providers[0] == "CPUExecutionProvider" else model
+        # CPU: the saved optimized graph (graph_cache.py), loaded with optimization off, starts in a fifth of the
+        # time; should it not load, the model itself does (optimized now)
+        saved = optimized_graph(model) if providers[0] == "CPUExecutionProvider" else model
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
-                session = ort.InferenceSession(
-                    str(load), so, providers=providers, provider_options=provider_options(providers, options)
-                )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+                for load in dict.fromkeys((saved, model)):
+                    so.graph_optimization_level = (
+                        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if load != model
+                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    )  # fmt: skip
+                    try:
+                        session = ort.InferenceSession(
+                            str(load), so, providers=providers, provider_options=provider_options(providers, options)
+                        )
+                        break
+                    except Exception:  # onnxruntime raises its own Fail/InvalidGraph/... types
+                        if load == model:
+                            raise
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load model {model}: {first}") from None
         return session, _provider_failure(printed.getvalue()) if len(providers) > 1 else None
