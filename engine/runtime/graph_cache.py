@@ -31,8 +31,9 @@ def cpu_identity() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
         first = text.split("\n\n", 1)[0]  # the first processor's block
-        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-        wanted = [fields.get(k, "").strip() for k in ("vendor_id", "model name", "flags", "Features", "CPU part")]
+        pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in pairs}  # "model name\t: ..." : the names are padded with tabs
+        wanted = [fields.get(k, "") for k in ("vendor_id", "model name", "flags", "Features", "CPU part")]
         if any(wanted):
             return hashlib.sha256("|".join(wanted).encode()).hexdigest()[:16]
     except OSError:
