@@ -126,6 +126,26 @@ def test_class_maps_are_cloud_optimized_with_overviews(tmp_path):
         assert ds.tags(1).get("CLASS_0")  # class names kept
         ov = ds.read(1, out_shape=(512, 512))  # an overview holds class ids, not averages of them
         assert set(np.unique(ov)) <= set(range(len(load_model_package(DEFAULT_MODEL).meta.classes))) | {255}
+    # The analyst's files are compressed for size (the maps written while the model ran were not: see below).
+    with rasterio.open(res.class_map) as cls, rasterio.open(res.confidence) as conf:
+        assert (cls.profile["compress"], conf.profile["compress"]) == ("deflate", "zstd")
+
+
+def test_maps_written_while_the_model_runs_are_compressed_for_speed():
+    """PredictionWriter's maps are always copied again at the job's end (COGs, a mosaic, a warp back): zstd level
+    1 for class ids, no compression for confidence up to SCRATCH_PLAIN_BYTES (then zstd, to bound the disk)."""
+    from affine import Affine
+
+    from engine.outputs import SCRATCH_PLAIN_BYTES, scratch_profile
+    from engine.raster_input import Grid
+
+    small, huge = (Grid(None, Affine.identity(), n, n) for n in (4096, 16384))
+    assert 4 * 16384**2 > SCRATCH_PLAIN_BYTES >= 4 * 4096**2
+    cls = scratch_profile(small, "uint8", 255, 512)
+    assert (cls["compress"], cls["zstd_level"], "predictor" in cls) == ("zstd", 1, False)
+    assert scratch_profile(small, "float32", -1.0, 512)["compress"] == "none"
+    assert scratch_profile(huge, "float32", -1.0, 512)["compress"] == "zstd"
+    assert cls["tiled"] and cls["SPARSE_OK"] and cls["blockxsize"] == 512  # the rest as geotiff_profile's
 
 
 def features(path: Path) -> list[tuple]:
