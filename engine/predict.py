@@ -112,17 +112,23 @@ def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
 def _infer_each(batches: Iterator, run, meta: ModelMeta, T: int, n_cls: int) -> Iterator:
     for group, feeds in batches:
         live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
+        if not live:
+            yield group, np.zeros((len(group), n_cls, T, T), np.float32)
+            continue
+        sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
+        got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
+        if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
+            raise ModelError(
+                f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
+            )
+        if got.shape[1] != n_cls:
+            raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
+        probs = softmax(got) if meta.output_kind == "logits" else got  # ours to change: made for this batch
+        if len(live) == len(group):  # every tile inferred (the usual case): no zeroed copy of the batch
+            yield group, probs
+            continue
         out = np.zeros((len(group), n_cls, T, T), np.float32)
-        if live:
-            sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
-            got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
-            if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
-                raise ModelError(
-                    f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
-                )
-            if got.shape[1] != n_cls:
-                raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
-            out[live] = softmax(got) if meta.output_kind == "logits" else got
+        out[live] = probs
         yield group, out
 
 

@@ -48,7 +48,10 @@ class Runtime(Protocol):
     @property
     def device_label(self) -> str: ...
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The model's output for one batch, in a new array the caller keeps and may change in place (prediction
+        blends it while the next batch runs: a buffer reused from run to run would be overwritten under it)."""
+        ...
 
 
 # Sessions kept by this process (None: none kept, the default: a job frees its session before polygonizing).
