@@ -98,12 +98,18 @@ class OutputSet:
 def top_class(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(classes, h, w) probabilities -> (class of the highest, uint8; that probability, float32): argmax and max
     in one pass per class. numpy's argmax along the first axis copies the block to make that axis the last one:
-    2.4x slower on 3 classes, 1.7x on 5, on every block of every run. Ties go to the lower class id, as argmax's."""
+    2.4x slower on 3 classes, 1.7x on 5, on every block of every run. Ties go to the lower class id, as argmax's.
+    No masked assignment (`cls[higher] = c`): on a speckled mask numpy's masked copy ran 45x slower than the
+    arithmetic below (0.9 ms against 0.02 ms a class for a 448² block). The class so far is below c, so the
+    larger of it and c where c is higher (else 0) is the new class."""
     best = probs[0].copy()
     cls = np.zeros(best.shape, np.uint8)
+    higher = np.empty(best.shape, bool)
+    step = np.empty(best.shape, np.uint8)
     for c in range(1, len(probs)):
-        higher = probs[c] > best
-        cls[higher] = c
+        np.greater(probs[c], best, out=higher)
+        np.multiply(higher.view(np.uint8), np.uint8(c), out=step)
+        np.maximum(cls, step, out=cls)
         np.maximum(best, probs[c], out=best)
     return cls, best
 
