@@ -112,24 +112,26 @@ def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
 def _infer_each(batches: Iterator, run, meta: ModelMeta, T: int, n_cls: int) -> Iterator:
     for group, feeds in batches:
         live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
-        if not live:
-            yield group, np.zeros((len(group), n_cls, T, T), np.float32)
-            continue
-        sub = {n: f if len(live) == len(group) else f[live] for n, f in feeds.items()}
-        got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
-        if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
-            raise ModelError(
-                f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})"
-            )
-        if got.shape[1] != n_cls:
-            raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
-        probs = softmax(got) if meta.output_kind == "logits" else got  # ours to change: made for this batch
-        if len(live) == len(group):  # every tile inferred (the usual case): no zeroed copy of the batch
+        probs = _probabilities(run, feeds, live, len(group), meta, T, n_cls) if live else None
+        if len(live) == len(group):  # every tile inferred (the usual case): blended in the model's own output
             yield group, probs
             continue
         out = np.zeros((len(group), n_cls, T, T), np.float32)
-        out[live] = probs
+        if live:
+            out[live] = probs
         yield group, out
+
+
+def _probabilities(run, feeds: dict, live: list[int], n: int, meta: ModelMeta, T: int, n_cls: int) -> np.ndarray:
+    """The model's class probabilities for the `live` tiles of a batch of `n`, in the runtime's own output array
+    (Runtime.run: ours to change)."""
+    sub = {name: f if len(live) == n else f[live] for name, f in feeds.items()}
+    got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
+    if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
+        raise ModelError(f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})")
+    if got.shape[1] != n_cls:
+        raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
+    return softmax(got) if meta.output_kind == "logits" else got
 
 
 def predict_blocks(

@@ -116,22 +116,23 @@ class OnnxRuntime:
         # CPU: the saved optimized graph (graph_cache.py), loaded with optimization off, starts in a fifth of the
         # time; should it not load, the model itself does (optimized now)
         saved = optimized_graph(model) if providers[0] == "CPUExecutionProvider" else model
+        level = ort.GraphOptimizationLevel
+
+        def session_of(path: Path, optimize: ort.GraphOptimizationLevel):
+            so.graph_optimization_level = optimize
+            return ort.InferenceSession(
+                str(path), so, providers=providers, provider_options=provider_options(providers, options)
+            )
+
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
-                for load in dict.fromkeys((saved, model)):
-                    so.graph_optimization_level = (
-                        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if load != model
-                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    )  # fmt: skip
-                    try:
-                        session = ort.InferenceSession(
-                            str(load), so, providers=providers, provider_options=provider_options(providers, options)
-                        )
-                        break
-                    except Exception:  # onnxruntime raises its own Fail/InvalidGraph/... types
-                        if load == model:
-                            raise
+                try:
+                    session = session_of(saved, level.ORT_DISABLE_ALL if saved != model else level.ORT_ENABLE_ALL)
+                except Exception:  # onnxruntime raises its own Fail/InvalidGraph/... types
+                    if saved == model:
+                        raise
+                    session = session_of(model, level.ORT_ENABLE_ALL)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load model {model}: {first}") from None
