@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..cpus import available_cpus
 from ..errors import InputError, LandSegError
 from ..run_lock import folder_lock
 from ..task_options import DEVICE, MODEL_FILTER, Option, resample_option, tiling_options
@@ -175,7 +176,7 @@ def _client(p: BatchParams, say):
         except (OSError, TimeoutError) as exc:
             raise InputError(f"--scheduler {p.scheduler}: cannot connect ({exc})") from None
         return client, None
-    cores = os.cpu_count() or 1
+    cores = available_cpus()  # not the host's count inside a container's quota or CPU mask
     n = p.workers or max(1, cores // 2)
     if not p.threads:  # each worker's onnxruntime uses its share of the cores, not all of them
         p.threads = max(1, cores // n)
@@ -235,7 +236,7 @@ def run_batch(
             if cluster is not None:
                 cluster.close()
         summary = out / SUMMARY
-        workers = p.workers or (max(1, (os.cpu_count() or 1) // 2) if not p.scheduler else 0)
+        workers = p.workers or (max(1, available_cpus() // 2) if not p.scheduler else 0)
         result = BatchResult(
             out_dir=out, summary=summary, done=done, skipped=skipped, failed=failed, workers=workers,
             scheduler=p.scheduler or "LocalCluster", dashboard=dashboard,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpus import default_threads
 from ..errors import ModelError
 from .graph_cache import optimized_graph
 from .options import CONV_SEARCHES, DEVICES, PRECISIONS, RuntimeOptions
@@ -94,8 +95,9 @@ class OnnxRuntime:
             notify(message)
         self.model_path = model_path
         so = ort.SessionOptions()
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        threads = options.threads or default_threads()  # a container's quota or CPU mask, where there is one
+        if threads:
+            so.intra_op_num_threads = threads
         so.log_severity_level = 4
         self.session, failure = self._session(ort, so, Path(model_path), providers, options, calibration, notify)
         if failure:  # onnxruntime's own retry would drop every provider option: this one keeps them

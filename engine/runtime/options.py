@@ -18,7 +18,7 @@ CONV_SEARCHES = ("heuristic", "exhaustive", "default")
 @dataclass(frozen=True)
 class RuntimeOptions:
     device: str = "auto"
-    threads: int = 0  # 0: onnxruntime's default (all physical cores)
+    threads: int = 0  # 0: the CPUs a container's quota or mask leaves (engine.cpus), else all physical cores
     precision: str = "fp32"
     cache_dir: Path | None = None  # TensorRT EP engine cache
     views: str = "none"  # test-time views averaged: none, flips (engine.runtime.views)
