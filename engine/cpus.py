@@ -33,24 +33,24 @@ def cgroup_cpu_quota(root: Path | None = None, proc_cgroup: str | None = None) -
             proc_cgroup = Path("/proc/self/cgroup").read_text()
         except OSError:
             proc_cgroup = ""
-    found: list[int] = []
+    pairs: list[tuple[str, str]] = []  # (quota, period) of every cgroup that may limit this process
     # cgroup v2 ("0::/path"): cpu.max holds "<quota> <period>" or "max <period>", in the cgroup and its parents
     v2 = next((line[3:].strip() for line in proc_cgroup.splitlines() if line.startswith("0::")), None)
     if v2 is not None:
         rel = Path(v2.lstrip("/"))
         for folder in [root / rel, *(root / p for p in rel.parents)]:
             try:
-                found.append(_quota(*(folder / "cpu.max").read_text().split()[:2]) or 0)
-            except (OSError, TypeError):
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+                pairs.append((quota, period))
+            except (OSError, ValueError):
                 pass
     # cgroup v1: cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us, where the cpu controller is mounted
     for mount in ("cpu", "cpu,cpuacct"):
         try:
-            quota, period = ((root / mount / f"cpu.cfs_{k}_us").read_text() for k in ("quota", "period"))
-            found.append(_quota(quota, period) or 0)
+            pairs.append(tuple((root / mount / f"cpu.cfs_{k}_us").read_text() for k in ("quota", "period")))
         except OSError:
             pass
-    limits = [n for n in found if n > 0]
+    limits = [n for n in (_quota(q, p) for q, p in pairs) if n]
     return min(limits) if limits else None
 
 
