@@ -165,6 +165,11 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
+def local_workers(p: BatchParams, cores: int) -> int:
+    """LocalCluster workers: as asked, else one per 2 of the CPUs this process may use."""
+    return p.workers or max(1, cores // 2)
+
+
 def _client(p: BatchParams, say):
     try:
         from dask.distributed import Client, LocalCluster
@@ -177,7 +182,7 @@ def _client(p: BatchParams, say):
             raise InputError(f"--scheduler {p.scheduler}: cannot connect ({exc})") from None
         return client, None
     cores = available_cpus()  # not the host's count inside a container's quota or CPU mask
-    n = p.workers or max(1, cores // 2)
+    n = local_workers(p, cores)
     if not p.threads:  # each worker's onnxruntime uses its share of the cores, not all of them
         p.threads = max(1, cores // n)
     import dask
@@ -236,7 +241,7 @@ def run_batch(
             if cluster is not None:
                 cluster.close()
         summary = out / SUMMARY
-        workers = p.workers or (max(1, available_cpus() // 2) if not p.scheduler else 0)
+        workers = local_workers(p, available_cpus()) if not p.scheduler else p.workers
         result = BatchResult(
             out_dir=out, summary=summary, done=done, skipped=skipped, failed=failed, workers=workers,
             scheduler=p.scheduler or "LocalCluster", dashboard=dashboard,
