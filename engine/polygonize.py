@@ -14,7 +14,6 @@ is complete, or closed at a seam once past the cap.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from .gdal_trace import GdalTrace, band_count, match
 from .gdal_trace import available as gdal_available
 from .model_package import ClassInfo
 from .region_stats import region_strip
-from .seams import Part, Strip, join_seam, scipy_graphs, strips
+from .seams import Part, Strip, join_seam, strips
 from .vector_formats import vector_sink
 
 # Strips are traced in pixel coordinates (the map transform is applied once per closed region); the first
@@ -63,13 +62,6 @@ class PolygonizeOptions:
     # Bands GDAL traces at once (engine.gdal_trace), their regions joined at the seams. None: one per worker on
     # maps larger than 4096², one below that.
     trace_bands: int | None = None
-
-
-def prewarm() -> threading.Thread:
-    """Import what polygonizing needs in a background thread (called when inference starts)."""
-    t = threading.Thread(target=scipy_graphs, name="landseg-prewarm")  # not a daemon: never cut off mid-import
-    t.start()
-    return t
 
 
 def _present(cls: np.ndarray, wanted: set[int]) -> list[int]:

@@ -4,7 +4,7 @@ GDAL traces the map (engine.gdal_trace), these find each of its polygons' mean c
 A strip's rows are cut into runs of one value; runs of one value that overlap in the next row are one region
 (4-connected). Overlapping runs always meet at the start of one of them, so only the positions where a run starts
 in either row are compared: a few passes over the pixels, whatever the number of values, then a graph of runs
-(scipy's connected components). Regions that touch a strip's first or last row are joined across seams by
+(engine.seams.components). Regions that touch a strip's first or last row are joined across seams by
 engine.seams.
 """
 

@@ -290,3 +290,89 @@ def test_polygons_without_gdal_python_bindings(urban_classes, tmp_path, monkeypa
         return sorted((c, a, round(m, 3)) for c, a, m, _wkb in features(path))
 
     assert summary(tmp_path / "gdal.gpkg") == summary(tmp_path / "strips.gpkg")
+
+
+def _scipy_components(n: int, a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    return connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+
+
+def _graphs(urban_classes, monkeypatch) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The run graphs of a real map's strips (as region_stats builds them), and graphs made to be awkward: none,
+    no edges, a path numbered to zigzag (each round only halves it), random ones with repeats and self-loops."""
+    import engine.region_stats as rs
+    from engine.seams import components
+
+    seen = []
+
+    def record(n, a, b):
+        seen.append((n, a.copy(), b.copy()))
+        return components(n, a, b)
+
+    monkeypatch.setattr(rs, "components", record)
+    cls, conf = urban_classes
+    wanted = np.ones(1 << 16, dtype=bool)
+    for r0 in (0, 128, 256):
+        rs.region_strip(cls, conf, r0, r0 + 256, 512, wanted, 9.0)
+    monkeypatch.undo()
+    assert len(seen) == 3 and min(len(a) for _n, a, _b in seen) > 300  # real graphs, not trivial ones
+    zigzag = np.argsort(np.r_[0:4001:2, 4001:0:-2])  # node k of the path is zigzag[k]
+    rng = np.random.default_rng(0)
+    seen += [(0, np.zeros(0, int), np.zeros(0, int)), (7, np.zeros(0, int), np.zeros(0, int)),
+             (len(zigzag), zigzag[:-1], zigzag[1:])]  # fmt: skip
+    for n, m in ((50, 30), (2000, 1500), (2000, 4000), (100_000, 60_000)):
+        seen.append((n, rng.integers(0, n, m), rng.integers(0, n, m)))
+    return seen
+
+
+def test_components_are_scipys_components(urban_classes, monkeypatch):
+    """engine.seams.components (numpy union-find, so that a job never imports scipy's sparse graphs) gives
+    scipy's count and numbering on real run graphs and on awkward ones."""
+    from engine.seams import components
+
+    for n, a, b in _graphs(urban_classes, monkeypatch):
+        count, label = components(n, a, b)
+        want_count, want = _scipy_components(n, a, b)
+        assert count == want_count and np.array_equal(label, want), (n, len(a))
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_components_past_the_round_limit_are_finished_by_scipy(urban_classes, monkeypatch, rounds):
+    """After MAX_ROUNDS rounds of hooking, the trees so far and the edges still between them go to scipy: the
+    result is the same. The real graphs here take 3-4 rounds, so both limits hand them over part-way."""
+    import scipy.sparse.csgraph
+
+    import engine.seams as seams
+
+    graphs = _graphs(urban_classes, monkeypatch)
+    wanted = [_scipy_components(*g) for g in graphs]
+    handed = []
+    scipys = scipy.sparse.csgraph.connected_components
+    monkeypatch.setattr(seams, "MAX_ROUNDS", rounds)
+    monkeypatch.setattr(
+        scipy.sparse.csgraph, "connected_components", lambda *a, **k: handed.append(1) or scipys(*a, **k)
+    )
+    for (n, a, b), (want_count, want) in zip(graphs, wanted, strict=True):
+        count, label = seams.components(n, a, b)
+        assert count == want_count and np.array_equal(label, want), (n, len(a))
+    assert len(handed) >= 3  # the real graphs at least
+
+
+def test_a_land_cover_job_does_not_import_scipy(tmp_path):
+    """Its polygons join runs without scipy (whose sparse graphs cost ~0.12 CPU-s to import, a sixth of what a
+    2048² job spends beside the model on 2 cores)."""
+    import subprocess
+    import sys
+
+    job = (
+        "import sys; from pathlib import Path; from engine.jobs.landcover import LandcoverParams, run_landcover; "
+        f"r = run_landcover(LandcoverParams(inputs=[Path({str(URBAN)!r})], out_dir=Path({str(tmp_path)!r}))); "
+        "print(r.n_polygons, sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-500:]
+    n, imported = proc.stdout.split(" ", 1)
+    assert int(n) > 0 and imported.strip() == "[]"

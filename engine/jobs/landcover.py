@@ -20,7 +20,7 @@ from ..errors import InputError, OutputError
 from ..fusion import FusedInputs, FusedModel
 from ..model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
 from ..outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
-from ..polygonize import PolygonizeOptions, polygonize, prewarm
+from ..polygonize import PolygonizeOptions, polygonize
 from ..predict import calibration_feeds, predict_blocks
 from ..prompts import DEFAULT_THRESHOLD
 from ..raster_input import AlignedInputs, BandSource, reference_grid
@@ -254,7 +254,6 @@ def run_landcover(
             ):
                 class_path, conf_path, gpkg_path = (outputs.temp_for(p) for p in final_paths)
                 t_infer = time.perf_counter()
-                prewarm()  # polygonizing's imports load while the model runs
                 if plan.active:  # infer on the model grid into scratch files, warp back afterwards
                     scratch = scratch_stack.enter_context(scratch_folder(final_paths[0].parent))
                     model_paths = scratch / "classes.tif", scratch / "confidence.tif"
