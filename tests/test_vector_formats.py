@@ -81,3 +81,21 @@ def test_crowns_as_flatgeobuf(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with fiona.open(tmp_path / "c.fgb") as layer:
         assert len(layer) >= 5 and {"score", "area_m2", "diameter_m"} <= set(layer.schema["properties"])
+
+
+def test_styles_keep_class_names_with_xml_characters():
+    """Class names (a model's metadata, or an analyst's prompts) with quotes, ampersands and angle brackets come
+    back unchanged from the QML an XML parser reads, in every style that labels classes."""
+    import xml.etree.ElementTree as ET
+
+    from engine.model_package import ClassInfo
+    from engine.styles import change_raster_qml, class_raster_qml, polygon_qml
+
+    names = ('Tom\'s "big" <house> & yard', "a\ttab", "plain")
+    classes = tuple(ClassInfo(k, n, "#102030") for k, n in enumerate(names))
+    for qml in (polygon_qml(classes), class_raster_qml(classes)):
+        root = ET.fromstring(qml.split("\n", 1)[1])  # after the DOCTYPE line
+        labels = [e.get("label") for e in root.iter() if e.tag in ("category", "paletteEntry")]
+        assert labels == list(names)
+    change = ET.fromstring(change_raster_qml([(1, classes[0], classes[2])]).split("\n", 1)[1])
+    assert any(names[0] in (e.get("label") or "") for e in change.iter("paletteEntry"))
