@@ -35,8 +35,23 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, another user's
-        return True
-    return True
+        pass
+    return not _ended(pid)
+
+
+def _ended(pid: int) -> bool:
+    """Whether `pid`, which kill(pid, 0) still found, has ended but not been reaped, or has just gone (Linux).
+    A killed run's worker processes are left to PID 1, and a container's PID 1 may reap late or never: until
+    then the zombie still answers kill(pid, 0), though it holds and writes nothing (seen in CI: a killed batch's
+    worker, a zombie for seconds, kept its folder locked from the rerun that was to resume it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return Path("/proc/self/stat").exists()  # with /proc, gone since kill() saw it; without, unknown: alive
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and brackets
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def remove_stale(folder: Path) -> list[Path]:

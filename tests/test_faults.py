@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -221,3 +222,29 @@ def test_a_mostly_empty_mosaic_writes_sparse_outputs_fast(tmp_path):
         assert ds.read(1, window=Window(0, 0, 512, 512)).max() == 255  # an empty corner: nodata
         assert (ds.read(1, window=Window(5000, 3000, 400, 400)) != 255).mean() > 0.99
     assert seconds < 120, seconds  # 67 Mpx; measured ~10 s here (a 40k² mosaic: ~31 s)
+
+
+def test_a_lock_held_by_a_process_that_ended_unreaped_is_taken_over(tmp_path):
+    """A zombie (ended, its parent has not reaped it yet: a killed run's workers under a container's PID 1)
+    still answers kill(pid, 0); it holds nothing, so its lock is stale and its temporaries are removed."""
+    from engine.run_lock import folder_lock, pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 60
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "Z":  # ended, not reaped (we have not waited)
+            assert time.time() < deadline
+            time.sleep(0.01)
+        os.kill(child.pid, 0)  # what the lock used to trust: the zombie answers
+        assert not pid_alive(child.pid)
+        (tmp_path / LOCK_NAME).write_text(f"{child.pid} {os.uname().nodename}")
+        leftover = tmp_path / f".landseg_{child.pid}_abc"
+        leftover.mkdir()
+        with folder_lock(tmp_path):
+            assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+        assert not leftover.exists()
+    finally:
+        child.wait()
+    assert not pid_alive(child.pid)
+    assert pid_alive(os.getppid())  # a live process is still alive
