@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
-# Rounds of hooking after which `components` hands a graph to scipy. The run graphs of real maps take 3-5; a
+# Rounds of hooking after which `components` hands a graph to scipy. The run graphs of real maps take 3-4; a
 # contrived numbering of nodes could take more, and scipy's search has no such case.
 MAX_ROUNDS = 32
 

@@ -311,12 +311,12 @@ def _graphs(urban_classes, monkeypatch) -> list[tuple[int, np.ndarray, np.ndarra
         seen.append((n, a.copy(), b.copy()))
         return components(n, a, b)
 
-    monkeypatch.setattr(rs, "components", record)
     cls, conf = urban_classes
     wanted = np.ones(1 << 16, dtype=bool)
-    for r0 in (0, 128, 256):
-        rs.region_strip(cls, conf, r0, r0 + 256, 512, wanted, 9.0)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undone on leaving: the caller's own patches stay
+        patch.setattr(rs, "components", record)
+        for r0 in (0, 128, 256):
+            rs.region_strip(cls, conf, r0, r0 + 256, 512, wanted, 9.0)
     assert len(seen) == 3 and min(len(a) for _n, a, _b in seen) > 300  # real graphs, not trivial ones
     zigzag = np.argsort(np.r_[0:4001:2, 4001:0:-2])  # node k of the path is zigzag[k]
     rng = np.random.default_rng(0)
