@@ -40,18 +40,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def _ended(pid: int) -> bool:
-    """Whether `pid`, which kill(pid, 0) still found, has ended but not been reaped, or has just gone (Linux).
-    A killed run's worker processes are left to PID 1, and a container's PID 1 may reap late or never: until
-    then the zombie still answers kill(pid, 0), though it holds and writes nothing (seen in CI: a killed batch's
-    worker, a zombie for seconds, kept its folder locked from the rerun that was to resume it)."""
+    """Whether `pid`, which kill(pid, 0) still found, has ended but not been reaped, or has just gone. A killed
+    run's worker processes are left to PID 1, and a container's PID 1 may reap late or never: until then the
+    zombie still answers kill(pid, 0), though it holds and writes nothing (seen in CI: a killed batch's worker, a
+    zombie for seconds, kept its folder locked from the rerun that was to resume it). psutil is imported here
+    only: a lock or temporary of another live PID is rare, and its import costs every run's start 16 ms."""
+    import psutil
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return Path("/proc/self/stat").exists()  # with /proc, gone since kill() saw it; without, unknown: alive
-    except OSError:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not allowed to look: it exists
         return False
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and brackets
-    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def remove_stale(folder: Path) -> list[Path]:
