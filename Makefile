@@ -21,9 +21,9 @@ apt:
 
 # The engine's venv is built on Debian's /usr/bin/python3 with system site-packages, so the same
 # interpreter sees both qgis and the engine's wheels (constraints: see constraints.txt).
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-dask.txt constraints.txt
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-dask.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -74,7 +74,7 @@ package:
 	rm -rf build dist && mkdir -p $(PKG) dist
 	cp -rL landseg_plugin/. $(PKG)/
 	cp -r engine models $(PKG)/  # models/ holds the trained models and the int8 text encoder
-	cp requirements.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
+	cp requirements.txt requirements-dask.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
 	find $(PKG) -name __pycache__ -prune -exec rm -rf {} +
 	cd build && /usr/bin/python3 -m zipfile -c ../dist/landseg_plugin.zip landseg_plugin
 	@echo "dist/landseg_plugin.zip"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from engine.jobs.change import ChangeParams, run_change  # noqa: E402
 from engine.model_package import DEFAULT_LANDCOVER_MODEL  # noqa: E402
 from engine.polygonize import PolygonizeOptions  # noqa: E402
-from export.landcover_data import write_rgb_geotiff  # noqa: E402
+from export.train.landcover_data import write_rgb_geotiff  # noqa: E402
 
 SETS = {"LEVIR": (0.5, ["building"]), "DSIFN": (2.0, [])}
 CONFIDENCES = (0.0, 0.3, 0.5, 0.7)

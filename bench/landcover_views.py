@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.runtime import RuntimeOptions  # noqa: E402
-from export import landcover_data as D  # noqa: E402
+from export.train import landcover_data as D  # noqa: E402
 from export.train_landcover import confusion, iou_from_confusion  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-VEGETATION, BUILDING = 3, 0  # the shipped model's class ids (export/landcover_data.py CLASSES)
+VEGETATION, BUILDING = 3, 0  # the shipped model's class ids (export/train/landcover_data.py CLASSES)
 
 
 def write(path: Path, data: np.ndarray, transform, crs: str, nodata=None) -> Path:

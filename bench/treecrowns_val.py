@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 from engine.model_package import COLOUR_RULE_MODEL, DEFAULT_TREECROWN_MODEL  # noqa: E402
-from export import landcover_data as D  # noqa: E402
+from export.train import landcover_data as D  # noqa: E402
 from export.train_treecrowns import match, prf  # noqa: E402
 
 

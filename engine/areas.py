@@ -60,15 +60,17 @@ class AreaCalculator:
         return max(areas) * 1.01
 
     def __call__(self, geom: shapely.Geometry) -> float:
+        # pyproj sums signed ring areas (counter-clockwise positive): rings are oriented first (shell CCW, holes
+        # CW), or a hole that runs the shell's way adds its area instead of taking it off (issue #29 item 3).
         if self.planar:
             return geom.area * self.factor
         if self.to_lonlat is None:  # geographic degrees
-            return abs(self.geod.geometry_area_perimeter(geom)[0])
+            return abs(self.geod.geometry_area_perimeter(shapely.orient_polygons(geom))[0])
         x0, y0, x1, y1 = geom.bounds
         side = max(x1 - x0, y1 - y0) * self.factor**0.5
         if side > EXACT_ABOVE_M:
             ll = shapely.transform(geom, lambda xy: np.column_stack(self.to_lonlat.transform(xy[:, 0], xy[:, 1])))
-            return abs(self.geod.geometry_area_perimeter(ll)[0])
+            return abs(self.geod.geometry_area_perimeter(shapely.orient_polygons(ll))[0])
         c = geom.centroid
         lon, lat = self.to_lonlat.transform(c.x, c.y)
         return geom.area * self.factor / float(self.proj.get_factors(lon, lat).areal_scale)

@@ -72,9 +72,10 @@ class Reporter:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from . import __version__
     from .model_package import load_model_package, meta_to_dict
 
-    doc = meta_to_dict(load_model_package(args.model).meta)
+    doc = meta_to_dict(load_model_package(args.model).meta) | {"engine_version": __version__}
     # 384 numbers per class say nothing to a reader: report that they are there.
     if "class_embeddings" in doc:
         doc["class_embeddings"] = f"{len(doc['class_embeddings'])} x {len(doc['class_embeddings'][0])}"

@@ -63,7 +63,10 @@ def _add_option(p: argparse.ArgumentParser, opt: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="landseg", description="LandSeg inference engine")
+    parser.add_argument("--version", action="version", version=f"landseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     tasks = load_schema()["tasks"]
     for name, task in tasks.items():

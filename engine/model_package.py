@@ -37,9 +37,26 @@ from .errors import ModelError
 from .onnx_signature import GraphSignature, read_signature
 
 FORMAT = "landseg-model/1"
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _models_dir() -> Path:
+    """The shipped models: ``models/`` beside ``engine/`` (a checkout, the QGIS plugin folder), or the installed
+    wheel's package data (``landseg_models``, pyproject.toml)."""
+    beside = Path(__file__).resolve().parent.parent / "models"
+    if beside.is_dir():
+        return beside
+    try:
+        import landseg_models
+    except ImportError:
+        return beside
+    return Path(landseg_models.__file__).resolve().parent
+
+
+MODELS_DIR = _models_dir()
 # The shipped models (MODEL_CARD.md): the trained land-cover default, and the colour rule kept as a named fallback.
 DEFAULT_LANDCOVER_MODEL = MODELS_DIR / "landcover_unet_lite0.onnx"
+# The same weights fed red, green, blue and near-infrared: chosen when the input has a NIR band (engine.model_choice).
+RGBN_LANDCOVER_MODEL = MODELS_DIR / "landcover_rgbn_unet_lite0.onnx"
 COLOUR_RULE_MODEL = MODELS_DIR / "rgb_index_baseline.onnx"
 DEFAULT_TREECROWN_MODEL = MODELS_DIR / "treecrowns_centernet_lite0.onnx"  # the trained crown detector
 METADATA_KEY = "landseg"
@@ -281,6 +298,9 @@ def meta_to_dict(meta: ModelMeta) -> dict[str, Any]:
 class ModelPackage:
     path: Path
     meta: ModelMeta
+    # What the graph fixes of its image inputs' shape (None: any): a batch-1 export, a fixed tile size.
+    fixed_batch: int | None = None
+    fixed_tile: int | None = None
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -352,7 +372,12 @@ def _checked(path: Path, meta: ModelMeta, sig: GraphSignature, where: str) -> Mo
     outputs = [o.name for o in sig.outputs]
     if meta.output_name not in outputs:
         raise ModelError(f"{where}: output {meta.output_name!r} is not an output of the graph ({outputs})")
-    return ModelPackage(path, meta)
+    dims = graph_inputs[meta.inputs[0].name].dims
+    batch = dims[0] if len(dims) == 4 else None
+    h, w = (dims[2], dims[3]) if len(dims) == 4 else (None, None)
+    if (h is None) != (w is None) or (h is not None and h != w):
+        raise ModelError(f"{where}: the graph takes tiles of {h} x {w} pixels; LandSeg's tiles are square")
+    return ModelPackage(path, meta, batch, h)
 
 
 def embed_metadata(model_proto: Any, meta: ModelMeta | dict[str, Any]) -> None:

@@ -216,6 +216,7 @@ def polygonize_values(
         geoms = np.array([g for g, _ in batch], dtype=object)
         if tolerance > 0:
             geoms = simplified(geoms, tolerance, options.workers)
+        geoms = shapely.orient_polygons(geoms)  # OGC / RFC 7946: shells counter-clockwise, holes clockwise
         sink.writerecords([{"geometry": mapping(g), "properties": p} for g, (_, p) in zip(geoms, batch, strict=True)])
         n_written += len(batch)
         batch.clear()

@@ -131,7 +131,35 @@ def _probabilities(run, feeds: dict, live: list[int], n: int, meta: ModelMeta, T
         raise ModelError(f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})")
     if got.shape[1] != n_cls:
         raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
-    return softmax(got) if meta.output_kind == "logits" else got
+    probs = softmax(got) if meta.output_kind == "logits" else got
+    # A NaN or infinite logit makes every class of its pixel NaN after the softmax: channel 0 tells (a fifth of
+    # the work of checking all). Probabilities from the model itself are checked whole.
+    probe = probs[:, 0] if meta.output_kind == "logits" else probs.sum(1)
+    if not np.isfinite(probe).all():
+        bad = int((~np.isfinite(probe)).sum())
+        raise ModelError(
+            f"model '{meta.name}' returned NaN or infinite values for {bad} pixels of a batch of {len(live)} tiles: "
+            "its classes there would be made up (a broken model, or input far outside the values it was made for)"
+        )
+    return probs
+
+
+def fixed_batch(run: Callable[[dict[str, np.ndarray]], np.ndarray], n: int, names: set[str]):
+    """``run`` for a graph that takes batches of exactly ``n`` tiles: a shorter batch (the raster's last) is
+    padded with zero tiles and the output cut back. ``names``: the image inputs (a text input is no batch)."""
+
+    def padded(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        k = len(feeds[next(iter(names))])
+        if k == n:
+            return run(feeds)
+        if k > n:  # more tiles than the graph takes: in parts of n
+            parts = [{**feeds, **{m: feeds[m][i : i + n] for m in names}} for i in range(0, k, n)]
+            return np.concatenate([padded(part) for part in parts])
+        full = {m: np.concatenate([f, np.zeros((n - k, *f.shape[1:]), f.dtype)]) if m in names else f
+                for m, f in feeds.items()}  # fmt: skip
+        return run(full)[:k]
+
+    return padded
 
 
 def predict_blocks(

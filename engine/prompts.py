@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelError
-from .model_package import ClassInfo, ModelMeta
+from .model_package import MODELS_DIR, ClassInfo, ModelMeta
 from .outputs import top_class
 
-DEFAULT_ENCODER = Path(__file__).resolve().parent.parent / "models" / "text_encoder"
+DEFAULT_ENCODER = MODELS_DIR / "text_encoder"
 DEFAULT_THRESHOLD = 0.5
 MAX_PROMPT_CHARS = 200  # a class name or a short phrase, not a paragraph
 OTHER_COLOR = "#bdbdbd"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
@@ -112,7 +112,52 @@ def overlap_grid(path_a: Path, path_b: Path, label_a: str = "before", label_b: s
 def reference_grid(path: Path, label: str = "input raster") -> Grid:
     """The grid of a raster (the first input's sets the outputs' grid)."""
     with open_raster(raster_path(path), label) as ds:
+        check_georeference(ds, path, label)
         return Grid(ds.crs, ds.transform, ds.width, ds.height)
+
+
+def check_georeference(ds: rasterio.DatasetReader, path, label: str) -> None:
+    """A raster whose position is unknown although it names a CRS: GDAL's default geotransform (identity: pixel
+    (0, 0) at the origin, 1 unit per pixel, rows going up) with a CRS, or ground control points only. Pixel
+    coordinates would be written as that CRS's metres (issue #29 items 4 and 11)."""
+    gcps, gcp_crs = ds.gcps
+    if ds.transform != rasterio.Affine.identity():
+        return
+    if gcps:
+        where = f", {gcp_crs.to_string()}" if gcp_crs else ""
+        raise InputError(
+            f"{label} {path} is placed by {len(gcps)} ground control points{where} but has no geotransform: warp it "
+            "onto a grid first (gdalwarp -tps in.tif out.tif)"
+        )
+    if ds.crs is not None:
+        raise InputError(
+            f"{label} {path} names a CRS ({ds.crs.to_string()}) but has no geotransform (pixel 0,0 at the origin, "
+            "1 unit per pixel): georeference it (gdal_edit.py -a_ullr ...), or drop the CRS and pass "
+            "--allow-pixel-coordinates"
+        )
+
+
+def palette_vrt(ds: rasterio.DatasetReader, path) -> str:
+    """A GDAL VRT (XML text, opened by rasterio as a dataset) of a paletted band as red, green, blue: what
+    `gdal_translate -expand rgb -of VRT` writes."""
+    from html import escape  # (xml.sax.saxutils would import urllib's HTTP client)
+
+    src = path if is_gdal_virtual(path) else Path(path).resolve()
+    w, h = ds.width, ds.height
+    gt = ", ".join(repr(v) for v in ds.transform.to_gdal())
+    srs = f"<SRS>{escape(ds.crs.to_wkt())}</SRS>" if ds.crs else ""
+    nodata = ds.nodata
+    bands = []
+    for k, name in enumerate(("Red", "Green", "Blue"), 1):
+        nd = f"<NODATA>{nodata:g}</NODATA>" if nodata is not None else ""
+        bands.append(
+            f'<VRTRasterBand dataType="Byte" band="{k}"><ColorInterp>{name}</ColorInterp><ComplexSource>'
+            f'<SourceFilename relativeToVRT="0">{escape(str(src))}</SourceFilename><SourceBand>1</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{w}" '
+            f'ySize="{h}"/>{nd}<ColorTableComponent>{k}</ColorTableComponent></ComplexSource></VRTRasterBand>'
+        )
+    head = f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}">{srs}<GeoTransform>{gt}</GeoTransform>'
+    return head + "".join(bands) + "</VRTDataset>"
 
 
 def is_gdal_virtual(path: str | Path) -> bool:
@@ -135,8 +180,8 @@ def open_raster(path: str | Path, label: str) -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
-        why = "not found or" if virtual else ""
-        raise InputError(f"{label} is {why} not a raster GDAL can read: {path} ({_first_line(exc)})") from None
+        why = "not found or not" if virtual else "not"  # one space either way (issue #29: "is  not")
+        raise InputError(f"{label} is {why} a raster GDAL can read: {path} ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,14 +195,37 @@ def read_error(path, exc: BaseException) -> InputError:
     return InputError(f"reading {path} failed (truncated or corrupt raster?): {_first_line(cause)}")
 
 
-def default_mapping(meta: ModelMeta, band_counts: list[int]) -> dict[str, BandSource]:
+def _by_description(meta: ModelMeta, names: list[str]) -> dict[str, BandSource] | None:
+    """Each model band found by name among one raster's band descriptions (a red, green, blue, NIR file for an
+    RGB model), or None where one is missing."""
+    alias = {"nir": ("nir", "near infrared", "near-infrared", "nir1")}
+    low = [n.strip().lower() for n in names]
+    mapping = {}
+    for mi in meta.inputs:
+        bands = []
+        for b in mi.bands:
+            hits = [i + 1 for i, n in enumerate(low) if n in alias.get(b.lower(), (b.lower(),))]
+            if not hits:
+                return None
+            bands.append(hits[0])
+        mapping[mi.modality] = BandSource(0, tuple(bands))
+    return mapping
+
+
+def default_mapping(
+    meta: ModelMeta, band_counts: list[int], descriptions: list[str] | None = None
+) -> dict[str, BandSource]:
     """Map model inputs to rasters when the user gave no explicit band mapping.
 
-    One raster: its bands are taken in order across the model's inputs (RGB+NIR model on a 4-band file).
+    One raster: its bands are taken in order across the model's inputs (RGB+NIR model on a 4-band file); with
+    more bands than the model takes, by their descriptions where they name the model's bands.
     As many rasters as model inputs: raster i feeds input i with all its bands.
     """
     need = [mi.n_bands for mi in meta.inputs]
     if len(band_counts) == 1:
+        named = _by_description(meta, descriptions) if descriptions and band_counts[0] > sum(need) else None
+        if named is not None:
+            return named
         if band_counts[0] != sum(need):
             described = " + ".join(f"{mi.modality} ({', '.join(mi.bands)})" for mi in meta.inputs)
             raise InputError(
@@ -195,10 +263,12 @@ class AlignedInputs:
         self.meta = meta
         self._datasets: list[rasterio.DatasetReader] = []
         self._sources: list = []
+        self.palette_messages: list[str] = []
         try:
             self._open_all(resampling, grid)
             counts = [ds.count for ds in self._datasets]
-            self.mapping = dict(mapping) if mapping else default_mapping(meta, counts)
+            names = [d or "" for d in self._datasets[0].descriptions]
+            self.mapping = dict(mapping) if mapping else default_mapping(meta, counts, names)
             self._check_mapping(counts)
             self._plan_rescaling(rescale)
         except BaseException:
@@ -209,8 +279,19 @@ class AlignedInputs:
         return f"input raster {i + 1}" if len(self.paths) > 1 else "input raster"
 
     def _open_all(self, resampling: Resampling, grid: Grid | None) -> None:
+        wants_rgb = any(mi.modality == "rgb" for mi in self.meta.inputs)
         for i, p in enumerate(self.paths):
-            self._datasets.append(open_raster(p, self._label(i)))
+            ds = open_raster(p, self._label(i))
+            if wants_rgb and ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+                # Palette indices are no colours: classified as they are, they mean nothing (issue #29 item 8).
+                expanded = rasterio.open(palette_vrt(ds, p))
+                ds.close()
+                ds = expanded
+                self.palette_messages.append(
+                    f"{self._label(i)} {Path(str(p)).name} is paletted (a colour table on band 1): read as its "
+                    "red, green and blue"
+                )
+            self._datasets.append(ds)
         ref = self._datasets[0]
         self.grid = grid or Grid(ref.crs, ref.transform, ref.width, ref.height)
         g = self.grid
@@ -269,7 +350,7 @@ class AlignedInputs:
     def _plan_rescaling(self, mode: str) -> None:
         self.stretches: dict[str, Stretch] = {}
         self.rescaling: dict[str, dict] = {}  # for the JSON result
-        self.messages: list[str] = []
+        self.messages: list[str] = list(self.palette_messages)
         for mi in self.meta.inputs:
             if mi.value_range is None:
                 continue

@@ -79,12 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--average", type=float, help="landcover: decay of the weight average shipped (0: last weights)")
     tr.add_argument("--crop", type=int, help="landcover: training crop size in pixels (default 256)")
     tr.add_argument("--batch", type=int, help="landcover: crops per step (default 8)")
-    tr.add_argument("--weak-per-batch", type=int, help="landcover: of them, crops of weak labels (default 2)")
+    tr.add_argument("--weak-per-batch", type=int, help="landcover: of them, crops of tree-data weak labels")
+    tr.add_argument("--naip-per-batch", type=int, help="landcover: of them, NAIP crops with NDVI labels")
+    tr.add_argument("--banepa-per-batch", type=int, help="landcover: of them, Banepa crops (building labels)")
+    tr.add_argument("--nir", action=argparse.BooleanOptionalAction, default=None,
+                    help="landcover: one RGB(+NIR) net for both packages (default) or an RGB-only net")  # fmt: skip
+    tr.add_argument("--nir-dropout", type=float, help="landcover: share of NAIP crops with NIR withheld")
     tr.add_argument("--encoder-bn", choices=("frozen", "train"), help="landcover: ImageNet's BN statistics or new")
 
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
     pk.add_argument("--checkpoint", type=Path, default=Path("out/train_landcover/model.pt"))
     pk.add_argument("--out", type=Path, default=Path("models/landcover_unet_lite0.onnx"))
+    pk.add_argument("--nir", action="store_true", help="the RGB + NIR package of a 5-channel checkpoint")
 
     vt = sub.add_parser("validate-treecrowns", help="re-run a crown checkpoint's validation into its report.json")
     vt.add_argument("--checkpoint", type=Path, default=Path("out/train_treecrowns/model.pt"))
@@ -101,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_params(args: argparse.Namespace):
     """The training command's parameters (TrainParams or CrownTrainParams) from its arguments; options left out
     keep the recipe's defaults."""
-    from .landcover_data import data_root
+    from .train.landcover_data import data_root
 
     given = {k: v for k, v in (("out", args.out), ("work", args.work), ("iterations", args.iterations)) if v}
     common = dict(
@@ -109,7 +115,9 @@ def train_params(args: argparse.Namespace):
         resume=args.resume, limit_images=args.limit_images, **given,
     )  # fmt: skip
     options = {"lovasz": args.lovasz, "average": args.average, "encoder_bn": args.encoder_bn,
-               "crop": args.crop, "batch": args.batch, "weak_per_batch": args.weak_per_batch}  # fmt: skip
+               "crop": args.crop, "batch": args.batch, "weak_per_batch": args.weak_per_batch,
+               "naip_per_batch": args.naip_per_batch, "banepa_per_batch": args.banepa_per_batch, "nir": args.nir,
+               "nir_dropout": args.nir_dropout}  # fmt: skip
     given_options = {k: v for k, v in options.items() if v is not None}
     if args.task != "landcover":
         from .train_treecrowns import CrownTrainParams
@@ -184,9 +192,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "package-landcover":
         from .landcover_package import export_landcover
 
-        export_landcover(args.checkpoint, args.out)
+        export_landcover(args.checkpoint, args.out, nir=args.nir)
     elif args.command == "validate-treecrowns":
-        from .landcover_data import data_root
+        from .train.landcover_data import data_root
         from .train_treecrowns import revalidate
 
         revalidate(args.checkpoint, data_root(args.data))

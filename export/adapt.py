@@ -168,7 +168,7 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
             "adapting a model needs the training extra (torch): run `make dev`, or "
             "`.venv/bin/pip install -c constraints.txt -r requirements-export.txt`"
         ) from None
-    from .effnet_lite import LandcoverUNet
+    from .effnet_lite import landcover_unet_for
     from .torch_export import check_parity, export_onnx, read_meta
 
     t0 = time.time()
@@ -230,8 +230,9 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
 
     torch.manual_seed(p.seed)
     torch.set_num_threads(p.threads)
-    model = LandcoverUNet(len(meta.classes))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model = landcover_unet_for(state, len(meta.classes))  # 3-band or RGB(+NIR) weights
+    model.load_state_dict(state)
     before = iou_per_class(model, xh, yh, names, len(meta.classes))
     t_train = time.time()
     base_prob = base_probabilities(model, xt) if p.keep_base > 0 else None

@@ -70,9 +70,9 @@ class Lite0Encoder(nn.Module):
 
     channels = (16, 24, 40, 112, 320)
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 3):
         super().__init__()
-        self._conv_stem = SameConv(3, 32, 3, 2)
+        self._conv_stem = SameConv(in_channels, 32, 3, 2)
         self._bn0 = _bn(32)
         blocks, cin, self.taps = [], 32, []
         for expand, kernel, stride, cout, repeats in LITE0_STAGES:
@@ -107,6 +107,10 @@ def load_imagenet(encoder: Lite0Encoder) -> dict[str, int]:
     U-Net does not need)."""
     state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
     own = encoder.state_dict()
+    stem = "_conv_stem.weight"
+    if own[stem].shape[1] > 3:  # extra input bands (NIR, its presence flag) start at zero: the RGB net as it was
+        extra = torch.zeros(own[stem].shape[0], own[stem].shape[1] - 3, *own[stem].shape[2:])
+        state = {**state, stem: torch.cat([state[stem], extra], 1)}
     missing = [k for k in own if k not in state]
     bad = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or bad:
@@ -132,12 +136,21 @@ class DecoderBlock(nn.Module):
         return self.conv(torch.cat([x, skip], 1))
 
 
-class LandcoverUNet(nn.Module):
-    """RGB uint8-range input, normalised inside the engine as (x - 127) / 128; logits at full resolution."""
+NIR_CHANNELS = 5  # red, green, blue, NIR, "NIR present" (1) or not (0, with the NIR channel 0)
 
-    def __init__(self, n_classes: int = 5, decoder=(128, 64, 48, 32)):
+
+class LandcoverUNet(nn.Module):
+    """RGB uint8-range input, normalised inside the engine as (x - 127) / 128; logits at full resolution.
+
+    With ``in_channels=5`` one set of weights serves RGB and RGB+NIR imagery (trained with NIR dropped at random):
+    a 3-band input gets NIR 0 and the flag 0, a 4-band input (red, green, blue, NIR) the flag 1. The branch is
+    chosen by the input's band count, which is fixed in an exported graph, so each ONNX package holds one of them.
+    """
+
+    def __init__(self, n_classes: int = 5, decoder=(128, 64, 48, 32), in_channels: int = 3):
         super().__init__()
-        self.encoder = Lite0Encoder()
+        self.in_channels = in_channels
+        self.encoder = Lite0Encoder(in_channels)
         c = self.encoder.channels
         self.dec = nn.ModuleList(
             [
@@ -150,11 +163,21 @@ class LandcoverUNet(nn.Module):
         self.head = nn.Conv2d(decoder[3], n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == NIR_CHANNELS and x.shape[1] == 3:
+            x = torch.cat([x, torch.zeros_like(x[:, :2])], 1)
+        elif self.in_channels == NIR_CHANNELS and x.shape[1] == 4:
+            x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
         f = self.encoder(x)
         y = f[4]
         for block, skip in zip(self.dec, (f[3], f[2], f[1], f[0]), strict=True):
             y = block(y, skip)
         return F.interpolate(self.head(y), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def landcover_unet_for(state: dict, n_classes: int | None = None) -> LandcoverUNet:
+    """The U-Net that a saved state_dict was trained as (3 or 5 input channels, its class count)."""
+    n = n_classes if n_classes is not None else int(state["head.weight"].shape[0])
+    return LandcoverUNet(n, in_channels=int(state["encoder._conv_stem.weight"].shape[1]))
 
 
 def build_landcover_unet() -> LandcoverUNet:

@@ -22,21 +22,31 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 
-from . import landcover_data as D
-from .augment import crop_scaled, flip_rotate, photometric
-from .effnet_lite import LandcoverUNet, load_imagenet
-from .training import StepLoop, WeightAverage, resume, save_weights
+from .effnet_lite import NIR_CHANNELS, LandcoverUNet, load_imagenet
+from .train import banepa, naip
+from .train import landcover_checks as C
+from .train import landcover_data as D
+from .train.augment import crop_scaled, flip_rotate, photometric
+from .train.loop import StepLoop, WeightAverage, resume, save_weights
 
 
 @dataclass
 class TrainParams:
     data: Path = field(default_factory=D.data_root)
-    out: Path = Path("models/landcover_unet_lite0.onnx")
+    # The RGB package of this recipe's weights is not the shipped RGB default (it loses NEON: MODEL_CARD.md), so it
+    # is written beside the run; the RGB + NIR package is the shipped one. The RGB default (v1) is made by
+    # --no-nir --naip-per-batch 0 --banepa-per-batch 0 --weak-per-batch 2 --iterations 1800 --out models/...
+    out: Path = Path("out/train_landcover/landcover_unet_lite0.onnx")
+    out_rgbn: Path = Path("models/landcover_rgbn_unet_lite0.onnx")  # the same weights, NIR fed (with --nir)
     work: Path = Path("out/train_landcover")  # checkpoints and logs
-    iterations: int = 1800
+    iterations: int = 4000
     batch: int = 8
     crop: int = 256
-    weak_per_batch: int = 2  # of each batch, crops from the weak-label tree data
+    weak_per_batch: int = 1  # of each batch, crops from the weak-label tree data
+    naip_per_batch: int = 2  # of each batch, 2 x 2 mosaics of NAIP chips with NDVI labels (training cities)
+    banepa_per_batch: int = 1  # of each batch, crops of the Banepa mosaic (buildings / "not building")
+    nir: bool = True  # 5 input channels (RGB, NIR, NIR present): one net for the RGB and the RGB+NIR package
+    nir_dropout: float = 0.5  # share of NAIP crops whose NIR is withheld (what the RGB package sees)
     lr: float = 1e-3
     encoder_lr_mult: float = 0.3  # the ImageNet encoder's learning rate relative to the decoder's
     box_shrink: float = D.BOX_SHRINK
@@ -50,7 +60,7 @@ class TrainParams:
     seed: int = 0
     threads: int = 2
     checkpoint_every: int = 100
-    eval_every: int = 600
+    eval_every: int = 1000
     resume: bool = False
     limit_images: int | None = None  # smoke tests: only this many images per source
     minutes: float | None = None  # stop (and checkpoint) after this wall time; resume continues the same run
@@ -62,11 +72,15 @@ class TrainParams:
         # One line naming the parameter, before any data is loaded (the U-Net halves a crop five times).
         if self.crop < 32 or self.crop % 32:
             raise InputError(f"--crop must be a multiple of 32 (the encoder's stride), not {self.crop}")
-        if self.batch < 1 or not 0 <= self.weak_per_batch <= self.batch:
+        extra = self.weak_per_batch + self.naip_per_batch + self.banepa_per_batch
+        parts = (self.weak_per_batch, self.naip_per_batch, self.banepa_per_batch)
+        if self.batch < 1 or min(parts) < 0 or extra > self.batch:
             raise InputError(
-                f"--batch must be at least 1 and --weak-per-batch between 0 and it (got {self.batch} and "
-                f"{self.weak_per_batch})"
+                f"--batch must be at least 1 and --weak-per-batch + --naip-per-batch + --banepa-per-batch between 0 "
+                f"and it (got {self.batch} and {extra})"
             )
+        if not 0 <= self.nir_dropout <= 1:
+            raise InputError(f"--nir-dropout must be a share in [0, 1], not {self.nir_dropout}")
         if self.encoder_bn not in ("frozen", "train"):
             raise InputError(f"--encoder-bn must be frozen or train, not {self.encoder_bn!r}")
         if not 0 <= self.average < 1:
@@ -83,12 +97,12 @@ def pad32(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 @torch.no_grad()
 def predict_torch(model: LandcoverUNet, image: np.ndarray, tile: int = 512) -> np.ndarray:
-    """(3, H, W) uint8 at the model's pixel size -> (H, W) class ids (tiles of ``tile`` px, no blending:
-    evaluation only; the engine does the real thing)."""
+    """(3, H, W) uint8 (or 4: red, green, blue, NIR, for a 5-channel net) at the model's pixel size -> (H, W) class
+    ids (tiles of ``tile`` px, no blending: evaluation only; the engine does the real thing)."""
     dev = next(model.parameters()).device
     x = (torch.from_numpy(image).float().to(dev) - 127.0) / 128.0
     h, w = x.shape[-2:]
-    out = torch.zeros((len(D.CLASSES), h, w), device=dev)
+    out = torch.zeros((model.head.out_channels, h, w), device=dev)
     step = tile - 64
     for r in range(0, max(1, h - 64), step):
         for c in range(0, max(1, w - 64), step):
@@ -107,20 +121,24 @@ class Batches:
         self.dubai = D.load_dubai(params.data, "train", params.limit_images)
         self.weak = D.load_tree_plots(params.data, params.limit_images, params.box_shrink)
         self.oam = [] if params.limit_images else D.load_oam_tcd(params.data)
+        self.naip = naip.load_naip(params.data, "train", params.limit_images) if params.naip_per_batch else []
+        self.banepa = banepa.load_banepa(params.data, "train") if params.banepa_per_batch else []
         self.dubai_w = np.array([s.label.size for s in self.dubai], np.float64)
         self.dubai_w /= self.dubai_w.sum()
         log(
-            f"data: {len(self.dubai)} Dubai images, {len(self.weak)} tree plots, {len(self.oam)} OAM-TCD tiles "
-            f"at {D.MODEL_PIXEL_M} m ({time.time() - t:.0f} s)"
+            f"data: {len(self.dubai)} Dubai images, {len(self.weak)} tree plots, {len(self.oam)} OAM-TCD tiles, "
+            f"{len(self.naip)} NAIP chips ({', '.join(c for c in naip.CITIES if c != naip.VAL_CITY)}), "
+            f"{len(self.banepa)} Banepa mosaic at {D.MODEL_PIXEL_M} m ({time.time() - t:.0f} s)"
         )
 
-    def _mosaic(self, g: torch.Generator, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-        """n x n tree plots (80 px each at 0.5 m) side by side, each flipped/rotated."""
+    def _mosaic(self, g: torch.Generator, n: int = 5, pool: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n x n samples of ``pool`` (tree plots: 80 px each at 0.5 m) side by side, each flipped/rotated."""
+        pool = self.weak if pool is None else pool
         rows = []
         for _ in range(n):
             row_i, row_l = [], []
             for _ in range(n):
-                s = self.weak[int(torch.randint(0, len(self.weak), (), generator=g))]
+                s = pool[int(torch.randint(0, len(pool), (), generator=g))]
                 img, lab = flip_rotate(torch.from_numpy(s.image).float(), torch.from_numpy(s.label), g)
                 size = min(img.shape[1], img.shape[2])
                 row_i.append(img[:, :size, :size])
@@ -133,9 +151,19 @@ class Batches:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.p.seed * 1_000_003 + step)
         imgs, labs = [], []
-        for i in range(self.p.batch):
-            weak = i >= self.p.batch - self.p.weak_per_batch
-            if weak and self.oam and _bern(g, 0.25):
+        p = self.p
+        n_dubai = p.batch - p.weak_per_batch - p.naip_per_batch - p.banepa_per_batch
+        for i in range(p.batch):
+            weak = i >= p.batch - p.weak_per_batch
+            source = "naip" if n_dubai <= i < n_dubai + p.naip_per_batch else "dubai"
+            if n_dubai + p.naip_per_batch <= i < n_dubai + p.naip_per_batch + p.banepa_per_batch:
+                source = "banepa"
+            if source == "naip":
+                image, label = self._mosaic(g, 2, self.naip)
+            elif source == "banepa":
+                s = self.banepa[0]
+                image, label = torch.from_numpy(s.image).float(), torch.from_numpy(s.label)
+            elif weak and self.oam and _bern(g, 0.25):
                 s = self.oam[0]
                 image, label = torch.from_numpy(s.image).float(), torch.from_numpy(s.label)
             elif weak:
@@ -147,14 +175,29 @@ class Batches:
             scale = math.exp(float(torch.empty(()).uniform_(math.log(0.6), math.log(1.6), generator=g)))
             img, lab = crop_scaled(image, label, self.p.crop, scale, g, D.IGNORE)
             img, lab = flip_rotate(img, lab, g)
-            imgs.append(photometric(img, g) if _bern(g, self.p.photometric_p) else img)
+            rgb = photometric(img[:3], g) if _bern(g, self.p.photometric_p) else img[:3]
+            imgs.append(self._channels(rgb, img[3:], g))
             labs.append(lab)
-        x = (torch.stack(imgs) - 127.0) / 128.0
+        x = torch.stack(imgs)
         return x, torch.stack(labs).long()
+
+    def _channels(self, rgb: torch.Tensor, nir: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The normalised input of one crop: RGB, or with --nir RGB + NIR + "NIR present" (NIR withheld on
+        --nir-dropout of the crops that have it, and zero with the flag 0 on those that never have it)."""
+        x = (rgb - 127.0) / 128.0
+        if not self.p.nir:
+            return x
+        have = len(nir) > 0 and not _bern(g, self.p.nir_dropout)
+        if not have:
+            return torch.cat([x, torch.zeros_like(x[:2])], 0)
+        # NIR gets its own gain and gamma: other sensors' NIR DN are not NAIP's
+        n = (nir * _uniform(g, 0.75, 1.25)).clamp(0, 255)
+        n = 255.0 * (n / 255.0) ** _uniform(g, 0.7, 1.4)
+        return torch.cat([x, (n - 127.0) / 128.0, torch.ones_like(x[:1])], 0)
 
 
 def _averaged_miou(model: LandcoverUNet, average: WeightAverage, p: TrainParams) -> float:
-    shadow = LandcoverUNet(len(D.CLASSES)).to(p.device)
+    shadow = LandcoverUNet(len(D.CLASSES), in_channels=model.in_channels).to(p.device)
     average.copy_to(shadow)
     return evaluate_dubai(shadow, p.data, limit=p.limit_images)["miou"]
 
@@ -176,17 +219,28 @@ def _bern(g: torch.Generator, p: float) -> bool:
     return float(torch.rand((), generator=g)) < p
 
 
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy on the 5 classes plus, for NOT_VEG pixels, -log(1 - p(vegetation))."""
-    ce_target = torch.where(target == D.NOT_VEG, torch.full_like(target, D.IGNORE), target)
+    """Cross-entropy on the 5 classes plus, for each partial label ("not vegetation", "not building"),
+    -log(1 - p(the class it rules out))."""
+    from .train.weak_labels import PARTIAL
+
+    partial = target >= len(D.CLASSES)
+    ce_target = torch.where(partial, torch.full_like(target, D.IGNORE), target)
     n_full = (ce_target != D.IGNORE).sum()
     ce = F.cross_entropy(logits, ce_target, weight=weight, ignore_index=D.IGNORE, reduction="sum")
-    neg = target == D.NOT_VEG
-    nv = torch.zeros(())
-    if neg.any():
-        p_veg = logits.softmax(1)[:, D.VEG][neg]
-        nv = -torch.log1p(-p_veg.clamp(max=1 - 1e-4)).sum()
-    return (ce + nv) / (n_full + neg.sum()).clamp(min=1)
+    nv, n_neg = torch.zeros((), device=logits.device), 0
+    probs = None
+    for code, cls in PARTIAL.items():
+        neg = target == code
+        if neg.any():
+            probs = logits.softmax(1) if probs is None else probs
+            nv = nv - torch.log1p(-probs[:, cls][neg].clamp(max=1 - 1e-4)).sum()
+            n_neg = n_neg + neg.sum()
+    return (ce + nv) / (n_full + n_neg).clamp(min=1)
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -234,7 +288,7 @@ def train(p: TrainParams, log=print) -> dict:
     torch.set_num_threads(p.threads)
     torch.use_deterministic_algorithms(p.device == "cpu")  # CUDA upsampling backward has no deterministic kernel
     p.work.mkdir(parents=True, exist_ok=True)
-    model = LandcoverUNet(len(D.CLASSES))
+    model = LandcoverUNet(len(D.CLASSES), in_channels=NIR_CHANNELS if p.nir else 3)
     counts = load_imagenet(model.encoder)
     model.to(p.device)
     log(
@@ -293,17 +347,19 @@ def train(p: TrainParams, log=print) -> dict:
     predict = lambda img: predict_torch(model.eval(), img)  # noqa: E731 (the model's weights as they are now)
     if average is not None:  # the last weights are reported beside the shipped average
         save_weights(model, p.work / "model_last_weights.pt")
-        report["last_weights"] = run_checks(predict, p.data, p.limit_images, log)
+        report["last_weights"] = run_checks(predict, p.data, p.limit_images, log, p.nir)
         average.copy_to(model)
         log("the weight average (shipped):")
     save_weights(model, p.work / "model.pt")
-    report.update(run_checks(predict, p.data, p.limit_images, log))
+    report.update(run_checks(predict, p.data, p.limit_images, log, p.nir))
     (p.work / "report.json").write_text(json.dumps(report, indent=1))
     log(f"report: {p.work / 'report.json'}")
     if p.export:
         from .landcover_package import export_landcover
 
         export_landcover(p.work / "model.pt", p.out, p.data, log=log)
+        if p.nir:
+            export_landcover(p.work / "model.pt", p.out_rgbn, p.data, log=log, nir=True)
     return report
 
 
@@ -344,12 +400,7 @@ def evaluate_dubai(model_or_predict, data: Path, pixel_factor: float = 1.0, limi
     }
 
 
-def predict_at(predict, rgb: np.ndarray, pixel_m: float, out_shape: tuple[int, int]) -> np.ndarray:
-    """Resample to the model's pixel size, predict, and bring the classes back to ``out_shape`` (nearest) — what
-    the engine's --resample auto does."""
-    img, _ = D.resize(rgb, None, pixel_m / D.MODEL_PIXEL_M)
-    pred = torch.from_numpy(predict(img))[None, None].float()
-    return F.interpolate(pred, size=out_shape, mode="nearest")[0, 0].byte().numpy()
+predict_at = C.predict_at  # one resampling rule for every check
 
 
 def neon_vegetation_shares(predict, data: Path, limit: int | None = None) -> dict:
@@ -377,9 +428,15 @@ def kampala_building_iou(predict, data: Path) -> float:
     return inter / max(1, union)
 
 
-def run_checks(predict, data: Path, limit: int | None = None, log=print) -> dict:
+def run_checks(predict, data: Path, limit: int | None = None, log=print, nir: bool = False) -> dict:
     out = {"dubai_val": evaluate_dubai(predict, data, limit=limit)}
     log(format_dubai(out["dubai_val"], "Dubai validation (tile " + ", ".join(D.DUBAI_VAL_TILES) + ")"))
+    for bands in (3, 4) if nir else (3,):
+        key = "naip_val" if bands == 3 else "naip_val_rgbn"
+        out[key] = C.naip_city(predict, data, bands, limit=limit)
+        log(C.format_naip(out[key], f"NAIP {naip.VAL_CITY} (held-out city), {'RGB + NIR' if bands == 4 else 'RGB'}"))
+    out["banepa_building_iou"] = C.banepa_building_iou(predict, data)
+    log(f"Banepa (held-out column) building IoU {out['banepa_building_iou']:.3f}")
     if limit:
         return out
     for f in (0.5, 2.0):

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import landcover_data as D
-from .augment import photometric
 from .effnet_lite import DecoderBlock, Lite0Encoder, SameConv, load_imagenet
-from .training import StepLoop, resume, save_weights
+from .train import landcover_data as D
+from .train.augment import photometric
+from .train.loop import StepLoop, resume, save_weights
 
 PIXEL_M = 0.1
 STRIDE = 4

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,23 @@ def band_model(path: Path, classes: list[dict], modality: str) -> Path:
         "overlap": 16,
     }
     return save(g.model(), doc, path)
+
+
+def batch_cli(*args: str, timeout: int = 900) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`engine batch landcover ... --json` from the checkout: the process and its JSON result (None if none)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "batch", "landcover", "--progress", "none", "--json", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+    )  # fmt: skip
+    try:
+        return proc, json.loads(proc.stdout)
+    except ValueError:
+        return proc, None
+
+
+def read_classes(path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
 
 
 def write_raster(path: Path, data: np.ndarray, transform=None, crs="EPSG:32611", nodata=None) -> Path:

@@ -17,7 +17,7 @@ from conftest import ROOT, SHARED
 from engine.jobs.accuracy import AccuracyParams, run_accuracy
 from engine.jobs.landcover import LandcoverParams, run_landcover
 from engine.model_package import DEFAULT_LANDCOVER_MODEL
-from export import landcover_data as D
+from export.train import landcover_data as D
 
 pytestmark = pytest.mark.skipif(not (SHARED / "landcover").exists(), reason="needs ../shared/data/landcover")
 IGNORE = 255

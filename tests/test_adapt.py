@@ -17,7 +17,7 @@ from shapely.geometry import mapping
 
 from conftest import ROOT, SHARED
 from engine.model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
-from export import landcover_data as D
+from export.train import landcover_data as D
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not (SHARED / "landcover").exists(), reason="needs ../shared/data/landcover")

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import rasterio
 from rasterio.transform import from_origin
 
 from conftest import DEFAULT_MODEL, ROOT, SJER, write_raster
@@ -52,7 +53,8 @@ def test_not_a_raster(tmp_path):
     fake.write_text("this is not an image\n")
     out = tmp_path / "out"
     p = run_cli("-i", str(fake), "-o", str(out))
-    assert_clean_failure(p, 2, "not a raster", "notes.tif")
+    assert_clean_failure(p, 2, "is not a raster", "notes.tif")
+    assert "  " not in p.stderr.strip()  # issue #29 item 11: "is  not" (two spaces)
     assert_no_output(out)
 
 
@@ -229,3 +231,121 @@ def test_raster_without_georeference_needs_an_explicit_flag(tmp_path):
     p = run_cli("-i", str(raster), "--out", str(tmp_path / "o"), "--allow-pixel-coordinates", "--json")
     assert p.returncode == 0, p.stderr
     assert "area_m2 holds square pixels" in p.stderr and np.isfinite(json.loads(p.stdout)["n_polygons"])
+
+
+def _nan_model(path, nan_everywhere: bool = False):
+    """One band in, two classes: logits (sqrt(z), -z); z < 0 (raw values below 100) gives NaN."""
+    from conftest import meta_doc, save
+
+    g = GraphBuilder("nan")
+    x = g.input("band", 1)
+    root = g.op("Sqrt", g.mul(x, -1.0) if nan_everywhere else x)
+    g.output("out", g.concat(root, g.mul(x, -1.0)), 2)
+    norm = {"type": "mean_std", "mean": [100.0] if not nan_everywhere else [-1000.0], "std": [50.0]}
+    inputs = [{"name": "band", "modality": "any", "bands": ["b1"], "normalization": norm}]
+    return save(g.model(), meta_doc(inputs, 2, name="nan-model", pixel_size_m=1.0), path)
+
+
+@pytest.mark.parametrize("everywhere", [False, True], ids=["some pixels", "every pixel"])
+def test_a_model_returning_nan_is_refused_not_mapped_as_class_0(tmp_path, everywhere):
+    # Issue #29 item 1: NaN pixels became class 0 with confidence NaN, exit 0; an all-NaN model one polygon.
+    model = _nan_model(tmp_path / "nan.onnx", everywhere)
+    values = np.tile(np.linspace(0, 200, 64, dtype=np.float32), (64, 1))  # half below 100: NaN there
+    raster = write_raster(tmp_path / "ramp.tif", values, transform=from_origin(500000, 4100000, 1.0, 1.0))
+    out = tmp_path / "out"
+    p = run_cli("-i", str(raster), "--model", str(model), "-o", str(out))
+    assert p.returncode == 3 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]  # after the run's own notes (no resampling, ...)
+    assert last.startswith("landseg: error: model 'nan-model' returned NaN or infinite values for"), last
+    assert_no_output(out)
+
+
+def _fixed_shape(src, dst, batch=None, tile=None):
+    """The same graph with its input (and output) batch and/or tile size fixed, as some exporters save them."""
+    m = onnx.load(str(src))
+    for vi in [*m.graph.input, *m.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        for k, v in ((0, batch), (2, tile), (3, tile)):
+            if v is not None:
+                dims[k].ClearField("dim_param")
+                dims[k].dim_value = v
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(("batch", "tile"), [(1, None), (2, 64)], ids=["batch 1", "batch 2, tile 64"])
+def test_fixed_batch_or_tile_models_run_with_the_graphs_shape(tmp_path, batch, tile):
+    # Issue #29 item 10: a batch-1 export failed with onnxruntime's message cut off and no hint.
+    from conftest import conv_model
+
+    free = conv_model(tmp_path / "free.onnx")
+    fixed = _fixed_shape(free, tmp_path / "fixed.onnx", batch, tile)
+    img = write_raster(tmp_path / "img.tif", np.random.default_rng(0).integers(0, 255, (3, 150, 170), np.uint8))
+    args = ["-i", str(img), "--batch", "4", "--json", "--tile", "64" if tile else "128"]
+    ref = run_cli(*args, "--model", str(free), "-o", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    # A fixed tile size is the run's tile without asking (the free model ran with --tile at that size).
+    got = run_cli(*(args[:-2] if tile else args), "--model", str(fixed), "-o", str(tmp_path / "got"))
+    assert got.returncode == 0, got.stderr
+    res = json.loads(got.stdout)
+    assert any(f"exactly {batch} tile(s)" in m for m in res["messages"]), res["messages"]
+    assert res["tile"] == (tile or 128)
+    with rasterio.open(json.loads(ref.stdout)["class_map"]) as a, rasterio.open(res["class_map"]) as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    if tile:  # another tile size than the graph's: one line with the fix
+        bad = run_cli(*args[:-2], "--tile", "128", "--model", str(fixed), "-o", str(tmp_path / "bad"))
+        assert bad.returncode == 2 and "takes tiles of exactly 64 px" in bad.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("placed_by", ["crs only", "gcps only"])
+def test_a_crs_without_a_geotransform_is_refused_not_read_as_metres(tmp_path, placed_by):
+    # Issue #29 items 4 and 11: a CRS with GDAL's identity geotransform gave "does not overlap" (or, without a
+    # model pixel size, pixel coordinates labelled as metres); a GCP-only raster was called "no CRS".
+    from rasterio.control import GroundControlPoint
+
+    with rasterio.open(SJER) as src:
+        data, crs = src.read(), src.crs
+    raster = tmp_path / "placed.tif"
+    prof = {"driver": "GTiff", "width": 400, "height": 400, "count": 3, "dtype": "uint8"}
+    if placed_by == "crs only":
+        prof["crs"] = crs
+    with rasterio.open(raster, "w", **prof) as dst:
+        dst.write(data)
+        if placed_by == "gcps only":
+            corners = [(0, 0, 252000, 4107400), (0, 400, 252000, 4107360), (400, 0, 252040, 4107400)]
+            dst.gcps = ([GroundControlPoint(r, c, x, y) for r, c, x, y in corners], crs)
+    for model in (DEFAULT_MODEL, ROOT / "models/landcover_unet_lite0.onnx"):
+        p = run_cli("-i", str(raster), "--model", str(model), "--out", str(tmp_path / "o"))
+        if placed_by == "crs only":
+            assert_clean_failure(p, 2, "names a CRS (EPSG:32611) but has no geotransform", "placed.tif")
+        else:
+            assert_clean_failure(p, 2, "placed by 3 ground control points, EPSG:32611", "gdalwarp")
+        assert not (tmp_path / "o").exists()
+
+
+def test_a_paletted_raster_is_classified_by_its_colours(tmp_path):
+    # Issue #29 item 8: `--modality rgb=1,2,3` failed on a paletted raster and `rgb=1,1,1` classified indices.
+    with rasterio.open(SJER) as src:
+        rgb, prof = src.read(), src.profile
+    # The real image quantized to 64 colours (index = the colour's rank), written with its colour table.
+    from PIL import Image
+
+    quant = Image.fromarray(np.moveaxis(rgb, 0, -1)).quantize(64)
+    index = np.asarray(quant)
+    pal = np.asarray(quant.getpalette()[: 64 * 3]).reshape(64, 3)
+    paletted = tmp_path / "paletted.tif"
+    prof.update(count=1, photometric="palette", compress="deflate")
+    with rasterio.open(paletted, "w", **prof) as dst:
+        dst.write(index.astype(np.uint8), 1)
+        dst.write_colormap(1, {k: (*map(int, pal[k]), 255) for k in range(64)})
+    truecolour = write_raster(tmp_path / "truecolour.tif", np.moveaxis(pal[index], -1, 0).astype(np.uint8),
+                              transform=prof["transform"], crs=prof["crs"])  # fmt: skip
+    want = run_cli("-i", str(truecolour), "--model", str(DEFAULT_MODEL), "-o", str(tmp_path / "a"), "--json")
+    for extra in ([], ["--modality", "rgb=1,2,3"]):
+        got = run_cli("-i", str(paletted), "--model", str(DEFAULT_MODEL), "-o", str(tmp_path / "b"), "--json", *extra)
+        assert got.returncode == 0, got.stderr
+        res = json.loads(got.stdout)
+        assert any("is paletted" in m for m in res["messages"])
+        with rasterio.open(json.loads(want.stdout)["class_map"]) as a, rasterio.open(res["class_map"]) as b:
+            assert np.array_equal(a.read(1), b.read(1))

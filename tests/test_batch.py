@@ -16,7 +16,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from conftest import ROOT, URBAN
+from conftest import ROOT, URBAN, batch_cli, read_classes
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.slow
@@ -41,20 +41,10 @@ def _crops(folder, n: int, size: int = 768) -> list:
 
 
 def _batch(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "batch", "landcover", "--workers", "2", "--no-dashboard", "--progress",
-         "none", "--json", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-    )  # fmt: skip
-    try:
-        return proc, json.loads(proc.stdout)
-    except ValueError:
-        return proc, None
+    return batch_cli("--workers", "2", "--no-dashboard", *args, timeout=timeout)
 
 
-def _classes(path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read(1)
+_classes = read_classes
 
 
 def test_a_batch_of_three_files_runs_on_two_workers_each_loading_the_model_once(tmp_path):

@@ -212,3 +212,31 @@ def test_tree_crowns_refuse_an_implausible_chm(tmp_path, what, message):
     with pytest.raises(InputError, match=message):
         run_treecrowns(TreeCrownParams(image=SJER, chm=chm, out_dir=tmp_path / "o"))
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_change_reads_gdal_virtual_paths_as_landcover_does(tmp_path):
+    # Issue #29 item 9: `change --before /vsizip/...` said "before raster not found".
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "dates.zip", "w") as zf:
+        zf.write(SJER, "sjer.tif")
+    before = f"/vsizip/{tmp_path / 'dates.zip'}/sjer.tif"
+    res = run_change(ChangeParams(before=[before], after=[SJER], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
+    assert res.changed_m2 == 0  # the same image on both dates
+    with pytest.raises(InputError, match="before raster .*missing.tif"):
+        run_change(
+            ChangeParams(before=[f"/vsizip/{tmp_path / 'dates.zip'}/missing.tif"], after=[SJER],
+                         model=DEFAULT_MODEL, out_dir=tmp_path / "o2")
+        )  # fmt: skip
+
+
+def test_change_with_a_date_without_valid_data_is_an_error_not_no_change(tmp_path):
+    # Issue #29 item 6: one date all nodata reported "0 m2 changed", exit 0.
+    with rasterio.open(SJER) as src:
+        empty = write_raster(
+            tmp_path / "empty.tif", np.zeros((3, src.height, src.width), np.uint8), transform=src.transform,
+            crs=src.crs, nodata=0,
+        )  # fmt: skip
+    with pytest.raises(InputError, match="the after raster .*empty.tif has no valid pixel"):
+        run_change(ChangeParams(before=[SJER], after=[empty], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []

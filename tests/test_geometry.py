@@ -376,3 +376,35 @@ def test_a_land_cover_job_does_not_import_scipy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-500:]
     n, imported = proc.stdout.split(" ", 1)
     assert int(n) > 0 and imported.strip() == "[]"
+
+
+def test_holes_are_taken_off_the_area_and_rings_are_written_ogc_oriented(tmp_path):
+    # Issue #29 item 3: at 70 deg N in EPSG:4326 a polygon with a hole measured shell + hole when the rings ran one
+    # way (pyproj sums signed ring areas). A square ring of class 1 (60 px, its hole 20 px) in class 2.
+    from rasterio.transform import from_origin
+
+    cls = np.full((100, 100), 2, np.uint8)
+    cls[20:80, 20:80] = 1
+    cls[40:60, 40:60] = 2
+    t = from_origin(20.0, 70.0, 0.0001, 0.0001)
+    prof = {"driver": "GTiff", "width": 100, "height": 100, "count": 1, "crs": "EPSG:4326", "transform": t}
+    with rasterio.open(tmp_path / "c.tif", "w", dtype="uint8", **prof) as ds:
+        ds.write(cls, 1)
+    with rasterio.open(tmp_path / "f.tif", "w", dtype="float32", **prof) as ds:
+        ds.write(np.ones((100, 100), np.float32), 1)
+    out = tmp_path / "p.gpkg"
+    polygonize(tmp_path / "c.tif", tmp_path / "f.tif", out, CLASSES, PolygonizeOptions(simplify_px=0, min_area_m2=0))
+    with fiona.open(out) as layer:
+        feats = [(shape(f.geometry), f["properties"]["area_m2"]) for f in layer]
+    ring = [(g, a) for g, a in feats if len(g.interiors) == 1 and g.area < 0.0001**2 * 3700]
+    assert len(ring) == 1
+    geom, area = ring[0]
+
+    def ring_area(coords) -> float:
+        lon, lat = np.asarray(coords).T
+        return abs(GEOD.polygon_area_perimeter(lon, lat)[0])
+
+    truth = ring_area(geom.exterior.coords) - ring_area(geom.interiors[0].coords)
+    assert area == pytest.approx(truth, rel=1e-4)  # shell minus hole, not plus (it was +25 % here)
+    for g, _a in feats:  # every written polygon: shell counter-clockwise, holes clockwise
+        assert g.exterior.is_ccw and not any(r.is_ccw for r in g.interiors)

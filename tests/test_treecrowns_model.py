@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, SHARED
 from engine.errors import InputError
 from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns
-from export import landcover_data as D
+from export.train import landcover_data as D
 from export.train_treecrowns import match, prf
 
 sys.path.insert(0, str(ROOT / "bench"))

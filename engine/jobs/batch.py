@@ -61,6 +61,7 @@ class BatchParams:
     threads: int = 0  # onnxruntime threads per worker; 0: the worker's share of this machine's cores
     precision: str = "fp32"  # land cover: int8 is calibrated once (the first worker) and shared by all
     dashboard: bool = True
+    upload_engine: bool = False  # --scheduler: ship this engine to the workers (client.upload_file)
 
 
 # BatchParams holds these runtime options as its own fields (each worker makes its RuntimeOptions).
@@ -91,6 +92,9 @@ OPTIONS = (
     _PRECISION,
     resample_option("auto: every input at the model's pixel size when it differs by more than 15%% (default)"),
     Option("dashboard", "--no-dashboard", "Dask dashboard", "no Dask dashboard", negate=True, processing=False),
+    Option("upload_engine", "--upload-engine", "Upload the engine to the cluster's workers",
+           "with --scheduler: ship this engine to the workers (for clusters one cannot pip install on); the "
+           "model then comes from this checkout's path, which the workers must see", advanced=True),
     Option("out_dir", "--out", "Output folder", "output folder (one subfolder per input)", short="-o",
            widget="output_folder", name="OUTPUT"),
 )  # fmt: skip
@@ -170,17 +174,40 @@ def local_workers(p: BatchParams, cores: int) -> int:
     return p.workers or max(1, cores // 2)
 
 
-def _client(p: BatchParams, say):
+def _dask():
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
-        raise InputError("batch runs need dask.distributed: run `make setup` (it is in requirements.txt)") from None
-    if p.scheduler:
-        try:
-            client = Client(p.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"--scheduler {p.scheduler}: cannot connect ({exc})") from None
-        return client, None
+        raise InputError(
+            "batch runs need dask.distributed: pip install 'landseg[dask]' (or run `make setup`)"
+        ) from None
+    return Client, LocalCluster
+
+
+def _cluster_client(p: BatchParams, paths: list[Path], out: Path, say):
+    """A client of the cluster at --scheduler, checked (engine version, shared paths) before anything is written."""
+    from .cluster import check_cluster
+
+    Client, _ = _dask()
+    try:
+        client = Client(p.scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"--scheduler {p.scheduler}: cannot connect ({exc})") from None
+    try:
+        if p.upload_engine and p.model is None:  # an uploaded engine has no models folder: this one's, by path
+            from .batch_worker import default_model
+
+            p.model = default_model(p.task).resolve()
+        readable = [Path(os.path.abspath(x)) for x in [*paths, *([p.model] if p.model else [])]]
+        info = check_cluster(client, p.scheduler, readable, Path(os.path.abspath(out)), p.upload_engine, say)
+    except BaseException:
+        client.close()
+        raise
+    return client, info
+
+
+def _client(p: BatchParams, say):
+    Client, LocalCluster = _dask()
     cores = available_cpus()  # not the host's count inside a container's quota or CPU mask
     n = local_workers(p, cores)
     if not p.threads:  # each worker's onnxruntime uses its share of the cores, not all of them
@@ -215,6 +242,20 @@ def run_batch(
         raise InputError("no input: give raster layers or a file pattern (--inputs)")
     paths = expand_inputs(p.inputs)
     out = Path(p.out_dir)
+    if p.upload_engine and not p.scheduler:
+        raise InputError("--upload-engine ships the engine to a cluster's workers: it needs --scheduler ADDRESS")
+    if p.scheduler:  # the workers' working folders are not this one: every path they get is absolute
+        paths, out = [Path(os.path.abspath(x)) for x in paths], Path(os.path.abspath(out))
+        p.model = Path(os.path.abspath(p.model)) if p.model else None
+    remote, info = _cluster_client(p, paths, out, say) if p.scheduler else (None, None)
+    try:
+        return _run_batch(p, paths, out, remote, info, say, progress, t0)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _run_batch(p, paths, out, remote, info, say, progress, t0) -> BatchResult:
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):  # two batches into one folder: the second stops here, naming the first
         manifest = Manifest(out, p)
@@ -225,23 +266,27 @@ def run_batch(
                 skipped.append(str(path))
         todo = [x for x in paths if str(x) not in skipped]
         say(f"{len(paths)} inputs: {len(skipped)} done by an earlier run, {len(todo)} to do")
-        client, cluster = _client(p, say) if todo else (None, None)
+        client, cluster = (remote, None) if remote is not None else _client(p, say) if todo else (None, None)
         failed: dict[str, str] = {}
         done: list[str] = []
         dashboard = None
         try:
             if client is not None:
-                dashboard = client.dashboard_link if p.dashboard else None
+                if info is not None:
+                    dashboard = info.dashboard
+                else:
+                    dashboard = client.dashboard_link if p.dashboard else None
                 if dashboard:
                     say(f"Dask dashboard: {dashboard}")
-                done, failed = _submit_all(client, p, todo, plans, out, manifest, progress, say)
+                if todo:
+                    done, failed = _submit_all(client, p, todo, plans, out, manifest, progress, say)
         finally:
-            if client is not None:
+            if client is not None and remote is None:
                 client.close()
             if cluster is not None:
                 cluster.close()
         summary = out / SUMMARY
-        workers = local_workers(p, available_cpus()) if not p.scheduler else p.workers
+        workers = local_workers(p, available_cpus()) if info is None else info.workers
         result = BatchResult(
             out_dir=out, summary=summary, done=done, skipped=skipped, failed=failed, workers=workers,
             scheduler=p.scheduler or "LocalCluster", dashboard=dashboard,
@@ -258,10 +303,12 @@ def run_batch(
 
 
 def _error_line(exc: BaseException) -> str:
+    """A worker's error whole, on one line (a summary line each): Dask's own messages run over several lines,
+    and their first line alone can stop mid-sentence."""
+    text = " ".join(str(exc).split())
     if isinstance(exc, LandSegError):
-        return str(exc)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _submit_all(client, p, todo, plans, out, manifest, progress, say):

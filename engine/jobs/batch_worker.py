@@ -150,10 +150,15 @@ def _worker() -> dict:
     return {"worker_pid": os.getpid(), "sessions": kept_sessions()}
 
 
-def _landcover_model(p: BatchParams) -> Path:
-    from ..model_package import DEFAULT_LANDCOVER_MODEL
+def default_model(task: str) -> Path:
+    from ..model_package import DEFAULT_LANDCOVER_MODEL, DEFAULT_TREECROWN_MODEL
 
-    return Path(p.model or DEFAULT_LANDCOVER_MODEL)
+    return DEFAULT_LANDCOVER_MODEL if task == "landcover" else DEFAULT_TREECROWN_MODEL
+
+
+def _landcover_model(p: BatchParams) -> Path:
+    # One model for every input and chunk (the RGB default: chunks are read through VRTs, not by band names).
+    return Path(p.model or default_model("landcover"))
 
 
 def run_chunk(p: BatchParams, path: str, mosaic: Mosaic, chunk: Chunk, out: str) -> dict:

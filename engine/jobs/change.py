@@ -30,7 +30,7 @@ from ..model_package import DEFAULT_LANDCOVER_MODEL, ClassInfo, ModelMeta, load_
 from ..outputs import PredictionWriter, check_outputs_spare_inputs, to_cog
 from ..polygonize import PolygonizeOptions, polygonize_values
 from ..predict import calibration_feeds, predict_blocks
-from ..raster_input import AlignedInputs, BandSource, overlap_grid
+from ..raster_input import AlignedInputs, BandSource, open_raster, overlap_grid
 from ..resample import plan as plan_resampling
 from ..resample import warp_back
 from ..runtime import RuntimeOptions, make_runtime
@@ -143,18 +143,13 @@ def _check_band_counts(before: list[Path], after: list[Path]) -> None:
             "and modality, in the same order"
         )
     for b, a in zip(before, after, strict=True):
-        for p, label in ((b, "before"), (a, "after")):
-            if not Path(p).exists():
-                raise InputError(f"{label} raster not found: {p}")
-        try:
-            with rasterio.open(b) as db, rasterio.open(a) as da:
-                if db.count != da.count:
-                    raise InputError(
-                        f"before raster {b} has {db.count} band(s) but after raster {a} has "
-                        f"{da.count}: both dates need the same bands"
-                    )
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"not a raster GDAL can read: {exc}") from None
+        # open_raster: GDAL paths (/vsizip/, /vsicurl/) as landcover takes them, and one line for what is missing
+        with open_raster(b, "before raster") as db, open_raster(a, "after raster") as da:
+            if db.count != da.count:
+                raise InputError(
+                    f"before raster {b} has {db.count} band(s) but after raster {a} has "
+                    f"{da.count}: both dates need the same bands"
+                )
 
 
 def _date_meta(meta: ModelMeta, date: str) -> ModelMeta:
@@ -264,6 +259,11 @@ def run_change(
                                 writer.write(b.row, b.col, b.probs, b.valid)
                         finally:
                             writer.close()
+                    if not writer.counts.sum():  # "0 m2 changed" would read as a finding (issue #29 item 6)
+                        raise InputError(
+                            f"the {date} raster {paths[0]} has no valid pixel where the two dates overlap (all "
+                            "nodata or masked): there is nothing to compare"
+                        )
                     if plan.active:
                         warp_back(plan, m_cls, m_conf, cls_p, conf_p, classes, tiles.rows.stride)
                     maps.append((cls_p, conf_p))

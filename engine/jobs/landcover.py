@@ -18,10 +18,11 @@ import rasterio
 from ..class_space import class_space
 from ..errors import InputError, OutputError
 from ..fusion import FusedInputs, FusedModel
-from ..model_package import DEFAULT_LANDCOVER_MODEL, load_model_package
+from ..model_choice import choose_landcover_model
+from ..model_package import load_model_package
 from ..outputs import PredictionWriter, check_outputs_spare_inputs, cog_copy
 from ..polygonize import PolygonizeOptions, polygonize
-from ..predict import calibration_feeds, predict_blocks
+from ..predict import calibration_feeds, fixed_batch, predict_blocks
 from ..prompts import DEFAULT_THRESHOLD
 from ..raster_input import AlignedInputs, BandSource, reference_grid
 from ..resample import plan as plan_resampling
@@ -53,7 +54,7 @@ GDAL_CACHE_MB = 16
 class LandcoverParams:
     inputs: list[Path]
     out_dir: Path
-    model: Path = DEFAULT_LANDCOVER_MODEL
+    model: Path | None = None  # None: the shipped model, RGB + NIR where the input has a NIR band (model_choice)
     name: str = "landcover"
     modalities: dict[str, BandSource] = field(default_factory=dict)  # empty: default mapping
     tile: int | None = None  # None: the model's recommended tile size
@@ -94,8 +95,9 @@ OPTIONS = (
     Option("prompt_threshold", "--prompt-threshold", "Lowest prompt-class similarity that counts as a match",
            "lowest prompt-class similarity that counts as a match (default: %(default)s)", minimum=0, maximum=1,
            advanced=True),
-    Option("model", "--model", "Model (.onnx with LandSeg or Deepness metadata, or a TensorRT .engine/.plan)",
-           "ONNX model package (default: %(default)s)", widget="model", file_filter=MODEL_FILTER),
+    Option("model", "--model", "Model (.onnx with LandSeg or Deepness metadata, or a TensorRT .engine/.plan; "
+           "empty: the shipped one)", "ONNX model package (default: the shipped land-cover model, its RGB + NIR "
+           "version where the input has a band described as NIR)", widget="model", file_filter=MODEL_FILTER),
     Option("fuse_models", "--fuse-model", "Models to fuse with it (.onnx)", "another land-cover model to fuse "
            "with --model, class by class by confidence (repeatable)", widget="models", advanced=True,
            metavar="MODEL"),
@@ -129,10 +131,12 @@ class LandcoverResult(MapReport):
     overlap: int
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     prompt_matches: list[dict] = field(default_factory=list)
+    model: Path | None = None  # the model package that ran (the one chosen when none was named)
 
     def lines(self) -> list[str]:
         """The result in a few lines, as the CLI prints it and Processing logs it."""
         return [
+            *([f"model:       {self.model.name}"] if self.model else []),
             f"class map:   {self.class_map}",
             f"confidence:  {self.confidence}",
             self.polygons_line(),
@@ -191,14 +195,28 @@ def run_landcover(
 ) -> LandcoverResult:
     t0 = time.perf_counter()
     say = Messages(notify)
-    package = load_model_package(params.model)
+    if not params.inputs:
+        raise InputError("no input raster given")
+    choice = choose_landcover_model(params.inputs, params.model, params.modalities)
+    if choice.message:
+        say(choice.message)
+    package = load_model_package(choice.model)
     meta = package.meta
     if meta.task != "landcover":
         raise InputError(f"model '{meta.name}' is a {meta.task} model, not a landcover model")
-    tile = params.tile or meta.tile_size
-    overlap = requested_overlap(tile, params.overlap, meta.overlap)
     if params.batch < 1:
         raise InputError(f"batch size must be at least 1, not {params.batch}")
+    batch = params.batch
+    if package.fixed_batch and batch != package.fixed_batch:  # a batch-1 export (issue #29 item 10)
+        batch = package.fixed_batch
+        say(f"model {Path(package.path).name} takes batches of exactly {batch} tile(s) (its graph's batch size)")
+    if package.fixed_tile and params.tile and params.tile != package.fixed_tile:
+        raise InputError(
+            f"--tile {params.tile}: model {Path(package.path).name} takes tiles of exactly {package.fixed_tile} px "
+            f"(its graph's input shape): use --tile {package.fixed_tile} or leave it out"
+        )
+    tile = package.fixed_tile or params.tile or meta.tile_size
+    overlap = requested_overlap(tile, params.overlap, meta.overlap)
     space = class_space(meta, params.prompts, params.unasked, params.prompt_threshold, params.fuse_models, say)
     classes, run_meta, mapping, vocab = space.classes, space.run_meta, space.mapping, space.vocab
     fused, metas = space.fused, space.metas
@@ -206,8 +224,6 @@ def run_landcover(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         # Validate inputs before the output folder is touched: bad input leaves nothing behind.
         with contextlib.ExitStack() as stack:
-            if not params.inputs:
-                raise InputError("no input raster given")
             ref = reference_grid(params.inputs[0])
             if ref.crs is None and not params.allow_pixel_coordinates:
                 raise InputError(
@@ -218,11 +234,11 @@ def run_landcover(
             grid_kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
             grid_kw["rescale"] = params.rescale
             if not fused:
-                inputs = stack.enter_context(AlignedInputs(params.inputs, meta, params.modalities or None, **grid_kw))
+                inputs = stack.enter_context(AlignedInputs(params.inputs, meta, choice.modalities or None, **grid_kw))
             else:
                 every = [
                     stack.enter_context(
-                        AlignedInputs(params.inputs, m, _modalities_of(params.modalities, m), **grid_kw)
+                        AlignedInputs(params.inputs, m, _modalities_of(choice.modalities, m), **grid_kw)
                     )
                     for m in metas
                 ]
@@ -233,9 +249,9 @@ def run_landcover(
                     raise OutputError(f"{kind} output {p} must end in .tif or .tiff")
             driver_for(final_paths[2])
             check_outputs_spare_inputs(
-                list(final_paths), [*params.inputs, params.model, *params.fuse_models], params.name
+                list(final_paths), [*params.inputs, choice.model, *params.fuse_models], params.name
             )
-            if params.tile is None:  # the model's tile: no larger than the (model-grid) raster needs
+            if params.tile is None and not package.fixed_tile:  # the model's tile, no larger than the raster needs
                 tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
             grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend)
             constant = {vocab.input_name: vocab.embeddings} if meta.text_input is not None else {}
@@ -243,7 +259,10 @@ def run_landcover(
                 package.path, meta.output_name, params.runtime, say,
                 calibration=None if fused else lambda: calibration_feeds(grid, inputs, constant),
             )  # fmt: skip
-            run = vocab.wrap(runtime.run) if meta.text_input is not None else runtime.run
+            run = runtime.run
+            if package.fixed_batch:
+                run = fixed_batch(run, batch, {mi.name for mi in meta.inputs})
+            run = vocab.wrap(run) if meta.text_input is not None else run
             device = runtime.device_label
             if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
                 others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
@@ -268,9 +287,7 @@ def run_landcover(
                 if ref.crs is None:
                     say("no georeference: coordinates are pixel columns/rows and area_m2 holds square pixels")
                 try:
-                    for b in predict_blocks(
-                        inputs, run, run_meta, grid, params.batch, stage(progress, 0.0, 0.85), cancelled
-                    ):
+                    for b in predict_blocks(inputs, run, run_meta, grid, batch, stage(progress, 0.0, 0.85), cancelled):
                         probs, valid = b.probs, b.valid
                         if mapping is not None:  # prompts: model classes -> asked classes (+ other)
                             probs, drop = mapping.apply(probs)
@@ -305,6 +322,7 @@ def run_landcover(
         timings=timings,
         messages=say.items,
         prompt_matches=[m.__dict__ for m in space.matches],
+        model=Path(package.path),
         resampling=plan.as_dict(),
         rescaling={k: v for part in every_input for k, v in part.rescaling.items()},
     )

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 CLASSES = ("building", "road", "bare land", "vegetation", "water")
 BUILDING, ROAD, BARE, VEG, WATER = range(5)
-IGNORE, NOT_VEG = 255, 6
+IGNORE, NOT_VEG, NOT_BUILDING = 255, 6, 7  # partial labels: "anything but vegetation / building"
 MODEL_PIXEL_M = 0.5
 # The Dubai imagery has no georeference and its source publishes no pixel size; objects of known size (villa
 # plots ~20 m: ~25 px; streets ~8 m: ~10 px) put it at 0.7-0.8 m. It is trained at its native resolution and
@@ -274,7 +274,7 @@ def data_root(default: str | Path | None = None) -> Path:
     """../shared/data beside the checkout unless told otherwise."""
     if default:
         return Path(default)
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     for cand in (here.parent / "shared/data", here / "../shared/data"):
         if cand.exists():
             return cand.resolve()

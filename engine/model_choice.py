@@ -1,0 +1,67 @@
+"""Which shipped land-cover model a run uses when none is named: the RGB + NIR model where the input has a
+near-infrared band (told by the band mapping, or by the bands' descriptions), the RGB model otherwise. A model
+given with --model always wins. GDAL 3.6 (QGIS 3.22's) has no NIR colour interpretation, so descriptions it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model_package import DEFAULT_LANDCOVER_MODEL, RGBN_LANDCOVER_MODEL
+from .raster_input import BandSource, open_raster
+
+_NIR = re.compile(r"^(nir\d*|near[ _-]?infra[- ]?red|near[ _-]?ir|b8|infrared)$")
+_RGB = ("red", "green", "blue")
+
+
+@dataclass
+class ModelChoice:
+    model: Path
+    modalities: dict[str, BandSource] = field(default_factory=dict)
+    message: str | None = None
+
+
+def nir_band(path: Path | str) -> tuple[int | None, list[str]]:
+    """The 1-based number of the band described as near-infrared (None: none is), and every band's description."""
+    with open_raster(path, "input raster") as ds:
+        names = [(d or "").strip().lower() for d in ds.descriptions]
+    hits = [i + 1 for i, n in enumerate(names) if _NIR.match(n)]
+    return (hits[0] if hits else None), names
+
+
+def _rgb_bands(names: list[str], nir: int | None) -> tuple[int, ...] | None:
+    """Bands described red, green, blue; else the first three that are not NIR (None: fewer than three)."""
+    by_name = [names.index(c) + 1 for c in _RGB if c in names]
+    if len(by_name) == 3:
+        return tuple(by_name)
+    others = [i + 1 for i in range(len(names)) if i + 1 != nir]
+    return tuple(others[:3]) if len(others) >= 3 else None
+
+
+def choose_landcover_model(inputs: list[Path], model: Path | None, modalities: dict[str, BandSource]) -> ModelChoice:
+    if model is not None:
+        return ModelChoice(Path(model), modalities)
+    if "nir" in modalities and RGBN_LANDCOVER_MODEL.exists():
+        name = RGBN_LANDCOVER_MODEL.name
+        return ModelChoice(RGBN_LANDCOVER_MODEL, modalities, f"the band mapping names a NIR band: model {name}")
+    # A mapping of the RGB bands alone (the panel always sends one) still lets a NIR band of that raster be used.
+    if len(inputs) != 1 or set(modalities) - {"rgb"}:
+        return ModelChoice(DEFAULT_LANDCOVER_MODEL, modalities)
+    nir, names = nir_band(inputs[0])
+    rgb = modalities["rgb"].bands if "rgb" in modalities else (_rgb_bands(names, nir) if nir is not None else None)
+    if nir is None or rgb is None or nir in rgb:
+        return ModelChoice(DEFAULT_LANDCOVER_MODEL, modalities)
+    src = Path(str(inputs[0])).name
+    mapping = {"rgb": BandSource(0, tuple(rgb))}
+    if not RGBN_LANDCOVER_MODEL.exists():  # a package without the RGB + NIR model: its RGB bands, said
+        said = f"band {nir} of {src} is near-infrared; the RGB model reads rgb={mapping['rgb']}"
+        return ModelChoice(DEFAULT_LANDCOVER_MODEL, mapping, said)
+    mapping["nir"] = BandSource(0, (nir,))
+    return ModelChoice(
+        RGBN_LANDCOVER_MODEL,
+        mapping,
+        f"band {nir} of {src} is near-infrared ({names[nir - 1]!r}): model {RGBN_LANDCOVER_MODEL.name} with "
+        f"rgb={mapping['rgb']} nir={mapping['nir']} (--model {DEFAULT_LANDCOVER_MODEL.name} for RGB only)",
+    )
