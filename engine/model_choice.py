@@ -43,7 +43,7 @@ def _rgb_bands(names: list[str], nir: int | None) -> tuple[int, ...] | None:
 def choose_landcover_model(inputs: list[Path], model: Path | None, modalities: dict[str, BandSource]) -> ModelChoice:
     if model is not None:
         return ModelChoice(Path(model), modalities)
-    if "nir" in modalities and RGBN_LANDCOVER_MODEL.exists():
+    if {"rgb", "nir"} <= set(modalities) and RGBN_LANDCOVER_MODEL.exists():  # (nir alone: the RGB model's error)
         name = RGBN_LANDCOVER_MODEL.name
         return ModelChoice(RGBN_LANDCOVER_MODEL, modalities, f"the band mapping names a NIR band: model {name}")
     # A mapping of the RGB bands alone (the panel always sends one) still lets a NIR band of that raster be used.

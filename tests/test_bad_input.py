@@ -67,9 +67,12 @@ def test_crs_mismatch_without_overlap(tmp_path):
     )
     out = tmp_path / "out"
     p = run_cli("-i", str(SJER), "-i", str(far), "-m", "rgb=1:1,2,3", "-m", "nir=2:1", "-o", str(out))
-    # The default model has no nir input: that must be reported before anything else is attempted...
-    assert_clean_failure(p, 2)
-    # ...so use a model that takes both rasters.
+    # A mapping of rgb and nir runs the shipped RGB + NIR model (said on the line before): the rasters are refused.
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    note, error = p.stderr.strip().splitlines()
+    assert "names a NIR band: model landcover_rgbn_unet_lite0.onnx" in note
+    assert error.startswith("landseg: error: input raster 2") and "does not overlap" in error
+    # And a model of its own that takes all three rasters: the same refusal, in one line.
     from conftest import multimodal_model
 
     mm = multimodal_model(tmp_path / "mm.onnx")

@@ -78,7 +78,8 @@ def test_land_cover_and_change_requests_parse():
     shown = {o["name"]: forms.default_value(o) for o in forms.options("landcover")}
     default = _request("landcover", **{**shown, "INPUT": [str(URBAN)], **LC_OUT})
     assert default.tile is None and default.overlap is None and default.polygons.min_area_m2 is None
-    assert default.model == Path(MODEL) and default.prompts == [] and default.modalities == {}
+    # No model chosen: the engine runs the shipped one (RGB, or RGB + NIR where a band is described as NIR)
+    assert default.model is None and default.prompts == [] and default.modalities == {}
     assert default.blend == "cosine" and default.runtime.precision == "fp32"
     c = _request("change", BEFORE=str(URBAN), AFTER=str(URBAN), OUTPUT="p.gpkg", OUTPUT_MAP="m.tif",
                  OUTPUT_MATRIX="x", CLASSES="building,road")  # fmt: skip
