@@ -5,14 +5,12 @@ given with --model always wins. GDAL 3.6 (QGIS 3.22's) has no NIR colour interpr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .model_package import DEFAULT_LANDCOVER_MODEL, RGBN_LANDCOVER_MODEL
-from .raster_input import BandSource, open_raster
+from .raster_input import BandSource, open_raster, same_band
 
-_NIR = re.compile(r"^(nir\d*|near[ _-]?infra[- ]?red|near[ _-]?ir|b8|infrared)$")
 _RGB = ("red", "green", "blue")
 
 
@@ -27,7 +25,7 @@ def nir_band(path: Path | str) -> tuple[int | None, list[str]]:
     """The 1-based number of the band described as near-infrared (None: none is), and every band's description."""
     with open_raster(path, "input raster") as ds:
         names = [(d or "").strip().lower() for d in ds.descriptions]
-    hits = [i + 1 for i, n in enumerate(names) if _NIR.match(n)]
+    hits = [i + 1 for i, n in enumerate(names) if same_band(n, "nir")]
     return (hits[0] if hits else None), names
 
 

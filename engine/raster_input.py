@@ -7,6 +7,7 @@ whole raster in memory. Pixels outside a raster's footprint, nodata pixels and m
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,16 +196,24 @@ def read_error(path, exc: BaseException) -> InputError:
     return InputError(f"reading {path} failed (truncated or corrupt raster?): {_first_line(cause)}")
 
 
+# The names a near-infrared band goes by in band descriptions (GDAL 3.6 has no NIR colour interpretation).
+NIR_NAME = re.compile(r"^(nir\d*|near[ _-]?infra[- ]?red|near[ _-]?ir|b8|infrared)$")
+
+
+def same_band(description: str, band: str) -> bool:
+    """A band description names a model band (case-insensitive; any of NIR_NAME for "nir")."""
+    d = description.strip().lower()
+    return bool(NIR_NAME.match(d)) if band.lower() == "nir" else d == band.lower()
+
+
 def _by_description(meta: ModelMeta, names: list[str]) -> dict[str, BandSource] | None:
     """Each model band found by name among one raster's band descriptions (a red, green, blue, NIR file for an
     RGB model), or None where one is missing."""
-    alias = {"nir": ("nir", "near infrared", "near-infrared", "nir1")}
-    low = [n.strip().lower() for n in names]
     mapping = {}
     for mi in meta.inputs:
         bands = []
         for b in mi.bands:
-            hits = [i + 1 for i, n in enumerate(low) if n in alias.get(b.lower(), (b.lower(),))]
+            hits = [i + 1 for i, n in enumerate(names) if same_band(n, b)]
             if not hits:
                 return None
             bands.append(hits[0])
