@@ -116,8 +116,10 @@ TASKS: dict[str, TaskEntry] = {
         "Fine-tunes a land-cover model (default: the shipped one) on labelled polygons or points drawn on the "
         "raster(s): label values are matched to the model's classes by name or meaning, a value that matches none "
         "adds a class. 20 % of the labels (by location) are held out and the per-class IoU before/after is written "
-        "into the new model's card. Pixel size: 0 keeps the base model's (0.5 m); a finer one (e.g. 0.15 m for "
-        "drone imagery) lets the new model separate small roofs. Needs the training extra (torch): `make dev`.",
+        "into the new model's card with a picture of held-out chips (image | before | after | labels); the best "
+        "state on them is kept. Minutes: the whole run. Pixel size: 0 keeps the base model's (0.5 m); a finer one "
+        "(e.g. 0.15 m for drone imagery) lets the new model separate small roofs. Needs the training extra "
+        "(torch): `make dev`.",
     ),
 }  # fmt: skip
 

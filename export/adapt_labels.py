@@ -3,6 +3,8 @@ by name or meaning, split by location, and cut into chips on the model's grid.""
 
 from __future__ import annotations
 
+import re
+
 import fiona
 import numpy as np
 import shapely
@@ -18,31 +20,52 @@ IGNORE = 255  # labels: valid pixels outside every polygon
 NODATA = 254  # labels: where the raster has no data (neither labelled nor "kept like the base model")
 
 
-def match_labels(values: list[str], meta, say) -> tuple[dict[str, str], list[str]]:
-    """label value -> class name; values matching no class (by name, then by meaning) become new classes."""
+NEGATION = re.compile(r"^(not|non|no)[\s_-]+", re.IGNORECASE)  # "not vegetation", "non-building", "no water"
+
+
+def match_labels(values: list[str], meta, say, by_meaning: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """label value -> class name, and the new classes (value -> the base class it refines, or "" for none).
+
+    A value matches a class by name, else (``by_meaning``) by the prompt text encoder's similarity. Values that
+    match no class become new classes, and so do: a negated value ("not vegetation": its text is close to
+    "vegetation", its meaning the opposite), and every value but the closest when several mean one class
+    ("trees" and "shrubs" both "vegetation": the analyst tells them apart, so they become two classes, each
+    counted as vegetation where the base model's answer is kept)."""
     names = {c.name.lower(): c.name for c in meta.classes}
-    out, unknown = {}, []
+    out: dict[str, str] = {}
+    new: dict[str, str] = {}
+    unknown = []
     for v in values:
         if v.lower() in names:
             out[v] = names[v.lower()]
+        elif NEGATION.match(v) or not by_meaning:
+            out[v], new[v] = v, ""
+            why = "a negation" if by_meaning else "not a class name (matching by name only)"
+            say(f"label '{v}' is {why}: a new class")
         else:
             unknown.append(v)
-    new: list[str] = []
     if unknown:
         from engine.prompts import DEFAULT_THRESHOLD, TextEncoder, class_embeddings
 
         encoder = TextEncoder()
         sims = encoder.embed(unknown) @ class_embeddings(meta, encoder).T
-        for value, row in zip(unknown, sims, strict=True):
+        taken: dict[str, tuple[str, float]] = {c: (v, 2.0) for v, c in out.items()}  # exact names win
+        for value, row in sorted(zip(unknown, sims, strict=True), key=lambda vr: -float(vr[1].max())):
             best = int(row.argmax())
             closest, score = meta.classes[best].name, float(row[best])
-            if score >= DEFAULT_THRESHOLD:
-                out[value] = closest
-                say(f"label '{value}' -> class '{closest}' (by meaning, score {score:.2f})")
-            else:
-                out[value] = value
-                new.append(value)
+            if score < DEFAULT_THRESHOLD:
+                out[value], new[value] = value, ""
                 say(f"label '{value}' matches no class (closest '{closest}', {score:.2f}): a new class")
+            elif closest in taken:
+                out[value], new[value] = value, closest
+                say(
+                    f"label '{value}' means '{closest}' ({score:.2f}) as '{taken[closest][0]}' does: a new class "
+                    f"of its own (counted as '{closest}' where unlabelled pixels keep the base model's answer)"
+                )
+            else:
+                out[value] = closest
+                taken[closest] = (value, score)
+                say(f"label '{value}' -> class '{closest}' (by meaning, score {score:.2f})")
     return out, new
 
 
@@ -60,6 +83,14 @@ def read_labels(p) -> tuple[list[tuple[shapely.Geometry, str]], str | None]:
                 f"labels {p.labels} have no field {p.class_field!r} "
                 f"(they have: {', '.join(layer.schema['properties'])})"
             )
+        kind = layer.schema["properties"][p.class_field].split(":")[0]
+        if kind not in ("str", "string"):
+            raise InputError(
+                f"labels {p.labels}: field {p.class_field!r} is {kind}, not text: the class field holds class names "
+                "(building, water, or a name of your own), so ids cannot be confused with another model's"
+            )
+        if len(layer) == 0:
+            raise InputError(f"labels {p.labels} are an empty layer: draw labelled polygons first")
         crs = layer.crs_wkt or None
         for f in layer:
             v = f["properties"][p.class_field]
@@ -111,13 +142,20 @@ def spatial_holdout(geoms: list[shapely.Geometry], share: float) -> np.ndarray:
     return held
 
 
+def model_input(feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The torch net's input: every model input's bands in the package's order (RGB, or RGB then NIR)."""
+    return np.concatenate([f.astype(np.float32) for f in feeds.values()], axis=0)
+
+
 def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip: int) -> tuple[list, list]:
-    """Chips around the polygons: x (3, chip, chip) float32 normalised as inference reads it, y (chip, chip)
+    """Chips around the polygons: x (bands, chip, chip) float32 normalised as inference reads it, y (chip, chip)
     uint8 with the class ids, IGNORE where unlabelled and NODATA where the raster has no data."""
     grid = inputs.grid
     inv = ~grid.transform
     seen, xs, ys = set(), [], []
-    shapes_all = [(mapping(g), class_index[c]) for g, c in labelled]
+    geoms = np.array([g for g, _c in labelled], dtype=object)
+    ids = [class_index[c] for _g, c in labelled]
+    tree = shapely.STRtree(geoms)  # thousands of polygons (a classified layer): each chip burns only its own
     for g, _c in labelled:
         cx, cy = inv * g.centroid.coords[0]
         c0, r0 = int(cx) - chip // 2, int(cy) - chip // 2
@@ -127,14 +165,38 @@ def cut_chips(inputs: AlignedInputs, labelled, class_index: dict[str, int], chip
             continue
         seen.add(key)
         win = Window(c0, r0, chip, chip)
-        feeds, valid = inputs.read(win)
         at = grid.transform * Affine.translation(c0, r0)
-        lab = rasterize(shapes_all, out_shape=(chip, chip), transform=at, fill=IGNORE, dtype="uint8")
+        x0, y0 = at * (0, chip)
+        x1, y1 = at * (chip, 0)
+        near = tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+        shapes_here = [(mapping(geoms[i]), ids[i]) for i in sorted(near)]
+        lab = rasterize(shapes_here, out_shape=(chip, chip), transform=at, fill=IGNORE, dtype="uint8")
+        feeds, valid = inputs.read(win)
         lab[~valid] = NODATA
         if (lab < IGNORE - 1).any():
-            xs.append(next(iter(feeds.values())).astype(np.float32))
+            xs.append(model_input(feeds))
             ys.append(lab)
     return xs, ys
+
+
+def sample_chips(inputs: AlignedInputs, n: int, chip: int, rng) -> list[np.ndarray]:
+    """Up to ``n`` chips of the raster without labels (label-free adaptation): a regular grid of windows (all of
+    them when few), those with at least half their pixels valid (or the whole raster, when it is smaller)."""
+    grid = inputs.grid
+    rows = range(0, max(1, grid.height - chip // 2), chip)
+    cols = range(0, max(1, grid.width - chip // 2), chip)
+    cells = [(r, c) for r in rows for c in cols]
+    if len(cells) > 4 * n:
+        cells = [cells[i] for i in np.sort(rng.choice(len(cells), 4 * n, replace=False))]
+    out = []
+    need = min(0.5, 0.9 * grid.width * grid.height / chip**2)  # a raster smaller than a chip: taken whole, padded
+    for r, c in cells:
+        feeds, valid = inputs.read(Window(c, r, chip, chip))
+        if valid.mean() >= need:
+            out.append(model_input(feeds))
+        if len(out) >= n:
+            break
+    return out
 
 
 def stack_chips(xs: list, ys: list, cap: int, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -199,19 +199,68 @@ def test_tree_crowns_bad_chm(tmp_path):
         ("rgb", "has 3 bands: a canopy height model is one band of heights in metres"),
         ("dsm", "not plausible tree heights"),
         ("flat", "is flat"),
+        ("feet", "if it is in feet, add --chm-scale 0.3048"),
+        ("untagged -9999", "-9999, a no-data value that is not tagged as one: add --chm-nodata -9999"),
+        ("negative", "of its heights are below -1 m"),
     ],
 )
 def test_tree_crowns_refuse_an_implausible_chm(tmp_path, what, message):
-    """The RGB image itself, a DSM (elevations above sea level) or an all-zero raster is no CHM."""
+    """The RGB image itself, a DSM (elevations above sea level), an all-zero raster, a CHM in feet (a 40 m
+    forest is 131 "m"), untagged -9999 rows or mostly negative heights is no CHM in metres (issue #29 item 5)."""
     if what == "rgb":
         chm = SJER
     else:
         with rasterio.open(SJER) as src:
             values = np.full((1, *src.shape), 1350.0 if what == "dsm" else 0.0, np.float32)
+            yy, xx = np.mgrid[: src.height, : src.width]
+            trees = np.clip(40 - np.hypot((yy % 100) - 50, (xx % 100) - 50), 0, None).astype(np.float32)
+            if what == "feet":
+                values[0] = trees / 0.3048
+            elif what == "untagged -9999":
+                values[0] = trees
+                values[0, :40] = -9999
+            elif what == "negative":
+                values[0] = trees - 20
             chm = write_raster(tmp_path / f"{what}.tif", values, transform=src.transform, crs=src.crs)
     with pytest.raises(InputError, match=message):
         run_treecrowns(TreeCrownParams(image=SJER, chm=chm, out_dir=tmp_path / "o"))
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_a_chm_in_feet_or_with_untagged_nodata_runs_with_the_named_fix(tmp_path):
+    """The fixes the errors name: --chm-scale 0.3048 gives the metre result, --chm-nodata -9999 the result of
+    the tagged file."""
+    from engine.jobs.treecrowns import ChmSource
+
+    with rasterio.open(SJER) as src:
+        yy, xx = np.mgrid[: src.height, : src.width]
+        trees = np.clip(12 - np.hypot((yy % 100) - 50, (xx % 100) - 50) / 3, 0, None).astype(np.float32)
+        metres = write_raster(tmp_path / "m.tif", trees[None], transform=src.transform, crs=src.crs)
+        feet = write_raster(tmp_path / "ft.tif", (trees / 0.3048)[None], transform=src.transform, crs=src.crs)
+        holes = trees.copy()
+        holes[:100] = -9999  # the first row of trees
+        untagged = write_raster(tmp_path / "u.tif", holes[None], transform=src.transform, crs=src.crs)
+    with rasterio.open(feet) as ds:
+        assert np.allclose(ChmSource(ds, 0.3048).heights(None), trees, atol=1e-4)
+    with rasterio.open(untagged) as ds:
+        h = ChmSource(ds, 1.0, -9999).heights(None)
+        assert (h[:100] == 0).all() and np.allclose(h[100:], trees[100:])
+    green = tmp_path / "green.tif"  # vegetation everywhere (the watershed method): the CHM decides
+    data = np.zeros((3, *trees.shape), np.uint8)
+    data[1] = 200
+    write_raster(green, data, transform=src.transform, crs=src.crs)
+    runs = {}
+    for key, chm, extra in (
+        ("m", metres, {}),
+        ("ft", feet, {"chm_scale": 0.3048}),
+        ("u", untagged, {"chm_nodata": -9999}),
+    ):
+        res = run_treecrowns(TreeCrownParams(image=green, chm=chm, model=DEFAULT_MODEL, out_dir=tmp_path / key,
+                                             window=256, max_crown_diameter_m=10, **extra))  # fmt: skip
+        with fiona.open(res.crowns) as layer:
+            runs[key] = sorted(round(f["properties"]["height_max"], 1) for f in layer)
+    assert len(runs["m"]) >= 9 and runs["m"] == runs["ft"]
+    assert len(runs["u"]) == len(runs["m"]) - 4  # the no-data rows hold no tree
 
 
 def test_change_reads_gdal_virtual_paths_as_landcover_does(tmp_path):

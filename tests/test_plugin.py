@@ -17,6 +17,7 @@ from qgis.core import (  # noqa: E402
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 
 from conftest import DEFAULT_MODEL, ROOT, SJER, URBAN  # noqa: E402
@@ -444,3 +445,23 @@ def test_dock_adapt_to_my_labels_adds_the_new_model(dock, qgis_app, tmp_path):
     assert dock.last_error is None, dock.last_error
     assert dock.model_combo.count() == n + 1
     assert dock.model_combo.currentData().endswith("landcover-unet-lite0-adapted.onnx")
+
+
+def test_dock_new_labels_layer_is_editable_with_the_models_classes(dock, tmp_path):
+    """The panel's "New labels layer": a GeoPackage in the output folder, in the input layer's CRS, with a value
+    map of the model's classes on its class field, in the project in edit mode and chosen as the labels."""
+    raster = QgsRasterLayer(str(SJER), "sjer")
+    QgsProject.instance().addMapLayer(raster)
+    dock.add_model(str(DEFAULT_LANDCOVER_MODEL))
+    dock.set_input(0, raster)
+    dock.out_widget.setFilePath(str(tmp_path / "out"))
+    vec = dock.new_labels_layer()
+    assert vec is not None and vec.isValid() and vec.isEditable(), dock.last_error
+    assert vec.crs() == raster.crs() and vec.geometryType() == QgsWkbTypes.PolygonGeometry
+    setup = vec.editorWidgetSetup(vec.fields().indexOf("class"))
+    assert setup.type() == "ValueMap"
+    assert [next(iter(d)) for d in setup.config()["map"]] == [
+        "building", "road", "bare land", "vegetation", "water"
+    ]  # fmt: skip
+    assert dock.labels_combo.currentLayer() is vec and dock.label_field.currentField() == "class"
+    assert Path(vec.source().split("|")[0]).parent == tmp_path / "out"

@@ -107,7 +107,14 @@ def test_adapt_request_parses_with_and_without_a_pixel_size():
                  MODEL=MODEL, MINUTES=2.0, PIXEL_SIZE=0.15)  # fmt: skip
     assert a.inputs == [SJER, URBAN] and a.pixel_size_m == 0.15 and a.minutes == 2.0 and a.class_field == "kind"
     b = _request("adapt", INPUT=[str(SJER)], LABELS="l.gpkg", CLASS_FIELD="kind", OUTPUT="out", PIXEL_SIZE=0.0)
-    assert b.pixel_size_m is None and b.keep_base == 1.0
+    assert (
+        b.pixel_size_m is None
+        and b.recipe.keep_base == 1.0
+        and b.recipe.batchnorm == "auto"
+        and b.labels.name == "l.gpkg"
+    )
+    c = _request("adapt", INPUT=[str(SJER)], OUTPUT="out", BATCHNORM="frozen", KEEP_BASE=0.5)  # run_adapt refuses it
+    assert c.labels is None and c.recipe.batchnorm == "frozen" and c.recipe.keep_base == 0.5
 
 
 def test_accuracy_treecrowns_chm_and_batch_requests_parse():

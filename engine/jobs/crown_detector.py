@@ -113,7 +113,7 @@ def detect_crowns(params, meta, runtime, img, chm_ds, say, progress=None, cancel
                 continue
             chm = None
             if chm_ds is not None:
-                chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
+                chm = chm_ds.heights(w)
             missing = np.full(rgb.shape[1:], 0.0 if chm is not None else 1.0, np.float32)
             raw = np.concatenate([rgb, (chm if chm is not None else np.zeros_like(missing))[None], missing[None]])
             x = norm.apply(raw)

@@ -63,6 +63,8 @@ class TreeCrownParams:
     image: Path
     out_dir: Path
     chm: Path | None = None
+    chm_scale: float = 1.0  # CHM values x this = metres (0.3048: a CHM in feet)
+    chm_nodata: float | None = None  # a CHM no-data value its file does not tag (e.g. -9999)
     # A crown detector (task "treecrowns"; default: the shipped one), or a land-cover model whose vegetation mask
     # feeds the watershed / SAM method.
     model: Path | None = None
@@ -91,6 +93,10 @@ OPTIONS = (
            name="INPUT"),
     ui.Option("chm", "--chm", "Canopy height model (optional)", "canopy height model / nDSM in metres (same CRS as "
            "the image)", widget="raster"),
+    ui.Option("chm_scale", "--chm-scale", "CHM units to metres (0.3048: feet)", "CHM values x this = metres "
+           "(default: %(default)s; 0.3048 for a CHM in feet)", minimum=0.0001, advanced=True),
+    ui.Option("chm_nodata", "--chm-nodata", "CHM no-data value (if untagged)", "a CHM no-data value its file "
+           "does not tag, e.g. -9999", advanced=True),
     ui.Option("model", "--model", "Crown detector, or a land-cover model for the watershed method (empty: the "
            "shipped detector)", "crown detector (task treecrowns; default: the shipped one), or a land-cover model "
            "whose vegetation mask feeds the watershed method (e.g. models/rgb_index_baseline.onnx)", widget="model",
@@ -155,29 +161,86 @@ def _vegetation_index(names: list[str], wanted: str | None) -> int:
 MAX_PLAUSIBLE_HEIGHT_M = 120.0  # the tallest trees are ~115 m: a CHM above that is a DSM, an image or feet
 
 
-def _check_heights(ds, chm: Path) -> None:
+UNTAGGED_NODATA = -1000.0  # heights at or below: a no-data value nobody tagged (-9999, -3.4e38)
+FEET = 0.3048
+
+
+class ChmSource:
+    """The CHM as heights in metres on the image's grid: no-data (tagged, or given with --chm-nodata) and
+    negatives read as 0 (ground), values scaled by --chm-scale (0.3048: a CHM in feet)."""
+
+    def __init__(self, ds, scale: float = 1.0, nodata: float | None = None, src=None):
+        self.ds, self.scale, self.nodata, self._src = ds, scale, nodata, src
+
+    def heights(self, window) -> np.ndarray:
+        v = self.ds.read(1, window=window, masked=True)
+        if self.nodata is not None:
+            v = np.ma.masked_where(v == self.nodata, v, copy=False)
+        h = v.astype(np.float32).filled(0) * np.float32(self.scale)
+        h[~np.isfinite(h) | (h < 0)] = 0
+        return h
+
+    def close(self) -> None:
+        self.ds.close()
+        if self._src is not None:
+            self._src.close()
+
+
+def _check_heights(ds, chm: Path, scale: float, nodata: float | None, say) -> None:
     """A CHM is one band of heights above ground in metres; anything else (an RGB layer, a DSM with elevations
-    above sea level, an empty or flat raster) would give nonsense crowns or none: refuse it in one line."""
+    above sea level, feet, untagged no-data, an empty or flat raster) would give nonsense crowns or none: refuse
+    it in one line with the fix, or say what looks wrong."""
     if ds.count != 1:
         raise InputError(f"CHM {chm} has {ds.count} bands: a canopy height model is one band of heights in metres")
     h, w = min(ds.height, 1024), min(ds.width, 1024)  # a decimated read: statistics, not every pixel
     v = ds.read(1, out_shape=(h, w), masked=True).astype(np.float64).filled(np.nan)
     v = v[np.isfinite(v)]
+    if nodata is not None:
+        v = v[v != nodata]
     if v.size == 0:
         raise InputError(f"CHM {chm} has no valid heights (all no-data)")
-    p99 = float(np.percentile(v, 99))
-    if p99 > MAX_PLAUSIBLE_HEIGHT_M:
+    untagged = v <= UNTAGGED_NODATA
+    if untagged.any():
+        value = float(np.median(v[untagged]))
         raise InputError(
-            f"CHM {chm}: 1% of its values are above {p99:.0f} m, not plausible tree heights (a DSM, an image, or "
-            "feet?): give heights above ground in metres"
+            f"CHM {chm}: {untagged.mean():.1%} of it is {value:g}, a no-data value that is not tagged as one: "
+            f"add --chm-nodata {value:g} (or tag it: gdal_edit.py -a_nodata {value:g} {Path(str(chm)).name})"
         )
+    v = v * scale
+    top = float(np.percentile(v, 99.9))
+    if top > MAX_PLAUSIBLE_HEIGHT_M:
+        feet = top * FEET <= MAX_PLAUSIBLE_HEIGHT_M and scale == 1.0
+        hint = (f": if it is in feet, add --chm-scale {FEET}" if feet else " (a DSM or an image?): give heights "
+                "above ground in metres")  # fmt: skip
+        raise InputError(f"CHM {chm}: its highest values reach {top:.0f} m, not plausible tree heights{hint}")
+    below = float((v < -1.0).mean())
+    if below > 0.2:
+        raise InputError(
+            f"CHM {chm}: {below:.0%} of its heights are below -1 m: a canopy height model is height above ground "
+            "(a DSM minus a terrain model of the same date and datum)"
+        )
+    if below > 0.01:
+        say(f"CHM {Path(str(chm)).name}: {below:.1%} of its heights are below -1 m (read as ground, 0 m)")
+    nonzero = v[np.abs(v) > 0.01]
+    if nonzero.size:
+        vals, counts = np.unique(nonzero, return_counts=True)
+        k = int(counts.argmax())
+        if counts[k] > 0.1 * v.size:
+            say(
+                f"CHM {Path(str(chm)).name}: {counts[k] / v.size:.0%} of it is exactly {vals[k] / scale:g} (a filled "
+                f"block?): if that is no data, add --chm-nodata {vals[k] / scale:g}"
+            )
+    p99 = float(np.percentile(v, 99))
     if p99 < 0.5:
         raise InputError(f"CHM {chm} is flat (99% of it below {p99:.2f} m): no tree can be found in it")
 
 
-def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
+def _open_chm(params, image_ds, say) -> ChmSource:
+    chm = params.chm
     if not Path(chm).exists():
         raise InputError(f"CHM not found: {chm}")
+    if params.chm_scale <= 0:
+        raise InputError(f"--chm-scale must be above 0, not {params.chm_scale:g} (0.3048: a CHM in feet)")
     try:
         ds = rasterio.open(chm)
     except rasterio.errors.RasterioIOError:
@@ -190,19 +253,21 @@ def _open_chm(chm: Path, image_ds) -> WarpedVRT | rasterio.DatasetReader:
             "reproject the CHM to the image's CRS first"
         )
     try:
-        _check_heights(ds, chm)
+        _check_heights(ds, chm, params.chm_scale, params.chm_nodata, say)
     except InputError:
         ds.close()
         raise
     if ds.transform == image_ds.transform and ds.shape == image_ds.shape:
-        return ds
-    return WarpedVRT(
+        return ChmSource(ds, params.chm_scale, params.chm_nodata)
+    vrt = WarpedVRT(
         ds,
         transform=image_ds.transform,
         width=image_ds.width,
         height=image_ds.height,
         resampling=rasterio.enums.Resampling.bilinear,
+        **({"src_nodata": params.chm_nodata} if params.chm_nodata is not None else {}),
     )
+    return ChmSource(vrt, params.chm_scale, params.chm_nodata, src=ds)
 
 
 def run_treecrowns(
@@ -234,7 +299,7 @@ def run_treecrowns(
             say(msg)
         grid = inputs.grid
         img_ds = inputs._datasets[0]
-        chm_ds = _open_chm(params.chm, img_ds) if params.chm else None
+        chm_ds = _open_chm(params, img_ds, say) if params.chm else None
         px = grid.pixel_size[0]
         area_of = AreaCalculator(grid.crs)
         sam = SamPrompter(params.sam, ["CPUExecutionProvider"]) if params.sam else None
@@ -287,7 +352,7 @@ def run_treecrowns(
                             mask = veg > params.vegetation_threshold
                             chm = None
                             if chm_ds is not None:
-                                chm = chm_ds.read(1, window=w, masked=True).filled(0).astype(np.float32)
+                                chm = chm_ds.heights(w)
                                 mask &= chm > params.min_height_m
                                 surface = ndimage.gaussian_filter(chm, 1.0)
                             else:
@@ -367,7 +432,7 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
         stretch = None
         if mi.value_range is not None:
             stretch = plan_stretch(img, [1, 2, 3], mi.value_range, params.rescale, str(params.image))
-        chm_ds = _open_chm(params.chm, img) if params.chm else None
+        chm_ds = _open_chm(params, img, say) if params.chm else None
         if stretch is not None:
             say(describe(str(params.image), [1, 2, 3], img.dtypes[0], stretch))
         try:
