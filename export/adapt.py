@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError, LandSegError, ModelError, OutputError
-from engine.jobs.common import describe_os_error
+from engine.jobs.common import describe_os_error, exception_chain
 from engine.model_choice import choose_landcover_model
 from engine.model_package import load_model_package, meta_to_dict
 from engine.raster_input import AlignedInputs, reference_grid
@@ -179,25 +179,10 @@ def _read_chips(p: AdaptParams, meta, pixel_m: float, say, per_input) -> None:
             per_input(path, inputs)
 
 
-def _concat_inputs(net):
-    """The exported graph of a package with several inputs (RGB + NIR): its inputs concatenated into the net."""
-    torch = _torch()
-
-    class Concat(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.net = inner
-
-        def forward(self, *xs):
-            return self.net(torch.cat(xs, 1))
-
-    return Concat(net)
-
-
 def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> AdaptResult:
     torch = _torch()
     from .effnet_lite import landcover_unet_for
-    from .train.finetune import adapt_batchnorm, fine_tune, iou_per_class, probabilities
+    from .train.finetune import adapt_batchnorm, fine_tune, iou_per_class, mean_iou, probabilities
 
     t0 = time.time()
     budget = p.minutes * 60
@@ -289,14 +274,16 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
     if one_class:
         say("one labelled class: the held-out labels are reported, not used to choose the batch norms or the "
             "state; batch norm frozen, learning rate x 0.3")  # fmt: skip
+    start_score = None  # the held-out check of the state training starts from, once measured here
     if train_bn in ("auto", "adabn"):
         kept = copy.deepcopy(model.state_dict())
-        base_check = mean_of(iou_per_class(model, xh[:CHECK_CHIPS], yh[:CHECK_CHIPS], names))
+        base_check = mean_iou(iou_per_class(model, xh[:CHECK_CHIPS], yh[:CHECK_CHIPS], names))
         n = adapt_batchnorm(model, np.concatenate([xt, xh]))
-        adabn_check = mean_of(iou_per_class(model, xh[:CHECK_CHIPS], yh[:CHECK_CHIPS], names))
+        adabn_check = mean_iou(iou_per_class(model, xh[:CHECK_CHIPS], yh[:CHECK_CHIPS], names))
+        start_score = adabn_check
         if p.recipe.batchnorm == "auto" and adabn_check < base_check:
             model.load_state_dict(kept)
-            train_bn = "train"
+            train_bn, start_score = "train", base_check
             say(f"batch-norm statistics of the inputs (AdaBN) lowered the held-out mIoU ({base_check:.3f} -> "
                 f"{adabn_check:.3f}): the base model's kept, learned from the batches as in its training")  # fmt: skip
         else:
@@ -332,7 +319,8 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
 
     recipe_used = replace(p.recipe, batchnorm=train_bn, lr=p.recipe.lr * (ONE_CLASS_LR if one_class else 1.0))
     res = fine_tune(model, xt, yt, recipe_used, groups=groups, base_prob=base_prob, holdout=check, seconds=seconds,
-                    max_steps=p.max_steps, seed=p.seed, progress=prog, cancelled=cancelled)  # fmt: skip
+                    max_steps=p.max_steps, seed=p.seed, progress=prog, cancelled=cancelled,
+                    start_score=start_score)  # fmt: skip
     if res.stopped_early:
         say(f"stopped at step {res.steps}: the held-out IoU stopped improving")
     if res.best_step != res.steps:
@@ -341,7 +329,7 @@ def run_adapt(p: AdaptParams, progress=None, cancelled=None, notify=None) -> Ada
     for n in names:
         if before.get(n) is not None or after.get(n) is not None:
             say(f"held-out IoU {n}: before {before.get(n)}, after {after.get(n)}")
-    if mean_of(after) < mean_of(before):
+    if mean_iou(after) < mean_iou(before):
         say("the adapted model is worse than the base model on the held-out labels: more labels, or labels closer "
             "to the held-out area, will help; the base model stays the better choice there")  # fmt: skip
     out_dir = Path(p.out_dir)
@@ -378,11 +366,6 @@ PICTURE_CHIPS = 3
 ONE_CLASS_LR = 0.3  # labels of one class: the learning rate's share
 CHECK_CHIPS = 48  # held-out chips of the checks during training (all of them for the figures before/after)
 EXPORT_SECONDS = 20  # kept from the budget for the export and parity check
-
-
-def mean_of(iou: dict) -> float:
-    vals = [v for v in iou.values() if v is not None]
-    return sum(vals) / len(vals) if vals else 0.0
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:
@@ -432,11 +415,8 @@ def package_writes(out_dir: Path, name: str):
             f.unlink(missing_ok=True)
         if made:
             shutil.rmtree(out_dir, ignore_errors=True)
-        chain, e = [], exc
-        while e is not None and len(chain) < 10:  # export_onnx's ExportError carries the OSError as its context
-            chain.append(e)
-            e = e.__cause__ or e.__context__
-        os_error = any(isinstance(e, OSError) for e in chain)
+        # export_onnx's ExportError carries the OSError that stopped it as its context
+        os_error = any(isinstance(e, OSError) for e in exception_chain(exc))
         if isinstance(exc, LandSegError) and not os_error:
             raise
         if os_error or "writ" in str(exc).lower():  # torch.save: "PytorchStreamWriter failed ..."
@@ -448,6 +428,7 @@ def package_writes(out_dir: Path, name: str):
 def _write_package(model, meta, model_path, names, name, pixel_m, out_dir, card, source) -> Path:
     torch = _torch()
     from .class_embeddings import embed_classes
+    from .landcover_package import RgbnInputs
     from .torch_export import check_parity, export_onnx, read_meta
 
     onnx_path = out_dir / f"{name}.onnx"
@@ -468,7 +449,7 @@ def _write_package(model, meta, model_path, names, name, pixel_m, out_dir, card,
     meta_doc, new_meta = read_meta(meta_path)
     meta_path.unlink()
     model.eval()
-    graph = _concat_inputs(model).eval() if len(new_meta.inputs) > 1 else model
+    graph = RgbnInputs(model).eval() if len(new_meta.inputs) > 1 else model
     with warnings.catch_warnings():  # torch.onnx's notes on constant folding mean nothing to an analyst
         warnings.simplefilter("ignore", UserWarning)
         export_onnx(graph, meta_doc, new_meta, onnx_path)

@@ -27,15 +27,16 @@ assert tuple(c[0] for c in CLASS_INFO) == D.CLASSES
 
 
 class RgbnInputs(torch.nn.Module):
-    """The RGB + NIR package's graph: two inputs (the engine maps a 4-band raster's bands 1-3 and 4 to them) into
-    the 5-channel net, which adds the "NIR present" flag itself."""
+    """The graph of a package with several inputs (RGB + NIR: the engine maps a 4-band raster's bands 1-3 and 4
+    to them): the inputs, in the metadata's order, concatenated into the 5-channel net, which adds the "NIR
+    present" flag itself. The shipped RGB + NIR package and adapted copies of it (export/adapt.py) use it."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, rgb: torch.Tensor, nir: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([rgb, nir], 1))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat(inputs, 1))
 
 
 def _input(name: str, modality: str, bands: list[str]) -> dict:

@@ -107,13 +107,20 @@ def _cannot_write(where: Path, size: int = 1 << 20) -> bool:
         probe.unlink(missing_ok=True)
 
 
+def exception_chain(exc: BaseException, limit: int = 10) -> list[BaseException]:
+    """The exception and what it was raised from or during (GDAL's "See previous exception", an ExportError
+    carrying the OSError that stopped the write), newest first."""
+    chain, e = [], exc
+    while e is not None and len(chain) < limit:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
 def describe_os_error(exc: BaseException, where: Path) -> str:
     """An OSError in words; a full disk (ENOSPC, EFBIG, or GDAL/SQLite's "disk full") is named as such.
     GDAL's errors come chained ("Write failed. See previous exception"): the whole chain is read."""
-    chain, e = [], exc
-    while e is not None and len(chain) < 10:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain = exception_chain(exc)
     texts = [str(e) for e in chain]
     full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) for e in chain) or any(
         k in t.lower()

@@ -157,6 +157,7 @@ def fine_tune(
     seed: int,
     progress: Callable[[float, str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    start_score: float | None = None,  # the hold-out mIoU of the model as given, when the caller measured it
 ) -> FineTuneResult:
     """Train ``model`` in place; with a hold-out, the best checked state is loaded at the end."""
     from engine.errors import Cancelled
@@ -200,7 +201,7 @@ def fine_tune(
     checks: list[tuple[int, float]] = []
     best_score, best_state, best_step, since = -1.0, None, 0, 0
     if holdout is not None and recipe.evals:
-        best_score = mean_iou(iou_per_class(model, *holdout))
+        best_score = mean_iou(iou_per_class(model, *holdout)) if start_score is None else start_score
         best_state, best_step = copy.deepcopy(model.state_dict()), 0
         checks.append((0, round(best_score, 4)))
     next_check = 1
@@ -273,7 +274,6 @@ def fine_tune(
     return FineTuneResult(step, best_step, checks, stopped)
 
 
-@torch.no_grad()
 def entropy_step_tent(model: torch.nn.Module, chips: np.ndarray, steps: int, lr: float, seed: int) -> int:
     """TENT (Wang et al. 2021): minimise the prediction entropy on unlabelled chips, updating only the batch
     norms' affine parameters (statistics from the batch). Returns the steps done."""
@@ -284,15 +284,14 @@ def entropy_step_tent(model: torch.nn.Module, chips: np.ndarray, steps: int, lr:
         q.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
     rng = np.random.default_rng(seed)
-    with torch.enable_grad():
-        for _ in range(steps):
-            model.train()
-            idx = rng.choice(len(chips), min(4, len(chips)), replace=False)
-            p = model(torch.from_numpy(chips[idx])).softmax(1)
-            loss = -(p * p.clamp_min(1e-6).log()).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for _ in range(steps):
+        model.train()
+        idx = rng.choice(len(chips), min(4, len(chips)), replace=False)
+        p = model(torch.from_numpy(chips[idx])).softmax(1)
+        loss = -(p * p.clamp_min(1e-6).log()).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     for q in model.parameters():
         q.requires_grad_(True)
     model.eval()
