@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup apt venv dev demo demo-crowns test lint bench forms model text-encoder package clean
+.PHONY: setup apt venv dev demo demo-crowns test lint bench forms model text-encoder package wheelhouse clean
 
 # What a plugin user needs: QGIS and the engine's runtime (no torch; the text encoder ships in models/).
 setup: apt venv
@@ -68,16 +68,33 @@ forms: dev
 model: dev
 	$(PY) -m export baseline --out models/rgb_index_baseline.onnx
 
-# Installable plugin zip (Plugins > Install from ZIP) with the engine, default model and requirements inside.
+# Installable plugin zip (Plugins > Install from ZIP) with the engine, the models and the requirements that its
+# "Set up LandSeg" button installs; tools/plugin_zip_check.py checks the QGIS plugin repository's conventions
+# (STRICT=1: its warnings, the 25 MB upload limit and placeholder URLs, fail too).
 PKG := build/landseg_plugin
 package:
-	rm -rf build dist && mkdir -p $(PKG) dist
+	rm -rf build dist/landseg_plugin.zip && mkdir -p $(PKG) dist
 	cp -rL landseg_plugin/. $(PKG)/
 	cp -r engine models $(PKG)/  # models/ holds the trained models and the int8 text encoder
-	cp requirements.txt requirements-dask.txt constraints.txt README.md MODEL_CARD.md $(PKG)/
-	find $(PKG) -name __pycache__ -prune -exec rm -rf {} +
+	cp requirements.txt requirements-dask.txt requirements-gpu.txt requirements-export.txt constraints.txt \
+		README.md MODEL_CARD.md LICENSE $(PKG)/
+	find $(PKG) \( -name __pycache__ -o -name '*.pyc' -o -name '*.pyo' \) -prune -exec rm -rf {} +
 	cd build && /usr/bin/python3 -m zipfile -c ../dist/landseg_plugin.zip landseg_plugin
+	/usr/bin/python3 tools/plugin_zip_check.py dist/landseg_plugin.zip $(if $(STRICT),--strict)
 	@echo "dist/landseg_plugin.zip"
+
+# Every wheel the engine needs, for an offline "Set up LandSeg" (choose the zip in the panel's Engine group).
+# This machine's platform by default; another one with e.g. PLATFORM=win_amd64 PYVER=3.12 (QGIS 3.34+ on
+# Windows) or PLATFORM=macosx_11_0_arm64 PYVER=3.9; GPU=1 adds onnxruntime-gpu and its CUDA/cuDNN wheels.
+WHEELHOUSE ?= dist/wheelhouse
+wheelhouse: venv
+	rm -rf $(WHEELHOUSE) $(WHEELHOUSE).zip && mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: \
+		$(if $(PLATFORM),--platform $(PLATFORM) --implementation cp --python-version $(PYVER)) \
+		-c constraints.txt -r requirements.txt $(if $(GPU),-r requirements-gpu.txt)
+	cp requirements.txt requirements-gpu.txt constraints.txt $(WHEELHOUSE)/
+	cd $(dir $(WHEELHOUSE)) && /usr/bin/python3 -m zipfile -c $(notdir $(WHEELHOUSE)).zip $(notdir $(WHEELHOUSE))
+	@echo "$(WHEELHOUSE) and $(WHEELHOUSE).zip"
 
 clean:
 	rm -rf out build dist tests/artifacts

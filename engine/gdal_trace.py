@@ -99,6 +99,22 @@ class GdalTrace:
             # 4-connected regions of one value; the mask band leaves no-data pixels out. Returning 0 stops GDAL.
             go = lambda *_: 0 if self.stop or self.cancelled() else 1  # noqa: E731
             gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=go)
+            # The file is written when it is closed, and a failing write there (a full disk) raises nothing in
+            # the bindings: GDAL's error state says (read in this thread, where the close runs).
+            layer = None
+            gdal.ErrorReset()
+            out = None
+            if gdal.GetLastErrorType() >= gdal.CE_Failure:
+                raise OSError(
+                    f"GDAL could not finish writing its traced polygons ({gdal.GetLastErrorMsg().strip()}): a full "
+                    "disk or a file-size limit"
+                )
+        except RuntimeError as exc:  # what the osgeo bindings raise for a GDAL error: writing the polygons failed
+            from .gdal_errors import full_disk_error
+
+            failed = full_disk_error(self.paths[k], exc) or OSError(f"GDAL could not trace the polygons: {exc}")
+            self.errors.append(failed)
+            self.stop = True
         except BaseException as exc:  # handed to the caller's thread by polygons()
             # Without its frames: they hold the layer and dataset, and a layer freed after its dataset (at
             # interpreter exit) crashes GDAL's Python bindings: a cancelled run must not take its process down.
@@ -200,6 +216,13 @@ def _read(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return
     source = ogr.Open(str(path))
     try:
+        yield from _features(source, path)
+    finally:
+        source = None
+
+
+def _features(source, path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    try:
         geoms, values = [], []
         for feature in source.GetLayer():
             geoms.append(bytes(feature.GetGeometryRef().ExportToWkb()))
@@ -209,8 +232,10 @@ def _read(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 geoms, values = [], []
         if geoms:
             yield shapely.from_wkb(geoms), np.asarray(values)
-    finally:
-        source = None
+    except (shapely.errors.GEOSException, AttributeError) as exc:  # a cut-off file: geometries end mid-ring
+        raise OSError(
+            f"the traced polygons in {path.name} are cut off ({exc}): a full disk or a file-size limit"
+        ) from None
 
 
 def _batches(geoms: np.ndarray, values: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

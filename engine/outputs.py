@@ -178,10 +178,17 @@ def cog_copy(path: Path, resampling: str = "NEAREST") -> Path:
                 "BLOCKSIZE": 512}  # fmt: skip
         if float_data:
             opts["LEVEL"] = 1
+    from .gdal_errors import failures_raised, full_disk_error
+
     try:
-        gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE", **opts)
-    except BaseException:
+        with failures_raised(tmp):  # a failed last write of CreateCopy is printed by GDAL, not raised
+            gdal_copy(path, tmp, driver="COG", OVERVIEW_RESAMPLING=resampling, BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
+                      **opts)  # fmt: skip
+    except BaseException as exc:
+        full = full_disk_error(tmp, exc) if not isinstance(exc, OSError) or exc.errno is None else None
         tmp.unlink(missing_ok=True)
+        if full is not None:  # told while the disk is still full: removing the copy frees it
+            raise full from exc
         raise
     return tmp
 
@@ -223,5 +230,10 @@ class PredictionWriter:
         self.counts += np.bincount(cls.ravel(), minlength=256)[: len(self.counts)]
 
     def close(self) -> None:
-        self.cls.close()
-        self.conf.close()
+        # Checked: rasterio's close() does not raise when flushing the last cached blocks fails (engine.gdal_errors)
+        from .gdal_errors import close_checked
+
+        try:
+            close_checked(self.cls, self.cls.name)
+        finally:
+            close_checked(self.conf, self.conf.name)

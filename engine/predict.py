@@ -18,6 +18,7 @@ from .errors import Cancelled, ModelError
 from .model_package import ModelMeta
 from .raster_input import AlignedInputs
 from .runtime import CALIBRATION_TILES
+from .runtime.precision import VALID_KEY
 from .tiling import TileGrid
 
 ProgressFn = Callable[[float, str], None]
@@ -223,7 +224,10 @@ def _blend(inferred: Iterator, grid: TileGrid, n_cls: int, progress, cancelled) 
                 carry[:, :, c0 : c0 + carry_w] = acc[:, S:, :carry_w]
             block = acc[:, :h, :w]
             block /= wsum_r[r0:r1, None] * wsum_c[None, c0:c1]
-            yield Block(r0, c0, block, valid[:h, :w])
+            # Shifted -> raster coordinates: the first row/column of blocks loses the offset's padding.
+            dr, dc = max(0, grid.row_offset - r0), max(0, grid.col_offset - c0)
+            if dr < h and dc < w:
+                yield Block(r0 + dr - grid.row_offset, c0 + dc - grid.col_offset, block[:, dr:, dc:], valid[dr:h, dc:w])
         done += len(group)
         if progress:
             progress(done / total, f"tile {done}/{total}")
@@ -236,11 +240,20 @@ def calibration_feeds(
     n: int = CALIBRATION_TILES,
     batch: int = 4,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of real model inputs for int8 calibration: up to ``n`` tiles with data, spread evenly over the
-    raster (the first rows alone may be all water or all city), normalised exactly as inference reads them."""
+    """Batches of real model inputs for int8: up to ``n`` tiles with data, spread evenly over the raster (the first
+    rows alone may be all water or all city), normalised exactly as inference reads them, to calibrate; then up
+    to ``n`` other tiles, spread the same way, that engine.runtime.precision holds back to check the copy."""
     tiles = [t for t in grid.tiles() if getattr(inputs, "may_have_data", lambda w: True)(t[2])]
     step = max(1, len(tiles) // n)
-    read = ((i, j, *inputs.read(window)) for i, j, window in tiles[::step][:n])
-    picked = [tile for tile in read if tile[3].any()]
-    for k in range(0, len(picked), batch):
-        yield _stacked(picked[k : k + batch])[1] | (constant or {})
+    first = tiles[::step][:n]
+    taken = {(i, j) for i, j, _w in first}
+    rest = [t for t in tiles if (t[0], t[1]) not in taken]
+    second = rest[:: max(1, len(rest) // n)][:n]
+    for held, group in ((False, first), (True, second)):
+        read = ((i, j, *inputs.read(window)) for i, j, window in group)
+        picked = [tile for tile in read if tile[3].any()]
+        for k in range(0, len(picked), batch):
+            feeds = _stacked(picked[k : k + batch])[1] | (constant or {})
+            if held:  # the check counts valid pixels only (padding and nodata have no class to keep)
+                feeds[VALID_KEY] = np.stack([t[3] for t in picked[k : k + batch]])
+            yield feeds

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .raster_input import Grid
+from .tiling import ANCHORS
 
 TOLERANCE = 0.15  # relative pixel-size difference the models tolerate (their training used 0.6-1.6x scale jitter)
 MODES = ("auto", "off")
@@ -98,9 +99,14 @@ def _m(v: float | None) -> str:
     return "unknown" if v is None else f"{v:.3g} m"
 
 
-def plan(grid: Grid, model_pixel_m: float | None, mode: str = "auto") -> ResamplePlan:
+def plan(grid: Grid, model_pixel_m: float | None, mode: str = "auto", anchor: str = "raster") -> ResamplePlan:
+    """``anchor="crs"``: the model grid's pixels sit on a lattice fixed in the CRS (multiples of the model pixel,
+    rounded to 4 significant digits, from the CRS origin) instead of starting at the raster's corner, so a
+    raster and a crop of it (or any raster over the same ground) are resampled into the same model pixels."""
     if mode not in MODES:
         raise InputError(f"--resample must be one of {', '.join(MODES)}, not {mode!r}")
+    if anchor not in ANCHORS:
+        raise InputError(f"--anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
     px = ground_pixel_size_m(grid)
     if mode == "off":
         return ResamplePlan(grid, grid, px, model_pixel_m, "--resample off")
@@ -114,9 +120,30 @@ def plan(grid: Grid, model_pixel_m: float | None, mode: str = "auto") -> Resampl
             grid, grid, px, model_pixel_m, f"input {_m(px)} is within 15% of the model's {_m(model_pixel_m)}"
         )
     t = grid.transform
+    if anchor == "crs" and not t.b and not t.d:
+        return ResamplePlan(grid, _lattice_grid(grid, f, model_pixel_m), px, model_pixel_m)
     width, height = max(1, math.ceil(grid.width / f)), max(1, math.ceil(grid.height / f))
     mgrid = Grid(grid.crs, t * rasterio.Affine.scale(f), width, height)
     return ResamplePlan(grid, mgrid, px, model_pixel_m)
+
+
+def _lattice_grid(grid: Grid, f: float, model_pixel_m: float) -> Grid:
+    """The model grid covering ``grid`` whose pixel edges are whole multiples of the model pixel in CRS units.
+    In a metric CRS that is the model's pixel size itself (0.5 m: the ground size measured at the raster's centre
+    differs from it by the projection's scale factor, 0.9996 on a UTM central meridian, which would move the
+    lattice from one crop to the next); elsewhere (degrees, web mercator away from the equator) the model pixel
+    in CRS units, rounded to 3 significant digits so that it does not move with the centre either."""
+    t = grid.transform
+    size = abs(t.a) * f
+    size = model_pixel_m if abs(size / model_pixel_m - 1) < 0.01 else float(f"{size:.3g}")
+    px, py = size * math.copysign(1, t.a), size * math.copysign(1, t.e)
+    # Corners in model pixels from the CRS origin (columns along x, rows along y / py: down for north-up).
+    c0 = math.floor(t.c / px + 1e-6)
+    r0 = math.floor(t.f / py + 1e-6)
+    c1 = math.ceil((t.c + grid.width * t.a) / px - 1e-6)
+    r1 = math.ceil((t.f + grid.height * t.e) / py - 1e-6)
+    transform = rasterio.Affine(px, 0.0, c0 * px, 0.0, py, r0 * py)
+    return Grid(grid.crs, transform, max(1, c1 - c0), max(1, r1 - r0))
 
 
 @contextmanager

@@ -7,6 +7,12 @@ ramps up (raised cosine) over the overlap and is flat in the middle, with no tap
 Because the grid is a product of row and column positions and the window is separable, sum(w) at a pixel is
 the product of two 1-D sums, which we precompute instead of accumulating a weight raster.
 
+Anchoring (``anchored_offsets``): the grid's first tile starts ``row_offset``/``col_offset`` pixels before the
+raster's corner (those pixels are padding, invalid), so that tiles sit on a lattice fixed in the CRS (multiples
+of the stride from the CRS origin) rather than at the raster's corner: a raster, a crop of it, a batch chunk and
+an overlapping raster on the same pixel lattice then see the same tiles and get the same classes (issue #29,
+"crop stability"). Axes work in these shifted ("virtual") coordinates; ``tiles()`` gives real read windows.
+
 Every pixel belongs to exactly one output *block*: block (i, j) spans rows [i*S, i*S + S) (to the raster
 edge for the last row) and likewise columns. Block (i, j) is final as soon as tile (i, j) has been added,
 when tiles are visited row by row: that is what lets the predictor stream results to disk.
@@ -131,6 +137,24 @@ class Axis:
         return total[: self.size]
 
 
+ANCHORS = ("crs", "raster")
+
+
+def anchored_offsets(transform, stride: int, anchor: str = "crs") -> tuple[int, int]:
+    """(row, column) offset in [0, stride) of a raster's corner on the CRS-fixed tile lattice: the tiles of a
+    north-up grid start at whole multiples of ``stride`` pixels from the CRS origin. ``anchor="raster"`` (or a
+    rotated grid, whose pixel lattice has no such origin): (0, 0), tiles from the raster's corner."""
+    if anchor not in ANCHORS:
+        raise InputError(f"--anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    if anchor == "raster" or transform is None or transform.b or transform.d or not transform.a or not transform.e:
+        return 0, 0
+    # The corner's position in pixels from the CRS origin; a raster and its crop differ by whole pixels, so the
+    # fractional part is shared and floor() of a tolerant value gives both the same lattice.
+    col = transform.c / transform.a
+    row = transform.f / transform.e
+    return int(math.floor(row + 1e-6)) % stride, int(math.floor(col + 1e-6)) % stride
+
+
 @dataclass(frozen=True)
 class TileGrid:
     height: int
@@ -138,30 +162,40 @@ class TileGrid:
     tile: int
     overlap: int
     blend: str = "cosine"
+    row_offset: int = 0  # the first tile starts this many pixels above the raster (anchored_offsets)
+    col_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.blend not in BLENDS:
             raise InputError(f"--blend must be one of {', '.join(BLENDS)}, not {self.blend!r}")
         if self.overlap != fit_overlap(self.tile, self.overlap):
             raise InputError(f"stride {self.tile - self.overlap} must be a multiple of {BLOCK_MULTIPLE}")
+        stride = self.tile - self.overlap
+        if not (0 <= self.row_offset < stride and 0 <= self.col_offset < stride):
+            raise InputError(f"tile offsets ({self.row_offset}, {self.col_offset}) must be in [0, {stride})")
 
     @property
     def rows(self) -> Axis:
-        return Axis(self.height, self.tile, self.overlap, self.blend)
+        """Tile positions down the grid, in shifted coordinates (row 0 = ``row_offset`` pixels above the raster)."""
+        return Axis(self.height + self.row_offset, self.tile, self.overlap, self.blend)
 
     @property
     def cols(self) -> Axis:
-        return Axis(self.width, self.tile, self.overlap, self.blend)
+        return Axis(self.width + self.col_offset, self.tile, self.overlap, self.blend)
 
     def __len__(self) -> int:
         return self.rows.n * self.cols.n
 
     def tiles(self):
-        """(i, j, read window) in row-major order."""
+        """(i, j, read window in raster pixels: may start before the raster) in row-major order."""
         rows, cols = self.rows, self.cols
         for i in range(rows.n):
             for j in range(cols.n):
-                yield i, j, Window(cols.start(j), rows.start(i), self.tile, self.tile)
+                yield (
+                    i,
+                    j,
+                    Window(cols.start(j) - self.col_offset, rows.start(i) - self.row_offset, self.tile, self.tile),
+                )
 
     def weights(self, i: int, j: int) -> np.ndarray:
         return np.outer(self.rows.window(i), self.cols.window(j)).astype(np.float32)

@@ -30,6 +30,7 @@ from qgis.PyQt.QtWidgets import (
 from . import forms
 from .dock_adapt import AdaptPanel
 from .dock_forms import make_widget, shown, widget_value
+from .dock_setup import SetupPanel
 from .engine_process import MODEL_FILTER, EngineError, default_model, describe_model, installed_models
 from .settings import models_dir_setting, output_dir_setting, python_setting, remember_output_dir
 from .task import EngineTask
@@ -39,7 +40,7 @@ TABLE_ROWS = {"change": ("BEFORE", "AFTER"), "treecrowns": ("INPUT", "CHM")}  # 
 PANEL_ADAPT = "adapt"  # served by its own group (dock_adapt.py): it needs the model list and a labels layer
 
 
-class LandSegDock(AdaptPanel, QgsDockWidget):
+class LandSegDock(SetupPanel, AdaptPanel, QgsDockWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("LandSeg", parent)
         self.setObjectName("LandSegDock")
@@ -55,6 +56,7 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
     def _build(self) -> None:
         root = QWidget()
         lay = QVBoxLayout(root)
+        lay.addWidget(self._build_setup_box())  # first: without an engine nothing else works
 
         form = QFormLayout()
         self.task_combo = QComboBox()
@@ -340,8 +342,8 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         task.progress_message.connect(self._set_status)
         task.done.connect(on_done)
         task.failed.connect(self._fail)
-        self.run_button.setEnabled(False)
-        self.adapt_button.setEnabled(False)
+        for b in (self.run_button, self.adapt_button, self.setup_button):
+            b.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
         self._set_status(status)
@@ -354,8 +356,10 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
     def _done(self, group) -> None:
         self.last_group = group
         self.progress.setValue(100)
-        notes = (self.task.result or {}).get("messages", []) if self.task is not None else []
-        self._set_status("<br>".join([f"done: layers added to '{group.name()}'", *notes]))
+        result = (self.task.result or {}) if self.task is not None else {}
+        ran = [f"ran on {result['device_detail']}"] if result.get("device_detail") else []
+        notes = result.get("messages", [])
+        self._set_status("<br>".join([f"done: layers added to '{group.name()}'", *ran, *notes]))
         self._idle()
 
     def _fail(self, message: str) -> None:
@@ -365,8 +369,8 @@ class LandSegDock(AdaptPanel, QgsDockWidget):
         self._idle()
 
     def _idle(self) -> None:
-        self.run_button.setEnabled(True)
-        self.adapt_button.setEnabled(True)
+        for b in (self.run_button, self.adapt_button, self.setup_button):
+            b.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.task = None
 

@@ -31,7 +31,7 @@ class AdaptPanel:
 
     def _build_adapt_box(self) -> QGroupBox:
         """The "Adapt to my labels" group: a labels layer, its class field, minutes, the new model's pixel size."""
-        adapt_box = QGroupBox("Adapt the model to my labels (needs the training extra: make dev)")
+        adapt_box = QGroupBox("Adapt the model to my labels (needs PyTorch: tick it in Engine, Repair / update)")
         af = QFormLayout(adapt_box)
         self.labels_combo = QgsMapLayerComboBox()
         self.labels_combo.setFilters(QgsMapLayerProxyModel.VectorLayer)

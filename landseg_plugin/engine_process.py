@@ -57,22 +57,27 @@ def installed_models(extra_dir: str | None = None) -> list[Path]:
     return found
 
 
+SETUP_HINT = "open the LandSeg panel (Plugins > LandSeg > LandSeg panel) and press 'Set up LandSeg'"
+
+
 def engine_python(configured: str | None = None) -> str:
     """The Python that has the engine's dependencies.
 
-    Order: LANDSEG_PYTHON, the plugin setting, then a `.venv` next to the engine (what `make setup` creates).
+    Order: LANDSEG_PYTHON, the plugin setting, the environment "Set up LandSeg" made (engine_setup.py: in the
+    user's data folder), then a `.venv` next to the engine (what `make setup` creates in a checkout).
     QGIS's own sys.executable is not it (it is the qgis binary, or Python without the engine's wheels).
     """
-    candidates = [os.environ.get("LANDSEG_PYTHON"), configured]
+    from .engine_setup import installed_env
+
+    candidates = [os.environ.get("LANDSEG_PYTHON"), configured, installed_env()]
     candidates += [str(p / ".venv" / "bin" / "python") for p in (engine_root(), PLUGIN_DIR)]
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return c
+            return str(c)
     raise EngineError(
-        "LandSeg cannot find its engine's Python environment: run `make setup` in "
-        f"{engine_root()}, or point the environment variable LANDSEG_PYTHON or the QGIS setting landseg/python "
-        "(Settings > Options > Advanced) to a Python with the engine's "
-        "requirements installed"
+        f"LandSeg's engine is not set up yet: {SETUP_HINT} (it installs the engine's Python environment; or "
+        "point the environment variable LANDSEG_PYTHON or the QGIS setting landseg/python, Settings > Options > "
+        "Advanced, to a Python with the engine's requirements)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,19 @@ def add_result_layers(
     return group
 
 
+def guarded(work: Callable[[], Any], cancelled: str | None = None) -> tuple[Any, str | None]:
+    """(work's result, None), or (None, the one-line error) from a QgsTask's worker thread: QGIS stays alive
+    whatever happens there. ``cancelled``: what a cancel says (default: the engine's own words)."""
+    try:
+        return work(), None
+    except EngineCancelled as exc:
+        return None, cancelled or str(exc)
+    except EngineError as exc:
+        return None, str(exc)
+    except Exception as exc:  # keep QGIS alive whatever happens in the worker
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 class EngineTask(QgsTask):
     """Runs the engine subprocess off the GUI thread; QGIS stays responsive, Cancel stops the engine."""
 
@@ -76,22 +90,17 @@ class EngineTask(QgsTask):
                 self._last_message = now
                 self.progress_message.emit(msg)
 
-        try:
-            self.result = run_engine(
+        self.result, self.error = guarded(
+            lambda: run_engine(
                 self.args,
                 progress=progress,
                 message=self.progress_message.emit,
                 is_cancelled=self.isCanceled,
                 python=self.python,
-            )
-            return True
-        except EngineCancelled:
-            self.error = "cancelled: no output was written"
-        except EngineError as exc:
-            self.error = str(exc)
-        except Exception as exc:  # keep QGIS alive whatever happens in the worker
-            self.error = f"{type(exc).__name__}: {exc}"
-        return False
+            ),
+            "cancelled: no output was written",
+        )
+        return self.error is None
 
     def finished(self, ok: bool) -> None:  # GUI thread
         if ok and self.result is not None:

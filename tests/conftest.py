@@ -167,6 +167,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def plugin_zip() -> Path:
+    """`make package` once per session: the zip a QGIS user installs."""
+    proc = subprocess.run(["make", "package"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ROOT / "dist" / "landseg_plugin.zip"
+
+
+@pytest.fixture(scope="session")
 def test_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("home")
 

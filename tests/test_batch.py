@@ -165,3 +165,13 @@ def test_two_batches_into_one_folder_refuse(tmp_path):
         proc, _res = _batch("--inputs", str(crops[0]), "--out", str(out))
     assert proc.returncode == 4
     assert proc.stderr.strip().splitlines()[-1].startswith("landseg: error: output folder") and "in use" in proc.stderr
+
+
+def test_a_workers_error_is_its_words_not_a_python_repr():
+    """Issue #29 item 11: an error Dask could not rebuild on the client came back as `Exception: InputError("…")`."""
+    from engine.jobs.batch import _error_line
+
+    wrapped = Exception("InputError(\"input raster is not a raster GDAL can read: /d/bad.tif ('/d/bad.tif' ...)\")")
+    assert _error_line(wrapped) == "input raster is not a raster GDAL can read: /d/bad.tif ('/d/bad.tif' ...)"
+    assert _error_line(Exception("ValueError('boom')")) == "ValueError: boom"
+    assert _error_line(RuntimeError("a\n  b")) == "RuntimeError: a b"

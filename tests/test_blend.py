@@ -38,7 +38,8 @@ def crop(tmp_path_factory):
 def _engine(tmp_path, raster, blend: str, what: str = "class_map") -> np.ndarray:
     proc = subprocess.run(
         [sys.executable, "-m", "engine", "landcover", "-i", str(raster), "-o", str(tmp_path / blend), "--resample",
-         "off", "--tile", str(TILE), "--overlap", str(OVERLAP), "--blend", blend, "--progress", "none", "--json"],
+         "off", "--tile", str(TILE), "--overlap", str(OVERLAP), "--blend", blend, "--progress", "none", "--json",
+         "--anchor", "raster"],  # MONAI starts its windows at the corner
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

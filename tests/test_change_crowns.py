@@ -289,3 +289,21 @@ def test_change_with_a_date_without_valid_data_is_an_error_not_no_change(tmp_pat
     with pytest.raises(InputError, match="the after raster .*empty.tif has no valid pixel"):
         run_change(ChangeParams(before=[SJER], after=[empty], model=DEFAULT_MODEL, out_dir=tmp_path / "o"))
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_one_scene_at_8_and_16_bit_is_not_change(tmp_path):
+    """Issue #29 item 2: only the 16-bit date used to be stretched (2-98 %), so one scene at 8 bit (before) and
+    16 bit (after) came out 6-15 % "changed". Both dates are now stretched where only one needs it, and said."""
+    with rasterio.open(SJER) as ds:
+        prof, data = ds.profile, ds.read()
+    before = tmp_path / "b8.tif"
+    after = tmp_path / "a16.tif"
+    with rasterio.open(before, "w", **prof) as dst:
+        dst.write(data)
+    with rasterio.open(after, "w", **(prof | {"dtype": "uint16"})) as dst:
+        dst.write(data.astype(np.uint16) * 16)
+    res = run_change(ChangeParams(before=[before], after=[after], out_dir=tmp_path / "o", method="postclass"))
+    area = ds.width * ds.height * abs(ds.transform.a * ds.transform.e)
+    assert res.changed_m2 / area < 0.01, res.changed_m2 / area
+    assert any("compared on one scale" in m for m in res.messages), res.messages
+    assert {k.split(":")[0] for k in res.rescaling} == {"before", "after"}

@@ -134,19 +134,54 @@ def test_a_model_that_fails_at_run_time_is_a_model_error_in_one_line(tmp_path):
     assert not out.exists()
 
 
-def test_a_full_disk_is_named_exit_4(tmp_path):
-    """A file-size limit stands in for a full disk: writes fail with EFBIG like ENOSPC, mid-run."""
+def landcover_under_file_limit(out: Path, limit_bytes: int) -> subprocess.CompletedProcess:
+    """The land-cover CLI on the urban sample with a per-file size limit (EFBIG, like ENOSPC, mid-run)."""
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    out = tmp_path / "out"
     args = [sys.executable, "-m", "engine", "landcover", "-i", str(URBAN), "--model", str(DEFAULT_MODEL), "-o",
             str(out), "--progress", "none"]  # fmt: skip
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit)
-    assert_fails_mid_run(p, 4, "no space left on device", str(out))
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+
+
+def test_a_full_disk_is_named_exit_4(tmp_path):
+    """A file-size limit stands in for a full disk: writes fail with EFBIG like ENOSPC, mid-run."""
+    out = tmp_path / "out"
+    assert_fails_mid_run(landcover_under_file_limit(out, 200_000), 4, "no space left on device", str(out))
     assert not out.exists()
+
+
+def test_a_write_that_fails_as_the_raster_is_closed_is_exit_4_not_a_wrong_map(tmp_path):
+    """8 MB per file: the 2048² confidence (16 MB, written uncompressed while the model runs) fails only when its
+    cached blocks are flushed at close(), which rasterio does not raise: it was exit 0 with a confidence map wrong
+    on 70 % of its pixels (issue #29 item 7). engine.gdal_errors.close_checked reads GDAL's error state."""
+    out = tmp_path / "out"
+    p = landcover_under_file_limit(out, 8_000_000)
+    assert_fails_mid_run(p, 4, "GDAL could not finish writing landcover_confidence.tif", str(out))
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mb", [5, 14, 20, 25])
+def test_a_really_full_disk_at_every_stage_is_exit_4_and_leaves_nothing(tmp_path, mb):
+    """A small tmpfs (root only: skipped elsewhere) fills up while the rasters, the COG copies or the traced
+    polygons are written: each was a different answer before (exit 4 with GDAL's "TIFFAppendToStrip" words, exit
+    1 "GEOSException ... LinearRing" from a cut-off polygon file, a .cog temporary left behind)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = disk / "out"
+        p = run_cli("-i", str(URBAN), "--model", str(DEFAULT_MODEL), "-o", str(out))
+        assert_fails_mid_run(p, 4, "no space left on device", str(out))
+        assert not any(disk.iterdir()), list(disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_gdal_virtual_paths_are_accepted(tmp_path):

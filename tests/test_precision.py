@@ -46,6 +46,10 @@ def test_int8_agrees_with_fp32_and_its_calibrated_copy_is_cached_and_reused(mode
     assert first.device == "CPU int8" and fp32.device == "CPU"
     assert any("quantizing" in n for n in notes)
     assert record["calibration_tiles"] == P.CALIBRATION_TILES and record["recipe"] == P.RECIPES["int8"]
+    # checked on tiles that did not calibrate it (valid pixels only), kept, and said (issue #33 item 1)
+    assert record["agreement"] >= P.MIN_AGREEMENT and record["check_tiles"] >= 4, record
+    assert first.precision == {"agreement": record["agreement"], "check_tiles": record["check_tiles"], "used": "int8"}
+    assert any("agrees with fp32 on" in n and "held-back tiles" in n for n in notes)
     # Measured on this 0.1 m orthophoto: 98.1 % of pixels get the fp32 class.
     agreement = float((classes(fp32) == classes(first)).mean())
     assert agreement >= 0.97, agreement
@@ -55,6 +59,40 @@ def test_int8_agrees_with_fp32_and_its_calibrated_copy_is_cached_and_reused(mode
     again = run(model_copy, tmp_path / "again", "int8", notes)
     assert copy.stat().st_mtime_ns == made and not any("quantizing" in n for n in notes)
     assert np.array_equal(classes(again), classes(first))
+
+
+def sensitive_model(path: Path) -> Path:
+    """Two classes whose logits differ by a hair (1e-4 of the weights): fp32 tells them apart pixel by pixel,
+    int8's per-channel weights make them one and the same, so the int8 map is class 0 nearly everywhere."""
+    from conftest import meta_doc, save
+    from export.graph_builder import GraphBuilder
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, (1, 3, 1, 1)).astype(np.float32)
+    delta = np.array([1, -1, 0.5], np.float32).reshape(1, 3, 1, 1) * 1e-4
+    g = GraphBuilder("sensitive")
+    x = g.input("rgb", 3)
+    y = g.conv(x, np.concatenate([w, w + delta]), np.zeros(2, np.float32))
+    g.output("out", y, 2)
+    norm = {"type": "mean_std", "mean": [120.0] * 3, "std": [60.0] * 3}
+    inputs = [{"name": "rgb", "modality": "rgb", "bands": ["red", "green", "blue"], "normalization": norm}]
+    return save(g.model(), meta_doc(inputs, 2, tile_size=256, overlap=32), path)
+
+
+def test_an_int8_copy_that_disagrees_with_fp32_is_not_used_and_the_run_says_so(tmp_path):
+    model = sensitive_model(tmp_path / "sensitive.onnx")
+    notes: list[str] = []
+    res = run(model, tmp_path / "int8", "int8", notes)
+    record = json.loads(model.with_name("sensitive.int8.json").read_text())
+    assert record["agreement"] < P.MIN_AGREEMENT, record
+    assert res.device == "CPU" and res.precision["used"] == "fp32" and res.precision["agreement"] < 0.9
+    said = [n for n in notes if "running fp32" in n]
+    assert len(said) == 1 and "sensitive.onnx agrees with fp32 on only" in said[0], notes
+    fp32 = run(model, tmp_path / "fp32", "fp32")
+    assert np.array_equal(classes(res), classes(fp32))  # what ran is fp32
+    notes.clear()  # the figure is cached with the copy: a later run is told without quantizing again
+    run(model, tmp_path / "again", "int8", notes)
+    assert not any("quantizing" in n for n in notes) and any("running fp32" in n for n in notes)
 
 
 def test_a_changed_model_gets_a_new_int8_copy(model_copy, tmp_path):

@@ -22,6 +22,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -308,6 +309,12 @@ def _error_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, LandSegError):
         return text
+    # An error the client could not rebuild arrives as Exception('InputError("...")'): its words, not its repr
+    wrapped = re.fullmatch(r"""(\w+)\((['"])(.*)\2\)""", text) if type(exc) is Exception else None
+    if wrapped:
+        name, said = wrapped.group(1), wrapped.group(3).replace('\\"', '"').replace("\\'", "'")
+        known = {c.__name__ for c in (LandSegError, *LandSegError.__subclasses__())}
+        return said if name in known else f"{name}: {said}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -73,7 +73,8 @@ def _model_grid(p: BatchParams, path: Path):
     from ..resample import plan as plan_resampling
 
     meta = load_model_package(_landcover_model(p)).meta
-    return meta, plan_resampling(reference_grid(path), meta.pixel_size_m, p.resample)
+    # The anchor of LandcoverParams' default ("crs"): chunks and a single run resample onto the same model grid.
+    return meta, plan_resampling(reference_grid(path), meta.pixel_size_m, p.resample, "crs")
 
 
 def plan_mosaic(p: BatchParams, path: Path) -> Mosaic | None:

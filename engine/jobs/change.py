@@ -125,6 +125,7 @@ class ChangeResult(MapReport):
             f"transitions: {self.matrix}",
             *self.matrix_text().splitlines(),
             f"changed: {self.changed_m2:.1f} m2, device {self.device}, {self.seconds:.1f} s",
+            *([f"ran on:      {self.device_detail}"] if self.device_detail else []),
         ]
 
     def matrix_text(self) -> str:
@@ -171,6 +172,27 @@ class PairedInputs:
         return {**fb, **fa}, vb & va  # model input names are unique across dates
 
 
+def _one_scale(params: ChangeParams, probe, say) -> str:
+    """The rescale mode both dates are read with: one radiometric scale. With ``auto``, a date whose values fit
+    the model (8-bit) is used as it is and one that does not (16-bit) is stretched 2-98 %: the same ground then
+    differs between the dates (6-15 % "changed" for one scene at 8 and 16 bit, issue #29 item 2). So where only
+    one date needs the stretch, both get it, and the log says so."""
+    if params.rescale != "auto":
+        return params.rescale
+    stretched = []
+    for (m, kw), paths in zip(probe, (params.before, params.after), strict=True):
+        with AlignedInputs(paths, m, params.modalities or None, rescale="auto", **kw) as inputs:
+            stretched.append(bool(inputs.stretches))
+    if stretched[0] == stretched[1]:
+        return "auto"
+    which, other = ("before", "after") if stretched[0] else ("after", "before")
+    say(
+        f"the {which} date does not fit the model's value range and the {other} date does: both are stretched per "
+        "band (2-98 %) so that the dates are compared on one scale (--rescale off refuses instead)"
+    )
+    return "percentile"
+
+
 def run_change(
     params: ChangeParams,
     progress: Callable[[float, str], None] | None = None,
@@ -215,10 +237,15 @@ def run_change(
         check_outputs_spare_inputs(list(finals), [*params.before, *params.after, params.model], name=params.name)
 
         def calibration():  # --precision int8, first use: tiles of the "before" date
-            kw = {"grid": mgrid, "resampling": plan.read_resampling, "rescale": params.rescale}
+            kw = {"grid": mgrid, "resampling": plan.read_resampling, "rescale": rescale}
             with AlignedInputs(params.before, meta, params.modalities or None, **kw) as inputs:
                 yield from calibration_feeds(mtiles, inputs)
 
+        if params.method == "postclass":
+            probe = ((meta, {"grid": mgrid, "resampling": plan.read_resampling}),) * 2
+        else:
+            probe = ((_date_meta(meta, "before"), {"grid": grid}), (_date_meta(meta, "after"), {"grid": grid}))
+        rescale = _one_scale(params, probe, say)
         runtime = make_runtime(package.path, meta.output_name, params.runtime, say, calibration)
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
             map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
@@ -238,7 +265,7 @@ def run_change(
                         params.modalities or None,
                         grid=mgrid,
                         resampling=plan.read_resampling,
-                        rescale=params.rescale,
+                        rescale=rescale,
                     ) as inputs:
                         if k == 0:  # once the inputs are known to be usable
                             say(plan.message())
@@ -291,13 +318,10 @@ def run_change(
                 style_classes = [(code, classes[(code - 1) // k], classes[(code - 1) % k]) for code in props]
             else:
                 before_meta, after_meta = _date_meta(meta, "before"), _date_meta(meta, "after")
+                mapping = params.modalities or None
                 with (
-                    AlignedInputs(
-                        params.before, before_meta, params.modalities or None, grid=grid, rescale=params.rescale
-                    ) as ib,
-                    AlignedInputs(
-                        params.after, after_meta, params.modalities or None, grid=grid, rescale=params.rescale
-                    ) as ia,
+                    AlignedInputs(params.before, before_meta, mapping, grid=grid, rescale=rescale) as ib,
+                    AlignedInputs(params.after, after_meta, mapping, grid=grid, rescale=rescale) as ia,
                 ):
                     for date, inp in (("before", ib), ("after", ia)):
                         for msg in inp.messages:
@@ -358,6 +382,8 @@ def run_change(
         transitions_m2=transitions,
         changed_m2=round(changed_m2, 3),
         device=runtime.device_label,
+        device_detail=runtime.device_detail,
+        precision=dict(getattr(runtime, "precision_check", {})),
         seconds=round(time.perf_counter() - t0, 3),
         messages=say.items,
         resampling=plan.as_dict(),

@@ -35,6 +35,9 @@ class MapReport(JsonResult):
     layer: str = field(kw_only=True)
     n_polygons: int = field(kw_only=True)
     device: str = field(kw_only=True)
+    device_detail: str = field(default="", kw_only=True)  # runtime.device_detail: "CPU, 8 threads: no usable ..."
+    # --precision int8: the copy's agreement with fp32 on held-back tiles and the precision that ran (precision.py)
+    precision: dict = field(default_factory=dict, kw_only=True)
     seconds: float = field(kw_only=True)
     messages: list[str] = field(default_factory=list, kw_only=True)
     resampling: dict = field(default_factory=dict, kw_only=True)  # engine.resample.ResamplePlan.as_dict()
@@ -76,9 +79,11 @@ def atomic_outputs(where: Path, overwrite: bool = True) -> Iterator[OutputSet]:
         try:
             yield outputs
         except BaseException as exc:
+            # Described before the temporaries are removed: removing them frees the space a full disk lacked
+            said = describe_os_error(exc, where) if not isinstance(exc, LandSegError) and _is_io_error(exc) else None
             outputs.discard()
-            if not isinstance(exc, LandSegError) and _is_io_error(exc):
-                raise OutputError(f"writing outputs in {where} failed: {describe_os_error(exc, where)}") from None
+            if said is not None:
+                raise OutputError(f"writing outputs in {where} failed: {said}") from None
             raise
 
 

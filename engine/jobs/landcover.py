@@ -42,7 +42,7 @@ from ..task_options import (
     resample_option,
     tiling_options,
 )
-from ..tiling import BLENDS, TileGrid, fit_tile, requested_overlap
+from ..tiling import ANCHORS, BLENDS, TileGrid, anchored_offsets, fit_tile, requested_overlap
 from ..vector_formats import driver_for
 from .common import MapReport, Messages, ProgressFn, atomic_outputs, release_memory, scratch_folder, stage
 
@@ -61,6 +61,9 @@ class LandcoverParams:
     overlap: int | None = None  # None: the model's recommended overlap
     batch: int = 4
     blend: str = "cosine"  # how overlapping tiles are blended: engine.tiling.BLENDS (cosine, gaussian, constant)
+    # Where tiles (and the resampled model grid) start: "crs", a lattice fixed in the CRS, so a crop, a chunk or an
+    # overlapping raster gets the same classes for the same pixels; "raster": at the raster's corner.
+    anchor: str = "crs"
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     polygons: PolygonizeOptions = field(default_factory=PolygonizeOptions)
     overwrite: bool = True
@@ -108,6 +111,9 @@ OPTIONS = (
     RESCALE,
     Option("blend", "--blend", "Blending of overlapping tiles", "blending of overlapping tiles: cosine ramps over "
            "the overlap (default), gaussian (MONAI's), constant", choices=BLENDS, advanced=True),
+    Option("anchor", "--anchor", "Tile grid origin", "where tiles start: crs (a lattice fixed in the CRS, default: "
+           "the same pixels get the same class in a crop or an overlapping raster) or raster (its top-left corner)",
+           choices=ANCHORS, advanced=True),
     Option("allow_pixel_coordinates", "--allow-pixel-coordinates", "Allow rasters without georeference",
            "run on a raster without georeference: coordinates in pixels, area_m2 in square pixels", advanced=True),
     out_folder(*OUTPUT_PATHS),
@@ -141,6 +147,7 @@ class LandcoverResult(MapReport):
             f"confidence:  {self.confidence}",
             self.polygons_line(),
             f"device: {self.device}, tile {self.tile}, overlap {self.overlap}, {self.seconds:.1f} s",
+            *([f"ran on:      {self.device_detail}"] if self.device_detail else []),
             *([self.resampling["message"]] if self.resampling.get("message") else []),
         ]
 
@@ -149,6 +156,21 @@ def _modalities_of(modalities: dict[str, BandSource], meta) -> dict[str, BandSou
     """The part of a band mapping that one model (of several being fused) takes."""
     own = {mi.modality for mi in meta.inputs}
     return {k: v for k, v in modalities.items() if k in own} or None
+
+
+def _cogs_or_none(cogs: list, failed: bool = False) -> list[Path]:
+    """The COG copies, or (one failed, or the run did) none: no thread outlives the run, and no COG made is left
+    behind beside the outputs."""
+    wait(cogs)
+    errors = [f.exception() for f in cogs if f.exception() is not None]
+    if failed or errors:
+        for f in cogs:
+            if f.exception() is None:
+                f.result().unlink(missing_ok=True)
+        if errors and not failed:
+            raise errors[0]
+        return []
+    return [f.result() for f in cogs]
 
 
 def finish_outputs(
@@ -171,12 +193,9 @@ def finish_outputs(
         try:
             n = polygonize(temps[0], temps[1], temps[2], classes, polygons, progress, cancelled) if polygons else 0
         except BaseException:
-            wait(cogs)  # no thread outlives the run, and no COG is left behind
-            for f in cogs:
-                if f.exception() is None:
-                    f.result().unlink(missing_ok=True)
+            _cogs_or_none(cogs, failed=True)
             raise
-        done = [f.result() for f in cogs]
+        done = _cogs_or_none(cogs)
     t1 = time.perf_counter()
     for cog, plain in zip(done, temps[:2], strict=True):
         os.replace(cog, plain)
@@ -230,7 +249,11 @@ def run_landcover(
                     f"{params.inputs[0]} has no georeference (no CRS): polygons would sit in pixel coordinates and "
                     "area_m2 would count pixels; georeference it, or pass --allow-pixel-coordinates"
                 )
-            plan = plan_resampling(ref, meta.pixel_size_m, params.resample)
+            plan = plan_resampling(ref, meta.pixel_size_m, params.resample, params.anchor)
+            if params.tile is None and max(plan.model_grid.width, plan.model_grid.height) <= tile:
+                # Smaller than one tile: one tile fitted to it (below), on a model grid from its own corner, as
+                # before anchoring (a lattice gives nothing to keep there, and moves small plots' figures).
+                plan = plan_resampling(ref, meta.pixel_size_m, params.resample, "raster")
             grid_kw = {"grid": plan.model_grid, "resampling": plan.read_resampling} if plan.active else {}
             grid_kw["rescale"] = params.rescale
             if not fused:
@@ -251,9 +274,13 @@ def run_landcover(
             check_outputs_spare_inputs(
                 list(final_paths), [*params.inputs, choice.model, *params.fuse_models], params.name
             )
+            anchor = params.anchor
             if params.tile is None and not package.fixed_tile:  # the model's tile, no larger than the raster needs
-                tile, overlap = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
-            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend)
+                fitted = fit_tile(tile, overlap, inputs.grid.height, inputs.grid.width)
+                anchor = anchor if fitted[0] == tile else "raster"  # one small tile: no lattice to keep
+                tile, overlap = fitted
+            offsets = anchored_offsets(inputs.grid.transform, tile - overlap, anchor)
+            grid = TileGrid(inputs.grid.height, inputs.grid.width, tile, overlap, params.blend, *offsets)
             constant = {vocab.input_name: vocab.embeddings} if meta.text_input is not None else {}
             runtime = make_runtime(
                 package.path, meta.output_name, params.runtime, say,
@@ -263,7 +290,8 @@ def run_landcover(
             if package.fixed_batch:
                 run = fixed_batch(run, batch, {mi.name for mi in meta.inputs})
             run = vocab.wrap(run) if meta.text_input is not None else run
-            device = runtime.device_label
+            device, device_detail = runtime.device_label, runtime.device_detail
+            precision_check = dict(getattr(runtime, "precision_check", {}))
             if fused:  # the fused model alone holds the other sessions, so `del run` below frees them too
                 others = (make_runtime(f.path, f.meta.output_name, params.runtime, notify=say).run for f in fused)
                 run = FusedModel([runtime.run, *others], metas, space.matrices).run
@@ -316,6 +344,8 @@ def run_landcover(
         n_polygons=n_poly,
         class_pixels={c.name: int(n) for c, n in zip(classes, writer.counts, strict=True)},
         device=device,
+        device_detail=device_detail,
+        precision=precision_check,
         tile=tile,
         overlap=overlap,
         seconds=round(time.perf_counter() - t0, 3),

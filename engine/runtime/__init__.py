@@ -48,6 +48,12 @@ class Runtime(Protocol):
     @property
     def device_label(self) -> str: ...
 
+    @property
+    def device_detail(self) -> str:
+        """What ran, for the person who chose the machine: "CUDA: NVIDIA ..." or "CPU, 8 threads: no usable GPU
+        because ..."."""
+        ...
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The model's output for one batch, in a new array the caller keeps and may change in place (prediction
         blends it while the next batch runs: a buffer reused from run to run would be overwritten under it)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..cpus import default_threads
 from ..errors import ModelError
 from .graph_cache import optimized_graph
 from .options import CONV_SEARCHES, DEVICES, PRECISIONS, RuntimeOptions
-from .precision import Calibration, reduced_model
+from .precision import Calibration, checked_model
 
 _PROVIDER = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -42,6 +43,18 @@ def choose_providers(device: str, available: list[str]) -> tuple[list[str], str 
             f"(available: {', '.join(available)}); running on {fallback} instead"
         )
     return providers, message
+
+
+def no_gpu_reason(device: str, available: list[str], version: str) -> str:
+    """Why a run is on the CPU, in the words an analyst can act on."""
+    if device == "cpu":
+        return "--device cpu was asked for"
+    if _PROVIDER["cuda"] not in available and _PROVIDER["tensorrt"] not in available:
+        return (
+            f"this onnxruntime ({version}) is the CPU build: 'Set up LandSeg' installs onnxruntime-gpu where "
+            "nvidia-smi finds an NVIDIA GPU"
+        )
+    return "the GPU providers were not chosen"
 
 
 def provider_options(providers: list[str], options: RuntimeOptions) -> list[dict]:
@@ -90,17 +103,21 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         ort.set_default_logger_severity(4)  # errors reach the user once, as our one line, not as ORT's log
-        providers, message = choose_providers(options.device, ort.get_available_providers())
+        available = ort.get_available_providers()
+        providers, message = choose_providers(options.device, available)
         if message and notify:
             notify(message)
+        self._no_gpu = no_gpu_reason(options.device, available, ort.__version__)
         self.model_path = model_path
         so = ort.SessionOptions()
         threads = options.threads or default_threads()  # a container's quota or CPU mask, where there is one
         if threads:
             so.intra_op_num_threads = threads
         so.log_severity_level = 4
+        self.precision_check: dict = {}  # an int8 copy's agreement with fp32 (precision.checked_model)
         self.session, failure = self._session(ort, so, Path(model_path), providers, options, calibration, notify)
         if failure:  # onnxruntime's own retry would drop every provider option: this one keeps them
+            self._no_gpu = f"the {providers[0].replace('ExecutionProvider', '')} provider did not start ({failure})"
             self.session, _ = self._session(ort, so, Path(model_path), providers[1:], options, calibration, notify)
             if notify:
                 ran = self.session.get_providers()[0].replace("ExecutionProvider", "")
@@ -109,7 +126,9 @@ class OnnxRuntime:
         self.session.disable_fallback()  # a provider failing mid-run raises (one line, below), never prints
         self.providers = self.session.get_providers()
         self.output_name = output_name
-        self.precision = options.precision
+        # The precision that runs: int8 asked for falls back to fp32 when its copy does not agree (precision.py)
+        self.precision = self.precision_check.get("used", options.precision)
+        self.threads = threads or so.intra_op_num_threads or os.cpu_count() or 1
 
     def _session(self, ort, so, model: Path, providers: list[str], options: RuntimeOptions, calibration, notify):
         """(session, why the first provider failed to start or None). onnxruntime prints that failure on stdout,
@@ -140,8 +159,7 @@ class OnnxRuntime:
             raise ModelError(f"onnxruntime cannot load model {model}: {first}") from None
         return session, _provider_failure(printed.getvalue()) if len(providers) > 1 else None
 
-    @staticmethod
-    def _model_for(model: Path, precision: str, provider: str, calibration, notify) -> Path:
+    def _model_for(self, model: Path, precision: str, provider: str, calibration, notify) -> Path:
         """The file to load: fp16 is the GPU's (the TensorRT EP builds FP16 from the fp32 graph itself; the
         CUDA EP runs a float16 copy); int8 is a calibrated, cached copy on any provider."""
         if precision not in PRECISIONS:
@@ -153,12 +171,25 @@ class OnnxRuntime:
                 )
             if provider == "TensorrtExecutionProvider":
                 return model
-        return reduced_model(model, precision, calibration, notify)
+        path, record = checked_model(model, precision, calibration, notify)
+        self.precision_check = {k: record[k] for k in ("agreement", "check_tiles", "used") if k in record}
+        return path
 
     @property
     def device_label(self) -> str:
         device = self.providers[0].replace("ExecutionProvider", "")
         return device if self.precision == "fp32" else f"{device} {self.precision}"
+
+    @property
+    def device_detail(self) -> str:
+        first = self.providers[0]
+        if first in (_PROVIDER["cuda"], _PROVIDER["tensorrt"]):
+            from .tensorrt import current_gpu
+
+            name = "TensorRT" if first == _PROVIDER["tensorrt"] else "CUDA"
+            return f"{name}: {current_gpu()}"
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        return f"CPU, {threads}: no usable GPU because {self._no_gpu}"
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         try:

@@ -28,6 +28,11 @@ from ..errors import ModelError
 
 RECIPES = {"int8": "qdq-u8s8-per-channel-minmax/1", "fp16": "float16-keep-io/2"}
 CALIBRATION_TILES = 16  # tiles spread over the raster: enough for stable MinMax ranges, ~1 s of inference
+# The copy is used only where its classes agree with fp32's on this share of the pixels of held-back tiles
+# (tiles of the same raster that did not calibrate it): int8 can be badly wrong without a sign (issue #33: 76 %
+# on a Landsat scene with a cloud-mask model), and a wrong map is worse than a slow one.
+MIN_AGREEMENT = 0.98
+VALID_KEY = "__valid__"  # a held-back batch's (tiles, H, W) mask of valid pixels (not a model input)
 
 Calibration = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -162,10 +167,43 @@ def reduced_model(
     notify: Callable[[str], None] | None = None,
 ) -> Path:
     """The model file to load for ``precision``: the model itself for fp32, else its cached copy (made now if
-    there is no valid one; int8 then needs ``calibration``, batches of model inputs from real tiles)."""
+    there is no valid one; int8 then needs ``calibration``, batches of model inputs from real tiles). An int8 copy
+    whose classes agree with fp32's on fewer than MIN_AGREEMENT of the held-back tiles' pixels is not used: the
+    model itself is returned, and ``notify`` says why (the figure is cached with the copy)."""
+    path, _record = checked_model(model, precision, calibration, notify)
+    return path
+
+
+def checked_model(
+    model: Path,
+    precision: str,
+    calibration: Calibration | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> tuple[Path, dict]:
+    """reduced_model, with the copy's record (``agreement``, ``check_tiles``, ``used``)."""
     model = Path(model)
     if precision == "fp32":
-        return model
+        return model, {}
+    path, info = _copy(model, precision, calibration, notify)
+    if precision == "int8" and info.get("agreement") is not None:
+        share = info["agreement"]
+        if share < MIN_AGREEMENT:
+            if notify:
+                notify(
+                    f"--precision int8: the int8 copy of {model.name} agrees with fp32 on only {100 * share:.1f} % "
+                    f"of the pixels of {info['check_tiles']} held-back tiles (below {100 * MIN_AGREEMENT:.0f} %): "
+                    "running fp32"
+                )
+            return model, info | {"used": "fp32"}
+        if notify:
+            notify(
+                f"--precision int8: the int8 copy of {model.name} agrees with fp32 on {100 * share:.2f} % of the "
+                f"pixels of {info['check_tiles']} held-back tiles"
+            )
+    return path, info | {"used": precision}
+
+
+def _copy(model: Path, precision: str, calibration, notify) -> tuple[Path, dict]:
     digest = sha256(model)
     onnx, record = cache_paths(model, precision, digest)
     onnx.parent.mkdir(parents=True, exist_ok=True)
@@ -175,15 +213,24 @@ def reduced_model(
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(model, precision, digest)
         if hit is not None:
-            return hit[0]
+            return hit
         return _make(model, precision, onnx, record, digest, calibration, notify)
 
 
-def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, calibration, notify) -> Path:
+def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, calibration, notify):
     info = {"source": model.name, "source_sha256": digest, "recipe": RECIPES[precision]}
     try:
         if precision == "int8":
-            feeds = list(calibration()) if calibration is not None else []
+            batches = list(calibration()) if calibration is not None else []
+            # The first CALIBRATION_TILES tiles calibrate; the ones after them (other tiles of the raster,
+            # engine.predict.calibration_feeds) are held back to check the copy against fp32
+            feeds, held, n = [], [], 0
+            for b in batches:
+                if VALID_KEY in b:
+                    held.append(b)
+                elif n < CALIBRATION_TILES:
+                    feeds.append(b)
+                    n += len(next(iter(b.values())))
             if not feeds:
                 raise ModelError(
                     f"--precision int8: no calibrated copy of {model.name} yet and no tiles to calibrate it on; "
@@ -193,7 +240,8 @@ def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, ca
             if notify:
                 notify(f"quantizing {model.name} to int8 on {info['calibration_tiles']} tiles")
             _quantize_int8(model, onnx, feeds)
-        else:
+            if held:
+                info["agreement"], info["check_tiles"] = agreement(model, onnx, held)
             _convert_fp16(model, onnx)
     except ModelError:
         raise
@@ -204,4 +252,24 @@ def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, ca
 
     info["onnxruntime"] = onnxruntime.__version__
     _write_atomic(record, json.dumps(info, indent=1).encode())
-    return onnx
+    return onnx, info
+
+
+def agreement(model: Path, copy: Path, batches: list[dict[str, np.ndarray]]) -> tuple[float, int]:
+    """(share of pixels whose class is the same, tiles) for ``copy`` against ``model`` on the CPU: the class is
+    the argmax over the output channels (the sign, for a one-channel output)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    runs = [ort.InferenceSession(str(m), so, providers=["CPUExecutionProvider"]) for m in (model, copy)]
+    names = [{i.name for i in r.get_inputs()} for r in runs]
+    same = total = tiles = 0
+    for feeds in batches:
+        a, b = (r.run(None, {k: v for k, v in feeds.items() if k in n})[0] for r, n in zip(runs, names, strict=True))
+        ca, cb = (x.argmax(1) if x.shape[1] > 1 else x[:, 0] > 0 for x in (a, b))
+        valid = feeds.get(VALID_KEY, np.ones(ca.shape, bool))
+        same += int((ca == cb)[valid].sum())
+        total += int(valid.sum())
+        tiles += len(a)
+    return round(same / max(1, total), 5), tiles

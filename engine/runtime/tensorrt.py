@@ -99,6 +99,10 @@ class TensorRTRuntime:
     def device_label(self) -> str:
         return "TensorRT"
 
+    @property
+    def device_detail(self) -> str:
+        return f"TensorRT engine: {current_gpu()}"
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
         keep = []

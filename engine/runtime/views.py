@@ -18,10 +18,15 @@ class FlipViews:
     def __init__(self, runtime) -> None:
         self.runtime = runtime
         self.providers = runtime.providers
+        self.precision_check = getattr(runtime, "precision_check", {})
 
     @property
     def device_label(self) -> str:
         return f"{self.runtime.device_label}, 4 views"
+
+    @property
+    def device_detail(self) -> str:
+        return self.runtime.device_detail
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         total = None

@@ -1,0 +1,135 @@
+"""The panel's "Set up LandSeg" / "Repair / update": the engine's Python environment made from inside QGIS
+(engine_setup.py does the work, in a QgsTask: progress, log, Cancel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton
+
+from .engine_process import EngineError, engine_python
+from .engine_setup import SetupParams, env_record, set_up
+from .settings import python_setting
+from .task import guarded
+
+LOG_TAG = "LandSeg"
+
+
+class SetupTask(QgsTask):
+    """Runs engine_setup.set_up off the GUI thread; its log lines go to the QGIS message log."""
+
+    progress_message = pyqtSignal(str)
+    done = pyqtSignal(object)  # SetupResult
+    failed = pyqtSignal(str)
+
+    def __init__(self, params: SetupParams) -> None:
+        super().__init__("LandSeg: set up the engine", QgsTask.CanCancel)
+        self.params = params
+        self.result_ = None
+        self.error: str | None = None
+
+    def run(self) -> bool:  # worker thread
+        def progress(frac: float, what: str) -> None:
+            self.setProgress(100.0 * frac)
+            self.progress_message.emit(what)
+
+        self.result_, self.error = guarded(lambda: set_up(self.params, progress=progress, is_cancelled=self.isCanceled))
+        if self.error and self.result_ is None and "log:" not in self.error and "cancelled" not in self.error:
+            self.error += f" (log: {self.params.log_file()})"
+        return self.error is None
+
+    def finished(self, ok: bool) -> None:  # GUI thread
+        if ok:
+            QgsMessageLog.logMessage(f"engine set up: {self.result_.python}", LOG_TAG, Qgis.Info)
+            self.done.emit(self.result_)
+        else:
+            message = self.error or "cancelled: the previous environment (if any) is unchanged"
+            QgsMessageLog.logMessage(f"set-up failed: {message}", LOG_TAG, Qgis.Warning)
+            self.failed.emit(message)
+
+
+def engine_summary() -> tuple[bool, str]:
+    """(is there an engine, a line saying which and what it runs on)."""
+    try:
+        python = engine_python(python_setting())
+    except EngineError:
+        return False, "The engine is not set up yet: press <b>Set up LandSeg</b> (a few minutes, once)."
+    record = env_record()
+    where = record.get("device_summary") or "set up outside the panel"
+    return True, f"Engine: {python} ({where})"
+
+
+class SetupPanel:
+    """Mixed into LandSegDock: the "Engine" group at the top of the panel."""
+
+    def _build_setup_box(self) -> QgsCollapsibleGroupBox:
+        box = QgsCollapsibleGroupBox("Engine")
+        form = QFormLayout(box)
+        self.engine_label = QLabel("")
+        self.engine_label.setWordWrap(True)
+        form.addRow(self.engine_label)
+        self.wheelhouse_widget = QgsFileWidget()
+        self.wheelhouse_widget.setStorageMode(QgsFileWidget.GetFile)
+        self.wheelhouse_widget.setFilter("Wheelhouse (*.zip *.whl)")
+        self.wheelhouse_widget.setToolTip(
+            "offline set-up: a wheelhouse zip (`make wheelhouse`), or any wheel in a wheelhouse folder (the folder "
+            "is used); empty: the package index"
+        )
+        form.addRow("Offline wheels", self.wheelhouse_widget)
+        self.setup_adapt = QCheckBox("also what 'Adapt to my labels' needs (PyTorch CPU, ~200 MB)")
+        form.addRow(self.setup_adapt)
+        row = QHBoxLayout()
+        self.setup_button = QPushButton("Set up LandSeg")
+        self.setup_button.setToolTip(
+            "make the engine's Python environment in your user folder (outside the plugin: updates keep it), "
+            "with onnxruntime-gpu where an NVIDIA GPU is found"
+        )
+        self.setup_button.clicked.connect(self.start_setup)
+        row.addWidget(self.setup_button)
+        form.addRow(row)
+        self.setup_box = box
+        self._show_engine()
+        return box
+
+    def _show_engine(self) -> None:
+        ok, text = engine_summary()
+        self.engine_label.setText(text)
+        summary = env_record().get("device_summary", "")
+        short = summary.split(":")[0] if summary.startswith("CPU") else summary
+        self.setup_box.setTitle(f"Engine: {short or 'ready'}" if ok else "Engine: not set up")
+        self.setup_button.setText("Repair / update" if ok else "Set up LandSeg")
+        self.setup_box.setCollapsed(ok)
+
+    def setup_params(self) -> SetupParams:
+        wheels = self.wheelhouse_widget.filePath().strip()
+        return SetupParams(wheelhouse=Path(wheels) if wheels else None, adapt=self.setup_adapt.isChecked())
+
+    def start_setup(self) -> None:
+        self.last_error = None
+        task = SetupTask(self.setup_params())
+        self.task = task
+        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
+        task.progress_message.connect(self._set_status)
+        task.done.connect(self._setup_done)
+        task.failed.connect(self._setup_failed)
+        for b in (self.run_button, self.adapt_button, self.setup_button):
+            b.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self._set_status("setting up the engine…")
+        QgsApplication.taskManager().addTask(task)
+
+    def _setup_done(self, result) -> None:
+        self._meta_cache.clear()
+        self._show_engine()
+        self._idle()
+        self.progress.setValue(100)
+        self._model_changed()  # the model list's metadata comes from the engine, now there
+        self._set_status(f"engine set up ({result.record['device_summary']}): {result.python}")
+
+    def _setup_failed(self, message: str) -> None:
+        self._show_engine()
+        self._fail(f"set-up failed: {message}")
