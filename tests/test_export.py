@@ -51,17 +51,21 @@ def test_round_trip_torch_onnx_engine_on_real_data(tmp_path, meta_file):
     with rasterio.open(res.class_map) as ds:
         engine_classes = ds.read(1)
     # torch on the whole image, with the engine's input semantics: normalise, zero invalid pixels, and replicate
-    # edge pixels past the right and bottom borders (where the engine's last tiles reach beyond the raster).
+    # edge pixels past the borders where the engine's tiles reach beyond the raster: right and bottom, and top and
+    # left by the CRS-anchored lattice's offsets (engine.tiling.anchored_offsets).
+    from engine.tiling import anchored_offsets
+
     with rasterio.open(SJER) as ds:
         valid = ds.read_masks().min(axis=0) > 0
         x = meta.inputs[0].normalization.apply(ds.read())
+        top, left = anchored_offsets(ds.transform, res.tile - res.overlap)
     x[:, ~valid] = 0
-    x = np.pad(x, ((0, 0), (0, 8), (0, 8)), mode="edge")[None]
+    x = np.pad(x, ((0, 0), (top, 8), (left, 8)), mode="edge")[None]
     from torch_models import small_segmenter
 
     with torch.no_grad():
         ref = small_segmenter()(torch.from_numpy(x)).numpy()
-    torch_classes = softmax(ref)[0].argmax(0)[:-8, :-8]
+    torch_classes = softmax(ref)[0].argmax(0)[top:-8, left:-8]
     agreement = (engine_classes == torch_classes)[valid].mean()
     assert agreement >= 0.999, agreement
     assert len(np.unique(torch_classes[valid])) > 1

@@ -2,9 +2,9 @@
 and the stitch that joins the chunks; and how a large raster is cut into chunks.
 
 Chunks are cut on the model's grid (the input warped to the model's pixel size by a GDAL VRT, as a single run
-reads it), their cores start on the single run's tile grid, and each is read with a halo of whole tile strides
-at least one tile wide: every core pixel is then blended from exactly the tiles, with exactly the weights, of
-the single run, so the stitched map equals it.
+reads it), whole tile strides apart, and each is read with a halo of whole tile strides at least one tile wide.
+Every run's tiles sit on the same CRS-anchored lattice (engine.tiling.anchored_offsets), so each core pixel is
+blended from exactly the tiles, with exactly the weights, of the single run: the stitched map equals it.
 """
 
 from __future__ import annotations
