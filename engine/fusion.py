@@ -55,13 +55,6 @@ class FusedInputs:
     def may_have_data(self, window: Window) -> bool:
         return all(inp.may_have_data(window) for inp in self.inputs)
 
-    def empty(self, window: Window):
-        feeds, valid = {}, None
-        for i, inp in enumerate(self.inputs):
-            f, valid = inp.empty(window)
-            feeds.update({f"{i}:{k}": a for k, a in f.items()})
-        return feeds, valid
-
     def read(self, window: Window):
         feeds, valid = {}, None
         for i, inp in enumerate(self.inputs):

@@ -28,6 +28,7 @@ from .errors import Cancelled
 from .seams import components
 
 BATCH = 4096  # polygons handed back at a time
+TRACE_CACHE_BYTES = 64 << 20  # the system GDAL's block cache while tracing (GDALSetCacheMax: process-wide)
 BAND_PIXELS = 1 << 24  # maps larger than this (4096²) are traced in bands, one thread each
 
 
@@ -88,6 +89,10 @@ class GdalTrace:
             from osgeo import gdal, ogr
 
             gdal.UseExceptions()
+            # The osgeo bindings load a GDAL of their own (the system's): its block cache defaults to 5 % of RAM
+            # and is not rasterio.Env's. Tracing reads each block once, so a small cache costs nothing: a 40000²
+            # sparse map peaked at 2.2 GB with the default (issue #29 item 12).
+            gdal.SetCacheMax(TRACE_CACHE_BYTES)
             src = gdal.Open(str(self.value_path))
             # A view of the band's rows, not a copy of the pixels; pixel coordinates (column, row; y down).
             pixels = gdal.Translate("", src, format="VRT", srcWin=[0, r0, self.width, r1 - r0])

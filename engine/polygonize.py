@@ -46,6 +46,21 @@ warnings.filterwarnings("ignore", message="Dataset has no geotransform", categor
 # Pixels per strip, rounded up to whole rows of the raster's blocks (a 16384-wide map of 512² blocks: 8 Mpx).
 # Run-length statistics need ~8 bytes a pixel of temporaries, the strip tracer's labelling ~30.
 STRIP_PIXELS = 1 << 20
+# At most this many pixels a strip: whole block rows of a very wide map (40000 px x 512 rows: 20 Mpx, two
+# strips at once) peaked near 1 GB; such maps get strips of a divisor of the block height instead.
+STRIP_MAX_PIXELS = 8 << 20
+
+
+def strip_height(width: int, block_rows: int) -> int:
+    """Rows per strip: whole rows of the raster's blocks (each block decoded once), unless that passes
+    STRIP_MAX_PIXELS; then the largest divisor of the block height (at least 16 rows) within it, so strips
+    still meet each block row at the same few places (decoded block_rows / rows times)."""
+    rows = max(16, STRIP_PIXELS // max(1, width))
+    whole = -(-rows // block_rows) * block_rows
+    if whole * width <= STRIP_MAX_PIXELS:
+        return whole
+    fits = [d for d in range(16, block_rows + 1) if block_rows % d == 0 and d * width <= STRIP_MAX_PIXELS]
+    return max(fits) if fits else max(16, min(rows, block_rows))
 
 
 @dataclass(frozen=True)
@@ -193,7 +208,7 @@ def polygonize_values(
     tolerance = options.simplify_px * abs(transform.a)
     # Whole rows of the raster's blocks: a strip cutting through a block row would have each block decoded again
     # for every strip it meets (8 times over for 64-row strips of a 16384-wide map of 512² blocks).
-    strip_rows = options.strip_rows or -(-max(16, STRIP_PIXELS // width) // block_rows) * block_rows
+    strip_rows = options.strip_rows or strip_height(width, block_rows)
     # Below this many pixels a region cannot reach the minimum area (projected CRS: every pixel has the
     # same area), so no polygon is built for it. The tolerance keeps a region of exactly the minimum area.
     min_area *= 1 - 1e-9

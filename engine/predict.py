@@ -80,13 +80,17 @@ def _in_background(items: Iterator, ahead: int, name: str) -> Iterator:
 
 
 def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int) -> Iterator:
-    """Batches of tiles: (tile positions and valid masks, feeds stacked per model input)."""
+    """Batches of tiles: (tile positions and valid masks, feeds stacked per model input for the tiles with a
+    valid pixel, or None when none has one)."""
     buf: list = []
     has_data = getattr(inputs, "may_have_data", None)
     for i, j, window in grid.tiles():
         # No data anywhere in the window (a mosaic's empty corners): neither read nor inferred.
-        feeds, valid = inputs.read(window) if has_data is None or has_data(window) else inputs.empty(window)
-        buf.append((i, j, feeds, valid))
+        if has_data is None or has_data(window):
+            feeds, valid = inputs.read(window)
+        else:
+            feeds, valid = None, np.zeros((int(window.height), int(window.width)), bool)
+        buf.append((i, j, feeds if valid.any() else None, valid))
         if len(buf) == batch:
             yield _stacked(buf)
             buf = []
@@ -94,9 +98,12 @@ def _batches(grid: TileGrid, inputs: AlignedInputs, batch: int) -> Iterator:
         yield _stacked(buf)
 
 
-def _stacked(buf: list) -> tuple[list, dict[str, np.ndarray]]:
-    # Stacked here, off the inference thread: (batch, bands, T, T) per model input.
-    return [(i, j, valid) for i, j, _f, valid in buf], {name: np.stack([b[2][name] for b in buf]) for name in buf[0][2]}
+def _stacked(buf: list) -> tuple[list, dict[str, np.ndarray] | None]:
+    # Stacked here, off the inference thread: (live tiles, bands, T, T) per model input; the tiles without a
+    # valid pixel are left out (a sparse mosaic's thousands of empty tiles cost no copies).
+    live = [b[2] for b in buf if b[2] is not None]
+    feeds = {name: np.stack([f[name] for f in live]) for name in live[0]} if live else None
+    return [(i, j, valid) for i, j, _f, valid in buf], feeds
 
 
 def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
@@ -113,23 +120,23 @@ def _inferred(batches: Iterator, run, meta: ModelMeta, T: int) -> Iterator:
 def _infer_each(batches: Iterator, run, meta: ModelMeta, T: int, n_cls: int) -> Iterator:
     for group, feeds in batches:
         live = [k for k, (_i, _j, valid) in enumerate(group) if valid.any()]
-        probs = _probabilities(run, feeds, live, len(group), meta, T, n_cls) if live else None
+        probs = _probabilities(run, feeds, len(live), meta, T, n_cls) if live else None
         if len(live) == len(group):  # every tile inferred (the usual case): blended in the model's own output
             yield group, probs
             continue
-        out = np.zeros((len(group), n_cls, T, T), np.float32)
-        if live:
-            out[live] = probs
+        # Tiles without a valid pixel get None: the blend skips them (every pixel of theirs is invalid)
+        out: list = [None] * len(group)
+        for k, p in zip(live, probs if probs is not None else [], strict=False):
+            out[k] = p
         yield group, out
 
 
-def _probabilities(run, feeds: dict, live: list[int], n: int, meta: ModelMeta, T: int, n_cls: int) -> np.ndarray:
-    """The model's class probabilities for the `live` tiles of a batch of `n`, in the runtime's own output array
-    (Runtime.run: ours to change)."""
-    sub = {name: f if len(live) == n else f[live] for name, f in feeds.items()}
-    got = np.require(run(sub), dtype=np.float32, requirements=["W", "C"])
-    if got.ndim != 4 or got.shape[0] != len(live) or got.shape[2:] != (T, T):
-        raise ModelError(f"model output has shape {tuple(got.shape)}; expected (batch={len(live)}, classes, {T}, {T})")
+def _probabilities(run, feeds: dict, n_live: int, meta: ModelMeta, T: int, n_cls: int) -> np.ndarray:
+    """The model's class probabilities for the live tiles of a batch (``feeds`` holds only them), in the
+    runtime's own output array (Runtime.run: ours to change)."""
+    got = np.require(run(feeds), dtype=np.float32, requirements=["W", "C"])
+    if got.ndim != 4 or got.shape[0] != n_live or got.shape[2:] != (T, T):
+        raise ModelError(f"model output has shape {tuple(got.shape)}; expected (batch={n_live}, classes, {T}, {T})")
     if got.shape[1] != n_cls:
         raise ModelError(f"model output has {got.shape[1]} channels but its metadata lists {n_cls} classes")
     probs = softmax(got) if meta.output_kind == "logits" else got
@@ -139,7 +146,7 @@ def _probabilities(run, feeds: dict, live: list[int], n: int, meta: ModelMeta, T
     if not np.isfinite(probe).all():
         bad = int((~np.isfinite(probe)).sum())
         raise ModelError(
-            f"model '{meta.name}' returned NaN or infinite values for {bad} pixels of a batch of {len(live)} tiles: "
+            f"model '{meta.name}' returned NaN or infinite values for {bad} pixels of a batch of {n_live} tiles: "
             "its classes there would be made up (a broken model, or input far outside the values it was made for)"
         )
     return probs
@@ -207,6 +214,15 @@ def _blend(inferred: Iterator, grid: TileGrid, n_cls: int, progress, cancelled) 
         if cancelled and cancelled():
             raise Cancelled("cancelled by the user")
         for (i, j, valid), probs in zip(group, out, strict=False):
+            if probs is None:  # no valid pixel in the tile's window: neither its blocks nor its overlaps count
+                r0, r1 = rows.block(i)
+                c0, c1 = cols.block(j)
+                dr, dc = max(0, grid.row_offset - r0), max(0, grid.col_offset - c0)
+                h, w = r1 - r0 - dr, c1 - c0 - dc
+                if h > 0 and w > 0:  # zeros by calloc: pages untouched until someone writes them
+                    yield Block(r0 + dr - grid.row_offset, c0 + dc - grid.col_offset,
+                                np.zeros((n_cls, h, w), np.float32), np.zeros((h, w), bool))  # fmt: skip
+                continue
             acc = probs  # a view into `out`, which we own: weight it in place
             acc *= weights(i, j)
             if j > 0 and O:

@@ -405,12 +405,6 @@ class AlignedInputs:
         c1 = int(np.ceil((window.col_off + window.width) / f)) + 1
         return bool(self._coarse[r0:r1, c0:c1].any())
 
-    def empty(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """What read() returns for a window without data, without reading it."""
-        h, w = int(window.height), int(window.width)
-        feeds = {mi.name: np.zeros((mi.n_bands, h, w), np.float32) for mi in self.meta.inputs}
-        return feeds, np.zeros((h, w), bool)
-
     def read(self, window: Window) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Read a window (may extend past the raster: edge-padded) for every model input.
 
