@@ -103,6 +103,8 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         ort.set_default_logger_severity(4)  # errors reach the user once, as our one line, not as ORT's log
+        if hasattr(ort, "disable_telemetry_events"):  # no telemetry (and no line about it on stderr: #29 item 11)
+            ort.disable_telemetry_events()
         available = ort.get_available_providers()
         providers, message = choose_providers(options.device, available)
         if message and notify:
