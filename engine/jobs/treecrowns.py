@@ -138,10 +138,12 @@ class TreeCrownResult(JsonResult):
     seconds: float
     messages: list[str] = field(default_factory=list)
     rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
+    device_detail: str = ""  # runtime.device_detail: what ran, and why not a GPU
 
     def lines(self) -> list[str]:
         return [f"crowns: {self.crowns} (layer '{self.layer}', {self.n_crowns} crowns, {self.method}), "
-                f"{self.seconds:.1f} s"]  # fmt: skip
+                f"{self.seconds:.1f} s",
+                *([f"ran on:      {self.device_detail}"] if self.device_detail else [])]  # fmt: skip
 
 
 def _vegetation_index(names: list[str], wanted: str | None) -> int:
@@ -388,7 +390,7 @@ def run_treecrowns(
     if progress:
         progress(1.0, "done")
     seconds = round(time.perf_counter() - t0, 3)
-    return TreeCrownResult(final, "crowns", n, method, seconds, say.items, inputs.rescaling)
+    return TreeCrownResult(final, "crowns", n, method, seconds, say.items, inputs.rescaling, runtime.device_detail)
 
 
 def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, final: Path, crs) -> int:
@@ -449,7 +451,8 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
     if progress:
         progress(1.0, "done")
     rescaling = {mi.name: {"raster": str(params.image), "bands": [1, 2, 3], **stretch.as_dict()}} if stretch else {}
-    return TreeCrownResult(final, "crowns", n, "detector", round(time.perf_counter() - t0, 3), say.items, rescaling)
+    seconds = round(time.perf_counter() - t0, 3)
+    return TreeCrownResult(final, "crowns", n, "detector", seconds, say.items, rescaling, runtime.device_detail)
 
 
 def _open_image(path):
