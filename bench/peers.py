@@ -189,8 +189,12 @@ def main() -> None:
         t_first = time.perf_counter() - t0
         if a.int8:
             t0 = time.perf_counter()
-            run_engine(raster, model, tmp / "warm", a, [*extra, "--precision", "int8"])  # calibrates, caches
+            _t, warm = run_engine(raster, model, tmp / "warm", a, [*extra, "--precision", "int8"])  # calibrates
             print(f"int8: first run (quantizing, calibrated on 16 tiles) {time.perf_counter() - t0:.1f} s")
+            check = (warm or {}).get("precision", {})  # the copy's own check on held-back tiles (precision.py)
+            if check.get("agreement") is not None:
+                print(f"int8 self-check: {100 * check['agreement']:.2f} % of the pixels of {check['check_tiles']} "
+                      f"held-back tiles keep the fp32 class; ran {check['used']}")  # fmt: skip
             runners.append(("engine CLI int8 (cached copy), whole job", engine_runner("int8")))
         # (c) MONAI
         try:
