@@ -50,6 +50,10 @@ def test_int8_agrees_with_fp32_and_its_calibrated_copy_is_cached_and_reused(mode
     assert record["agreement"] >= P.MIN_AGREEMENT and record["check_tiles"] >= 4, record
     assert first.precision == {"agreement": record["agreement"], "check_tiles": record["check_tiles"], "used": "int8"}
     assert any("agrees with fp32 on" in n and "held-back tiles" in n for n in notes)
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(copy)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # the copy that ran and was checked is the int8 one
     # Measured on this 0.1 m orthophoto: 98.1 % of pixels get the fp32 class.
     agreement = float((classes(fp32) == classes(first)).mean())
     assert agreement >= 0.97, agreement
@@ -93,6 +97,19 @@ def test_an_int8_copy_that_disagrees_with_fp32_is_not_used_and_the_run_says_so(t
     notes.clear()  # the figure is cached with the copy: a later run is told without quantizing again
     run(model, tmp_path / "again", "int8", notes)
     assert not any("quantizing" in n for n in notes) and any("running fp32" in n for n in notes)
+
+
+def test_an_fp16_copy_is_float16_inside_and_cached(tmp_path):
+    """The fp16 copy (the CUDA provider's) is made without a GPU: float16 weights between float32 inputs/outputs."""
+    import onnx
+    from onnx import TensorProto
+
+    model = Path(shutil.copy(DEFAULT_MODEL, tmp_path / DEFAULT_MODEL.name))
+    copy = P.reduced_model(model, "fp16")
+    assert copy == model.with_name(f"{model.stem}.fp16.onnx") and P.cached(model, "fp16") is not None
+    m = onnx.load(str(copy))
+    assert any(t.data_type == TensorProto.FLOAT16 for t in m.graph.initializer)
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
 
 
 def test_a_changed_model_gets_a_new_int8_copy(model_copy, tmp_path):

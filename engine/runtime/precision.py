@@ -242,6 +242,7 @@ def _make(model: Path, precision: str, onnx: Path, record: Path, digest: str, ca
             _quantize_int8(model, onnx, feeds)
             if held:
                 info["agreement"], info["check_tiles"] = agreement(model, onnx, held)
+        else:
             _convert_fp16(model, onnx)
     except ModelError:
         raise
