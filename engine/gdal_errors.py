@@ -27,8 +27,7 @@ def _gdal() -> ctypes.CDLL | None:
     candidates += glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*.dylib"))
     if not candidates and os.path.exists("/proc/self/maps"):
         with open("/proc/self/maps") as maps:
-            candidates = sorted({ln.split()[-1] for ln in maps if "libgdal" in ln and ln.rstrip().endswith(".so")
-                                 or "libgdal.so" in ln})  # fmt: skip
+            candidates = sorted({ln.split()[-1] for ln in maps if "/libgdal" in ln and ".so" in ln})
     for path in candidates:
         try:
             lib = ctypes.CDLL(path)
@@ -68,13 +67,15 @@ def failures_raised(path):
     if lib is not None and lib.CPLGetLastErrorType() >= CE_FAILURE:
         message = (lib.CPLGetLastErrorMsg() or b"").decode("utf-8", "replace").strip()
         lib.CPLErrorReset()
-        full = full_disk_error(path, message)
-        if full is not None:
-            raise full
-        raise OSError(
-            f"GDAL could not finish writing {_final_name(path)} ({message or 'no reason given'}): a full disk or a "
-            "file-size limit"
-        )
+        raise write_failure(path, message)
+
+
+def write_failure(path, message: str) -> OSError:
+    """The error of a write GDAL reported failed: ENOSPC when the disk is full now, else the write named."""
+    return full_disk_error(path, message) or OSError(
+        f"GDAL could not finish writing {_final_name(path)} ({message or 'no reason given'}): a full disk or a "
+        "file-size limit"
+    )
 
 
 def close_checked(dataset, path) -> None:

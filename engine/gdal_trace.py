@@ -110,11 +110,10 @@ class GdalTrace:
             gdal.ErrorReset()
             out = None
             if gdal.GetLastErrorType() >= gdal.CE_Failure:
-                raise OSError(
-                    f"GDAL could not finish writing its traced polygons ({gdal.GetLastErrorMsg().strip()}): a full "
-                    "disk or a file-size limit"
-                )
-        except RuntimeError as exc:  # what the osgeo bindings raise for a GDAL error: writing the polygons failed
+                from .gdal_errors import write_failure
+
+                raise write_failure(self.paths[k], gdal.GetLastErrorMsg().strip())
+        except RuntimeError as exc:  # what the osgeo bindings raise for a GDAL error while tracing
             from .gdal_errors import full_disk_error
 
             failed = full_disk_error(self.paths[k], exc) or OSError(f"GDAL could not trace the polygons: {exc}")

@@ -126,7 +126,7 @@ def _infer_each(batches: Iterator, run, meta: ModelMeta, T: int, n_cls: int) -> 
             continue
         # Tiles without a valid pixel get None: the blend skips them (every pixel of theirs is invalid)
         out: list = [None] * len(group)
-        for k, p in zip(live, probs if probs is not None else [], strict=False):
+        for k, p in zip(live, probs if live else [], strict=True):
             out[k] = p
         yield group, out
 
@@ -210,18 +210,24 @@ def _blend(inferred: Iterator, grid: TileGrid, n_cls: int, progress, cancelled) 
             cache[key] = grid.weights(i, j)
         return cache[key]
 
+    def on_raster(r0: int, c0: int, probs: np.ndarray, valid: np.ndarray) -> Block | None:
+        """The block at shifted (r0, c0) in raster coordinates: the first row/column of blocks loses the anchor
+        offset's padding (None when nothing of it is on the raster)."""
+        dr, dc = max(0, grid.row_offset - r0), max(0, grid.col_offset - c0)
+        if dr >= valid.shape[0] or dc >= valid.shape[1]:
+            return None
+        return Block(r0 + dr - grid.row_offset, c0 + dc - grid.col_offset, probs[:, dr:, dc:], valid[dr:, dc:])
+
     for group, out in inferred:
         if cancelled and cancelled():
             raise Cancelled("cancelled by the user")
         for (i, j, valid), probs in zip(group, out, strict=False):
             if probs is None:  # no valid pixel in the tile's window: neither its blocks nor its overlaps count
-                r0, r1 = rows.block(i)
-                c0, c1 = cols.block(j)
-                dr, dc = max(0, grid.row_offset - r0), max(0, grid.col_offset - c0)
-                h, w = r1 - r0 - dr, c1 - c0 - dc
-                if h > 0 and w > 0:  # zeros by calloc: pages untouched until someone writes them
-                    yield Block(r0 + dr - grid.row_offset, c0 + dc - grid.col_offset,
-                                np.zeros((n_cls, h, w), np.float32), np.zeros((h, w), bool))  # fmt: skip
+                (r0, r1), (c0, c1) = rows.block(i), cols.block(j)
+                # zeros by calloc: pages untouched until someone writes them
+                empty = np.zeros((n_cls, r1 - r0, c1 - c0), np.float32), np.zeros((r1 - r0, c1 - c0), bool)
+                if (b := on_raster(r0, c0, *empty)) is not None:
+                    yield b
                 continue
             acc = probs  # a view into `out`, which we own: weight it in place
             acc *= weights(i, j)
@@ -240,10 +246,8 @@ def _blend(inferred: Iterator, grid: TileGrid, n_cls: int, progress, cancelled) 
                 carry[:, :, c0 : c0 + carry_w] = acc[:, S:, :carry_w]
             block = acc[:, :h, :w]
             block /= wsum_r[r0:r1, None] * wsum_c[None, c0:c1]
-            # Shifted -> raster coordinates: the first row/column of blocks loses the offset's padding.
-            dr, dc = max(0, grid.row_offset - r0), max(0, grid.col_offset - c0)
-            if dr < h and dc < w:
-                yield Block(r0 + dr - grid.row_offset, c0 + dc - grid.col_offset, block[:, dr:, dc:], valid[dr:h, dc:w])
+            if (b := on_raster(r0, c0, block, valid[:h, :w])) is not None:
+                yield b
         done += len(group)
         if progress:
             progress(done / total, f"tile {done}/{total}")

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 
 from .errors import InputError
 from .raster_input import Grid
-from .tiling import ANCHORS
+from .tiling import check_anchor
 
 TOLERANCE = 0.15  # relative pixel-size difference the models tolerate (their training used 0.6-1.6x scale jitter)
 MODES = ("auto", "off")
@@ -100,13 +100,12 @@ def _m(v: float | None) -> str:
 
 
 def plan(grid: Grid, model_pixel_m: float | None, mode: str = "auto", anchor: str = "raster") -> ResamplePlan:
-    """``anchor="crs"``: the model grid's pixels sit on a lattice fixed in the CRS (multiples of the model pixel,
-    rounded to 4 significant digits, from the CRS origin) instead of starting at the raster's corner, so a
-    raster and a crop of it (or any raster over the same ground) are resampled into the same model pixels."""
+    """``anchor="crs"``: the model grid's pixels sit on a lattice fixed in the CRS (whole model pixels from the CRS
+    origin: _lattice_grid) instead of starting at the raster's corner, so a raster and a crop of it (or any
+    raster over the same ground) are resampled into the same model pixels."""
     if mode not in MODES:
         raise InputError(f"--resample must be one of {', '.join(MODES)}, not {mode!r}")
-    if anchor not in ANCHORS:
-        raise InputError(f"--anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    check_anchor(anchor)
     px = ground_pixel_size_m(grid)
     if mode == "off":
         return ResamplePlan(grid, grid, px, model_pixel_m, "--resample off")

@@ -140,12 +140,16 @@ class Axis:
 ANCHORS = ("crs", "raster")
 
 
+def check_anchor(anchor: str) -> None:
+    if anchor not in ANCHORS:
+        raise InputError(f"--anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+
+
 def anchored_offsets(transform, stride: int, anchor: str = "crs") -> tuple[int, int]:
     """(row, column) offset in [0, stride) of a raster's corner on the CRS-fixed tile lattice: the tiles of a
     north-up grid start at whole multiples of ``stride`` pixels from the CRS origin. ``anchor="raster"`` (or a
     rotated grid, whose pixel lattice has no such origin): (0, 0), tiles from the raster's corner."""
-    if anchor not in ANCHORS:
-        raise InputError(f"--anchor must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    check_anchor(anchor)
     if anchor == "raster" or transform is None or transform.b or transform.d or not transform.a or not transform.e:
         return 0, 0
     # The corner's position in pixels from the CRS origin; a raster and its crop differ by whole pixels, so the

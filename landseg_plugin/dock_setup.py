@@ -5,28 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
-from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QPushButton
 
 from .engine_process import EngineError, engine_python
 from .engine_setup import SetupParams, env_record, set_up
 from .settings import python_setting
-from .task import guarded
-
-LOG_TAG = "LandSeg"
+from .task import PanelTask, guarded
 
 
-class SetupTask(QgsTask):
-    """Runs engine_setup.set_up off the GUI thread; its log lines go to the QGIS message log."""
-
-    progress_message = pyqtSignal(str)
-    done = pyqtSignal(object)  # SetupResult
-    failed = pyqtSignal(str)
+class SetupTask(PanelTask):
+    """Runs engine_setup.set_up off the GUI thread. done: the SetupResult."""
 
     def __init__(self, params: SetupParams) -> None:
-        super().__init__("LandSeg: set up the engine", QgsTask.CanCancel)
+        super().__init__("LandSeg: set up the engine", PanelTask.CanCancel)
         self.params = params
         self.result_ = None
         self.error: str | None = None
@@ -37,29 +29,22 @@ class SetupTask(QgsTask):
             self.progress_message.emit(what)
 
         self.result_, self.error = guarded(lambda: set_up(self.params, progress=progress, is_cancelled=self.isCanceled))
-        if self.error and self.result_ is None and "log:" not in self.error and "cancelled" not in self.error:
-            self.error += f" (log: {self.params.log_file()})"
         return self.error is None
 
     def finished(self, ok: bool) -> None:  # GUI thread
-        if ok:
-            QgsMessageLog.logMessage(f"engine set up: {self.result_.python}", LOG_TAG, Qgis.Info)
-            self.done.emit(self.result_)
-        else:
-            message = self.error or "cancelled: the previous environment (if any) is unchanged"
-            QgsMessageLog.logMessage(f"set-up failed: {message}", LOG_TAG, Qgis.Warning)
-            self.failed.emit(message)
+        error = None if ok else self.error or "cancelled: the previous environment (if any) is unchanged"
+        info = f"engine set up: {self.result_.python}" if ok else ""
+        self.report(self.result_, info, None if ok else f"set-up failed: {error}")
 
 
-def engine_summary() -> tuple[bool, str]:
-    """(is there an engine, a line saying which and what it runs on)."""
+def engine_summary() -> tuple[bool, str, str]:
+    """(is there an engine, a line saying which and what it runs on, the set-up's device summary or "")."""
     try:
         python = engine_python(python_setting())
     except EngineError:
-        return False, "The engine is not set up yet: press <b>Set up LandSeg</b> (a few minutes, once)."
-    record = env_record()
-    where = record.get("device_summary") or "set up outside the panel"
-    return True, f"Engine: {python} ({where})"
+        return False, "The engine is not set up yet: press <b>Set up LandSeg</b> (a few minutes, once).", ""
+    summary = env_record().get("device_summary", "")
+    return True, f"Engine: {python} ({summary or 'set up outside the panel'})", summary
 
 
 class SetupPanel:
@@ -95,9 +80,8 @@ class SetupPanel:
         return box
 
     def _show_engine(self) -> None:
-        ok, text = engine_summary()
+        ok, text, summary = engine_summary()
         self.engine_label.setText(text)
-        summary = env_record().get("device_summary", "")
         short = summary.split(":")[0] if summary.startswith("CPU") else summary
         self.setup_box.setTitle(f"Engine: {short or 'ready'}" if ok else "Engine: not set up")
         self.setup_button.setText("Repair / update" if ok else "Set up LandSeg")
@@ -110,17 +94,8 @@ class SetupPanel:
     def start_setup(self) -> None:
         self.last_error = None
         task = SetupTask(self.setup_params())
-        self.task = task
-        task.progressChanged.connect(lambda v: self.progress.setValue(int(v)))
-        task.progress_message.connect(self._set_status)
-        task.done.connect(self._setup_done)
-        task.failed.connect(self._setup_failed)
-        for b in (self.run_button, self.adapt_button, self.setup_button):
-            b.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self._set_status("setting up the engine…")
-        QgsApplication.taskManager().addTask(task)
+        task.failed.connect(lambda _message: self._show_engine())  # before the dock's own failure handling
+        self._start(task, self._setup_done, "setting up the engine…")
 
     def _setup_done(self, result) -> None:
         self._meta_cache.clear()
@@ -129,7 +104,3 @@ class SetupPanel:
         self.progress.setValue(100)
         self._model_changed()  # the model list's metadata comes from the engine, now there
         self._set_status(f"engine set up ({result.record['device_summary']}): {result.python}")
-
-    def _setup_failed(self, message: str) -> None:
-        self._show_engine()
-        self._fail(f"set-up failed: {message}")

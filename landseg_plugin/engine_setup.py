@@ -174,7 +174,7 @@ def requirement_lines(root: Path, device: str, tensorrt: bool = False, adapt: bo
     """The engine's requirements as pip requirement lines: requirements.txt, with onnxruntime-gpu (CUDA/cuDNN
     wheels, requirements-gpu.txt) in place of onnxruntime on a GPU, TensorRT's wheels when asked, and the
     training toolchain (torch, for "Adapt to my labels") when asked."""
-    lines = [ln for ln in _requirements(root / "requirements.txt")]
+    lines = _requirements(root / "requirements.txt")
     if device == "cuda":
         lines = [ln for ln in lines if not _ORT_LINE.match(ln)] + _requirements(root / "requirements-gpu.txt")
         if tensorrt:
@@ -315,6 +315,10 @@ def set_up(
         reason = _os_reason(exc, params.env_dir)
         out(f"failed: {reason}")
         raise SetupError(f"{reason} (log: {out.path})") from None
+    except Exception as exc:  # a bug: still one line naming the log, and no half environment
+        shutil.rmtree(staging, ignore_errors=True)
+        out(f"failed: {type(exc).__name__}: {exc}")
+        raise SetupError(f"{type(exc).__name__}: {exc} (log: {out.path})") from None
     finally:
         out.file.close()
         if unpacked is not None:

@@ -62,12 +62,28 @@ def guarded(work: Callable[[], Any], cancelled: str | None = None) -> tuple[Any,
         return None, f"{type(exc).__name__}: {exc}"
 
 
-class EngineTask(QgsTask):
-    """Runs the engine subprocess off the GUI thread; QGIS stays responsive, Cancel stops the engine."""
+class PanelTask(QgsTask):
+    """A background task of the panel: progress messages while it runs, then done(payload) or failed(message),
+    each also in QGIS's message log."""
 
     progress_message = pyqtSignal(str)
-    done = pyqtSignal(object)  # the group added, or None
+    done = pyqtSignal(object)
     failed = pyqtSignal(str)
+
+    def report(self, payload: Any, info: str, error: str | None, logged_as: str = "{}") -> None:
+        """GUI thread (finished): log ``info`` and emit done(payload), or log the error (as ``logged_as``
+        formats it) and emit failed(error)."""
+        if error is None:
+            QgsMessageLog.logMessage(info, LOG_TAG, Qgis.Info)
+            self.done.emit(payload)
+        else:
+            QgsMessageLog.logMessage(logged_as.format(error), LOG_TAG, Qgis.Warning)
+            self.failed.emit(error)
+
+
+class EngineTask(PanelTask):
+    """Runs the engine subprocess off the GUI thread; QGIS stays responsive, Cancel stops the engine. done: the
+    group added."""
 
     def __init__(
         self, description: str, args: dict, group_name: str, python: str | None = None, task: str = "landcover"
@@ -109,11 +125,6 @@ class EngineTask(QgsTask):
             except EngineError as exc:
                 self.error = str(exc)
                 ok = False
-        if ok:
-            n = self.result.get("n_polygons", self.result.get("n_crowns"))
-            QgsMessageLog.logMessage(f"{self.group_name}: {n} features", LOG_TAG, Qgis.Info)
-            self.done.emit(self.group)
-        else:
-            message = self.error or "cancelled: no output was written"
-            QgsMessageLog.logMessage(f"{self.group_name}: {message}", LOG_TAG, Qgis.Warning)
-            self.failed.emit(message)
+        n = self.result.get("n_polygons", self.result.get("n_crowns")) if ok else None
+        error = None if ok else self.error or "cancelled: no output was written"
+        self.report(self.group, f"{self.group_name}: {n} features", error, f"{self.group_name}: {{}}")
