@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup apt venv dev demo demo-crowns test lint bench forms model text-encoder package wheelhouse clean
+.PHONY: setup apt venv dev demo demo-crowns demo-naip test lint bench forms model text-encoder package wheelhouse clean
 
 # What a plugin user needs: QGIS and the engine's runtime (no torch; the text encoder ships in models/).
 setup: apt venv
@@ -48,6 +48,11 @@ demo: setup
 demo-crowns: setup
 	$(PY) -m engine treecrowns --input data/sample/neon_sjer_rgb.tif --out $(DEMO_OUT)
 	@echo "Open $(DEMO_OUT)/treecrowns.gpkg in QGIS over the image."
+
+# A town's trees from NAIP-type imagery (0.6 m, red/green/blue/NIR): crowns and treetops at the image's own pixels.
+demo-naip: setup
+	$(PY) -m engine treecrowns --input data/sample/naip_claremont_2018_rgbn.tif --out $(DEMO_OUT) --name naip_trees
+	@echo "Open $(DEMO_OUT)/naip_trees_treetops.gpkg and $(DEMO_OUT)/naip_trees.gpkg in QGIS over the image."
 
 test: apt dev
 	$(PY) -m pytest -q

@@ -29,7 +29,7 @@ def nir_band(path: Path | str) -> tuple[int | None, list[str]]:
     return (hits[0] if hits else None), names
 
 
-def _rgb_bands(names: list[str], nir: int | None) -> tuple[int, ...] | None:
+def rgb_bands(names: list[str], nir: int | None) -> tuple[int, ...] | None:
     """Bands described red, green, blue; else the first three that are not NIR (None: fewer than three)."""
     by_name = [names.index(c) + 1 for c in _RGB if c in names]
     if len(by_name) == 3:
@@ -48,7 +48,7 @@ def choose_landcover_model(inputs: list[Path], model: Path | None, modalities: d
     if len(inputs) != 1 or set(modalities) - {"rgb"}:
         return ModelChoice(DEFAULT_LANDCOVER_MODEL, modalities)
     nir, names = nir_band(inputs[0])
-    rgb = modalities["rgb"].bands if "rgb" in modalities else (_rgb_bands(names, nir) if nir is not None else None)
+    rgb = modalities["rgb"].bands if "rgb" in modalities else (rgb_bands(names, nir) if nir is not None else None)
     if nir is None or rgb is None or nir in rgb:
         return ModelChoice(DEFAULT_LANDCOVER_MODEL, modalities)
     src = Path(str(inputs[0])).name

@@ -133,3 +133,45 @@ def crowns_qml() -> str:
   <layerGeometryType>2</layerGeometryType>
 </qgis>
 """
+
+
+# A treetop's symbol size (mm) from its crown's diameter: 2-5 mm, a 4 m crown where it has none.
+_TOP_SIZE = "min(5, max(2, coalesce(&quot;crown_diameter_m&quot;, 4) / 3))"
+
+
+def treetops_qml() -> str:
+    """Treetops: small dark-green circles with a white rim, sized by crown diameter (2-5 mm), so a count can be
+    checked over the crowns and the imagery."""
+    return f"""{_HEADER}<qgis version="3.22.0" styleCategories="Symbology">
+  <renderer-v2 type="singleSymbol" forceraster="0" symbollevels="0" enableorderby="0">
+    <symbols>
+      <symbol type="marker" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
+        <layer class="SimpleMarker" enabled="1" locked="0" pass="0">
+          <prop k="color" v="0,100,0,255"/>
+          <prop k="name" v="circle"/>
+          <prop k="outline_color" v="255,255,255,255"/>
+          <prop k="outline_style" v="solid"/>
+          <prop k="outline_width" v="0.3"/>
+          <prop k="outline_width_unit" v="MM"/>
+          <prop k="size" v="2.5"/>
+          <prop k="size_unit" v="MM"/>
+          <data_defined_properties>
+            <Option type="Map">
+              <Option name="name" type="QString" value=""/>
+              <Option name="properties" type="Map">
+                <Option name="size" type="Map">
+                  <Option name="active" type="bool" value="true"/>
+                  <Option name="expression" type="QString" value="{_TOP_SIZE}"/>
+                  <Option name="type" type="int" value="3"/>
+                </Option>
+              </Option>
+              <Option name="type" type="QString" value="collection"/>
+            </Option>
+          </data_defined_properties>
+        </layer>
+      </symbol>
+    </symbols>
+  </renderer-v2>
+  <layerGeometryType>0</layerGeometryType>
+</qgis>
+"""

@@ -36,7 +36,8 @@ WIDGETS = (
     "text_list",  # comma-separated text -> a list of strings
     "crs",
     "output_raster",
-    "output_vector",
+    "output_vector",  # polygons
+    "output_points",  # a point layer (treetops)
     "output_file",
     "output_folder",
 )

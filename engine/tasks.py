@@ -79,7 +79,7 @@ TASKS: dict[str, TaskEntry] = {
         "image; with a land-cover model instead, tree tops are local maxima of the CHM (or of the distance inside "
         "the vegetation mask) and crowns grow from them by watershed, or by SAM when a SAM folder exported by "
         "`python -m export sam` is given.",
-        layers=(("crowns", "layer", "tree crowns", True),),
+        layers=(("treetops", "treetops_layer", "treetops", True), ("crowns", "layer", "tree crowns", True)),
     ),
     "chm": TaskEntry(
         "engine.jobs.chm", "ChmParams", "build_chm", "Canopy height model from LiDAR",

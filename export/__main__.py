@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data)")
     tr.add_argument("--out", type=Path, help="model package (default: models/<the task's model>.onnx)")
     tr.add_argument("--work", type=Path, help="checkpoints, report (default: out/train_<task>)")
-    tr.add_argument("--iterations", type=int, help="default: 1800 (landcover), 2000 (treecrowns)")
+    tr.add_argument("--iterations", type=int, help="default: 4000 (landcover), 3000 (treecrowns)")
     tr.add_argument("--minutes", type=float, help="stop after this wall time (checkpointed; --resume goes on)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=2)
@@ -77,14 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-export", action="store_true", help="train and report only")
     tr.add_argument("--lovasz", type=float, help="landcover: weight of the Lovász-softmax loss term")
     tr.add_argument("--average", type=float, help="landcover: decay of the weight average shipped (0: last weights)")
-    tr.add_argument("--crop", type=int, help="landcover: training crop size in pixels (default 256)")
-    tr.add_argument("--batch", type=int, help="landcover: crops per step (default 8)")
+    tr.add_argument("--crop", type=int, help="training crop size in pixels (default 256)")
+    tr.add_argument("--batch", type=int, help="crops per step (default 8)")
     tr.add_argument("--weak-per-batch", type=int, help="landcover: of them, crops of tree-data weak labels")
-    tr.add_argument("--naip-per-batch", type=int, help="landcover: of them, NAIP crops with NDVI labels")
+    tr.add_argument("--naip-per-batch", type=int,
+                    help="of them, NAIP crops (landcover: NDVI labels; treecrowns: tree points)")  # fmt: skip
     tr.add_argument("--banepa-per-batch", type=int, help="landcover: of them, Banepa crops (building labels)")
     tr.add_argument("--nir", action=argparse.BooleanOptionalAction, default=None,
                     help="landcover: one RGB(+NIR) net for both packages (default) or an RGB-only net")  # fmt: skip
-    tr.add_argument("--nir-dropout", type=float, help="landcover: share of NAIP crops with NIR withheld")
+    tr.add_argument("--nir-dropout", type=float, help="share of NAIP crops with NIR withheld")
     tr.add_argument("--encoder-bn", choices=("frozen", "train"), help="landcover: ImageNet's BN statistics or new")
 
     pk = sub.add_parser("package-landcover", help="trained land-cover weights -> ONNX package (parity, metadata)")
@@ -122,9 +123,11 @@ def train_params(args: argparse.Namespace):
     if args.task != "landcover":
         from .train_treecrowns import CrownTrainParams
 
-        if given_options:  # the crown recipe has none of these: refused rather than silently ignored
-            raise InputError(f"--{next(iter(given_options)).replace('_', '-')} applies to landcover training only")
-        return CrownTrainParams(**common)
+        crown = {"crop": "crop", "batch": "batch", "naip_per_batch": "naip_per_batch", "nir_dropout": "nir_drop"}
+        other = [k for k in given_options if k not in crown]
+        if other:  # the crown recipe has none of these: refused rather than silently ignored
+            raise InputError(f"--{other[0].replace('_', '-')} applies to landcover training only")
+        return CrownTrainParams(**common, **{crown[k]: v for k, v in given_options.items()})
     from .train_landcover import TrainParams
 
     return TrainParams(export=not args.no_export, **common, **given_options)

@@ -26,7 +26,7 @@ from .effnet_lite import NIR_CHANNELS, LandcoverUNet, load_imagenet
 from .train import banepa, naip
 from .train import landcover_checks as C
 from .train import landcover_data as D
-from .train.augment import crop_scaled, flip_rotate, photometric
+from .train.augment import crop_scaled, flip_rotate, nir_jitter, photometric
 from .train.loop import StepLoop, WeightAverage, resume, save_weights
 
 
@@ -190,9 +190,7 @@ class Batches:
         have = len(nir) > 0 and not _bern(g, self.p.nir_dropout)
         if not have:
             return torch.cat([x, torch.zeros_like(x[:2])], 0)
-        # NIR gets its own gain and gamma: other sensors' NIR DN are not NAIP's
-        n = (nir * _uniform(g, 0.75, 1.25)).clamp(0, 255)
-        n = 255.0 * (n / 255.0) ** _uniform(g, 0.7, 1.4)
+        n = nir_jitter(nir, g)
         return torch.cat([x, (n - 127.0) / 128.0, torch.ones_like(x[:1])], 0)
 
 
@@ -217,10 +215,6 @@ class _StepBatches(torch.utils.data.Dataset):
 
 def _bern(g: torch.Generator, p: float) -> bool:
     return float(torch.rand((), generator=g)) < p
-
-
-def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

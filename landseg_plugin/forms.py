@@ -15,7 +15,7 @@ from typing import Any
 
 from .engine_process import REQUEST_VERSION, engine_root
 
-OUTPUT_WIDGETS = ("output_raster", "output_vector", "output_file", "output_folder")
+OUTPUT_WIDGETS = ("output_raster", "output_vector", "output_points", "output_file", "output_folder")
 
 
 @lru_cache(maxsize=1)
@@ -72,7 +72,7 @@ def _value(opt: dict[str, Any], value: Any) -> Any:
         return [str(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if widget == "output_vector":
+    if widget in ("output_vector", "output_points"):
         suffixes = tuple(schema().get("vector_suffixes", (".gpkg",)))
         return value if value.lower().endswith(suffixes) else str(Path(value).with_suffix(".gpkg"))
     if widget == "output_file" and opt.get("suffix", "").endswith(".csv") and not value.lower().endswith(".csv"):

@@ -65,8 +65,9 @@ def make_parameter(task: str, opt: dict[str, Any]) -> QgsProcessingParameterDefi
         return QgsProcessingParameterCrs(name, label, optional=True)
     if widget == "output_raster":
         return QgsProcessingParameterRasterDestination(name, label)
-    if widget == "output_vector":
-        return QgsProcessingParameterVectorDestination(name, label, QgsProcessing.TypeVectorPolygon)
+    if widget in ("output_vector", "output_points"):
+        kind = QgsProcessing.TypeVectorPoint if widget == "output_points" else QgsProcessing.TypeVectorPolygon
+        return QgsProcessingParameterVectorDestination(name, label, kind)
     if widget == "output_file":
         return QgsProcessingParameterFileDestination(name, label, fileFilter=opt.get("file_filter", ""))
     if widget == "output_folder":
@@ -108,7 +109,7 @@ def parameter_value(alg, task: str, opt: dict[str, Any], parameters, context) ->
     if widget == "crs":
         crs = alg.parameterAsCrs(parameters, name, context)
         return crs.authid() if crs.isValid() else None
-    if widget in ("output_raster", "output_vector"):
+    if widget in ("output_raster", "output_vector", "output_points"):
         return alg.parameterAsOutputLayer(parameters, name, context)
     if widget == "output_file":
         return alg.parameterAsFileOutput(parameters, name, context)

@@ -203,9 +203,14 @@ def test_dock_treecrowns_task(dock, qgis_app, tmp_path):
     dock.start_run()
     wait_for(dock, qgis_app)
     assert dock.last_error is None, dock.last_error
-    crowns = dock.last_group.findLayers()[0].layer()
-    assert crowns.name() == "tree crowns" and crowns.featureCount() >= 10  # the detector: 15 on this scene
+    tops, crowns = (node.layer() for node in dock.last_group.findLayers())
+    assert crowns.name() == "tree crowns" and crowns.featureCount() >= 10  # the detector: 46 on this scene
     assert {"score", "height_max", "area_m2", "diameter_m"} <= {f.name() for f in crowns.fields()}
+    # treetops above the crowns, one per crown, as points styled by their own QML (a marker, not the crowns' fill)
+    assert tops.name() == "treetops" and tops.featureCount() == crowns.featureCount()
+    assert tops.geometryType() == QgsWkbTypes.PointGeometry
+    assert tops.renderer().symbol().symbolLayer(0).layerType() == "SimpleMarker"
+    assert {"score", "height_m", "crown_diameter_m"} <= {f.name() for f in tops.fields()}
 
 
 def test_every_task_of_the_engines_table_is_in_processing_the_panel_and_the_cli(plugin, dock):

@@ -28,17 +28,21 @@ from shapely.geometry import mapping
 from .. import task_options as ui
 from ..areas import AreaCalculator
 from ..errors import Cancelled, InputError
+from ..model_choice import rgb_bands
 from ..model_package import DEFAULT_TREECROWN_MODEL, load_model_package
 from ..outputs import geotiff_profile
 from ..predict import predict_blocks
-from ..raster_input import AlignedInputs, BandSource, Grid, open_raster
+from ..raster_input import AlignedInputs, BandSource, Grid, open_raster, same_band
+from ..resample import TOLERANCE as RESAMPLE_TOLERANCE
+from ..resample import ground_pixel_size_m
 from ..resample import plan as plan_resampling
 from ..runtime import RuntimeOptions, make_runtime
-from ..styles import crowns_qml
+from ..styles import crowns_qml, treetops_qml
 from ..tiling import TileGrid, fit_overlap
 from ..value_range import describe, plan_stretch
 from ..vector_formats import driver_for, vector_sink
 from .common import JsonResult, Messages, atomic_outputs, scratch_folder
+from .crown_detector import TTA_MODES, DetectorBands, pixel_range
 from .crown_shapes import SamPrompter, crown_record, suppress_overlaps, tree_tops, watershed_regions
 from .landcover import GDAL_CACHE_MB
 
@@ -53,6 +57,17 @@ SCHEMA = {
         "diameter_m": "float",
         "top_x": "float",
         "top_y": "float",
+        "method": "str",
+    },
+}
+TREETOPS_LAYER = "treetops"
+TREETOPS_SCHEMA = {  # one point per crown: what a tree inventory counts
+    "geometry": "Point",
+    "properties": {
+        "score": "float",
+        "height_m": "float",  # the CHM's maximum in the crown (empty without a CHM)
+        "crown_diameter_m": "float",
+        "crown_area_m2": "float",
         "method": "str",
     },
 }
@@ -83,7 +98,10 @@ class TreeCrownParams:
     score_threshold: float | None = None  # detector models: None = the threshold in the model's metadata
     rescale: str = "auto"  # values beyond the model's value_range (engine.value_range: auto, percentile, off)
     resample: str = "auto"  # detector: read the image at the model's pixel size when it differs by > 15 %
-    tta: str = "d4"  # detector models: test-time views averaged: d4 (8 turns/flips), flips (4), none (1; 8x faster)
+    # Detector models: test-time views averaged: d4 (8 turns/flips), flips (4), none (1; 8x faster), or auto: what
+    # the model's metadata calibrated for the pixel size (the shipped one: d4 at 0.1 m, one view at 0.6 m).
+    tta: str = "auto"
+    treetops_path: Path | None = None  # default: the crowns' path with "_treetops" added
     batch: int = 4
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
@@ -116,16 +134,20 @@ OPTIONS = (
     ui.Option("score_threshold", "--score-threshold", "Detector: lowest crown score (-1: the model's, chosen on "
            "validation)", "detector models: lowest crown score (default: the model's)", unset=-1, minimum=-1,
            maximum=1),
-    ui.Option("tta", "--tta", "Views averaged (d4: 8 turns/flips; none: 8x faster, fewer crowns)",
-           "detector models: views averaged, d4 = 8 turns/flips (default), none = 8x faster, fewer crowns found",
-           choices=("d4", "flips", "none"), advanced=True),
-    ui.resample_option("detector: read the image at the model's pixel size (0.1 m) when it differs by more than "
-                    "15%% (default)"),
+    ui.Option("tta", "--tta", "Views averaged (auto: the model's choice for the pixel size; d4: 8 turns/flips; "
+           "none: 8x faster)", "detector models: views averaged, auto = the model's choice for the pixel size "
+           "(default; the shipped detector: d4 at 0.1 m, none at 0.6 m), d4 = 8 turns/flips, none = 8x faster",
+           choices=("auto", *TTA_MODES), advanced=True),
+    ui.resample_option("detector: read the image at its own pixel size inside the model's range (0.1-0.6 m), "
+                    "else at the range's nearer end (default auto; off: as it is)"),
     ui.RESCALE,
-    ui.out_folder("crowns_path"),
+    ui.out_folder("crowns_path", "treetops_path"),
     ui.name_option(),
     ui.Option("crowns_path", "--out-crowns", "Tree crowns", "crowns layer path (default: OUT/NAME.gpkg)",
            widget="output_vector", name="OUTPUT", result="crowns", suffix=".gpkg"),
+    ui.Option("treetops_path", "--out-treetops", "Treetops", "treetops point layer path (default: the crowns' "
+           "path with _treetops, same format)", widget="output_points", name="OUTPUT_TREETOPS", result="treetops",
+           suffix="_treetops.gpkg"),
 )  # fmt: skip
 
 
@@ -139,11 +161,27 @@ class TreeCrownResult(JsonResult):
     messages: list[str] = field(default_factory=list)
     rescaling: dict = field(default_factory=dict)  # model input -> the stretch applied (engine.value_range)
     device_detail: str = ""  # runtime.device_detail: what ran, and why not a GPU
+    treetops: Path | None = None  # one point per crown (layer TREETOPS_LAYER)
+    treetops_layer: str = TREETOPS_LAYER
 
     def lines(self) -> list[str]:
         return [f"crowns: {self.crowns} (layer '{self.layer}', {self.n_crowns} crowns, {self.method}), "
                 f"{self.seconds:.1f} s",
+                *([f"treetops: {self.treetops} (layer '{self.treetops_layer}')"] if self.treetops else []),
                 *([f"ran on:      {self.device_detail}"] if self.device_detail else [])]  # fmt: skip
+
+
+def _output_paths(params) -> tuple[Path, Path]:
+    """The crowns' path (as given, or OUT/NAME.gpkg) and the treetops' (as given, or beside the crowns with
+    "_treetops" added, in their format); each format checked before anything runs."""
+    crowns = Path(params.crowns_path) if params.crowns_path else ui.output_paths(params, OPTIONS, ("crowns_path",))[0]
+    tops = Path(params.treetops_path) if params.treetops_path else crowns.with_name(
+        f"{crowns.stem}_treetops{crowns.suffix}")  # fmt: skip
+    driver_for(crowns, "crowns output")
+    driver_for(tops, "treetops output")
+    if tops.resolve() == crowns.resolve():
+        raise InputError(f"--out-treetops {tops} is the crowns' own path: give it another name")
+    return crowns, tops
 
 
 def _vegetation_index(names: list[str], wanted: str | None) -> int:
@@ -284,10 +322,9 @@ def run_treecrowns(
     model_path = params.model or DEFAULT_TREECROWN_MODEL
     package = load_model_package(model_path)
     meta = package.meta
-    (final,) = ui.output_paths(params, OPTIONS, ("crowns_path",))
-    driver_for(final, "crowns output")
+    final, tops_final = _output_paths(params)
     if meta.task == "treecrowns":
-        return _run_detector(params, package, final, say, t0, progress, cancelled)
+        return _run_detector(params, package, final, tops_final, say, t0, progress, cancelled)
     if meta.task != "landcover":
         raise InputError(f"tree crowns need a land-cover model for the vegetation mask; '{meta.name}' is {meta.task}")
     veg_idx = _vegetation_index([c.name for c in meta.classes], params.vegetation_class)
@@ -307,7 +344,6 @@ def run_treecrowns(
         sam = SamPrompter(params.sam, ["CPUExecutionProvider"]) if params.sam else None
         try:
             with atomic_outputs(final.parent) as outputs, scratch_folder(final.parent) as work:
-                gpkg_tmp = outputs.temp_for(final)
                 # 1. vegetation probability, streamed to a temporary GeoTIFF
                 veg_path = work / "vegetation.tif"
                 runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
@@ -383,44 +419,91 @@ def run_treecrowns(
                                     crowns.append(crown)
                             if progress:
                                 progress(0.5 + 0.45 * k / n_win, f"crowns: window {k}/{n_win}")
-                n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, grid.crs)
+                n = _commit_crowns(crowns, params.iou_nms, outputs, final, tops_final, grid.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
     if progress:
         progress(1.0, "done")
     seconds = round(time.perf_counter() - t0, 3)
-    return TreeCrownResult(final, "crowns", n, method, seconds, say.items, inputs.rescaling, runtime.device_detail)
+    return TreeCrownResult(final, "crowns", n, method, seconds, say.items, inputs.rescaling, runtime.device_detail,
+                           tops_final)  # fmt: skip
 
 
-def _commit_crowns(crowns: list[dict], iou: float, outputs, gpkg_tmp: Path, final: Path, crs) -> int:
-    """What both crown methods end with: overlaps suppressed, the GeoPackage and its style, committed together."""
+def _commit_crowns(crowns: list[dict], iou: float, outputs, final: Path, tops_final: Path, crs) -> int:
+    """What both crown methods end with: overlaps suppressed, the crowns and their treetops with their styles,
+    committed together."""
     crowns = suppress_overlaps(crowns, iou)
-    _write_crowns(crowns, gpkg_tmp, crs)
+    wkt = crs.to_wkt() if crs else None
+    with vector_sink(outputs.temp_for(final), "crowns", SCHEMA, wkt) as sink:
+        sink.writerecords(
+            {"geometry": mapping(cr["geom"]), "properties": {k: v for k, v in cr.items() if k != "geom"}}
+            for cr in crowns
+        )  # fmt: skip
+    with vector_sink(outputs.temp_for(tops_final), TREETOPS_LAYER, TREETOPS_SCHEMA, wkt) as sink:
+        sink.writerecords(
+            {"geometry": {"type": "Point", "coordinates": (cr["top_x"], cr["top_y"])},
+             "properties": {"score": cr["score"], "height_m": cr["height_max"], "crown_diameter_m": cr["diameter_m"],
+                            "crown_area_m2": cr["area_m2"], "method": cr["method"]}}
+            for cr in crowns
+        )  # fmt: skip
     outputs.temp_for(final.with_suffix(".qml")).write_text(crowns_qml())
+    outputs.temp_for(tops_final.with_suffix(".qml")).write_text(treetops_qml())
     outputs.commit()
     return len(crowns)
 
 
-def _write_crowns(crowns: list[dict], path: Path, crs) -> None:
-    with vector_sink(path, "crowns", SCHEMA, crs.to_wkt() if crs else None) as sink:
-        for cr in crowns:
-            sink.write({"geometry": mapping(cr.pop("geom")), "properties": cr})
+def _detector_bands(params, src, meta, say) -> DetectorBands:
+    """The image's RGB bands and its NIR band for the detector: from the band mapping (rgb=..., nir=...), else
+    from the bands' descriptions (a band described as near-infrared, raster_input.NIR_NAME), else bands 1-3 and
+    no NIR. A NIR band is only used where the model has a NIR input."""
+    mapping = params.modalities or {}
+    unknown = set(mapping) - {"rgb", "nir"}
+    if unknown:
+        raise InputError(f"the crown detector's band mapping takes rgb and nir, not {', '.join(sorted(unknown))}")
+    names = [(d or "").strip().lower() for d in src.descriptions]
+    nir = mapping["nir"].bands[0] if "nir" in mapping else next(
+        (i + 1 for i, n in enumerate(names) if same_band(n, "nir")), None)  # fmt: skip
+    rgb = mapping["rgb"].bands if "rgb" in mapping else rgb_bands(names, nir)
+    if rgb is None or len(rgb) != 3:
+        raise InputError(f"{params.image} has {src.count} band(s): the crown detector needs red, green, blue")
+    for b in (*rgb, *([nir] if nir else [])):
+        if not 1 <= b <= src.count:
+            raise InputError(f"{params.image} has {src.count} band(s): no band {b} (--bands)")
+    if nir is not None and "nir" not in meta.inputs[0].bands:
+        say(f"band {nir} of {Path(str(params.image)).name} is near-infrared, but this detector takes RGB only")
+        nir = None
+    elif nir is not None:
+        say(f"the detector reads rgb={','.join(map(str, rgb))} and nir={nir} of {Path(str(params.image)).name}")
+    return DetectorBands(tuple(rgb), nir)
 
 
-def _run_detector(params, package, final: Path, say, t0, progress, cancelled) -> TreeCrownResult:
+def _detector_pixel(px: float | None, meta, mode: str) -> tuple[float | None, str | None]:
+    """The pixel size the detector reads the image at: the image's own where it lies in the model's trained
+    range (metadata detector.pixel_size_range_m, 15 % tolerance), else the nearer end of that range."""
+    lo, hi = pixel_range(meta)
+    if px is None or mode == "off" or lo == hi:
+        return (meta.pixel_size_m if lo == hi else px), None
+    if lo * (1 - RESAMPLE_TOLERANCE) <= px <= hi * (1 + RESAMPLE_TOLERANCE):
+        return px, f"input {px:.3g} m is within the detector's range {lo:g}-{hi:g} m: read at its own pixel size"
+    return (lo if px < lo else hi), None
+
+
+def _run_detector(params, package, final: Path, tops_final: Path, say, t0, progress, cancelled) -> TreeCrownResult:
     """Crowns from a trained detector model (engine.jobs.crown_detector)."""
-    from .crown_detector import detect_crowns
+    from .crown_detector import detect_crowns, detector_read_bands
 
     if params.sam:
         raise InputError("--sam shapes crowns from the vegetation mask's tree tops; a detector model needs no SAM")
+    meta = package.meta
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024), _open_image(params.image) as src:
-        if src.count < 3:
-            raise InputError(f"{params.image} has {src.count} band(s): the crown detector needs red, green, blue")
-        # Crowns are vectors: the detector reads the image on the model's pixel grid (a crown must be as many
-        # pixels wide as in training) and the crowns come out in map coordinates, with nothing to warp back.
-        plan = plan_resampling(Grid(src.crs, src.transform, src.width, src.height), package.meta.pixel_size_m,
-                               params.resample)  # fmt: skip
+        bands = _detector_bands(params, src, meta, say)
+        # Crowns are vectors: the detector reads the image on a grid of a pixel size it was trained at (a crown
+        # must be about as many pixels wide as in training) and the crowns come out in map coordinates, with
+        # nothing to warp back.
+        grid = Grid(src.crs, src.transform, src.width, src.height)
+        target, in_range = _detector_pixel(ground_pixel_size_m(grid), meta, params.resample)
+        plan = plan_resampling(grid, target, params.resample)
         g = plan.model_grid
         img = (
             WarpedVRT(
@@ -429,20 +512,20 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
             if plan.active
             else src
         )
-        say(plan.message())
-        mi = package.meta.inputs[0]
+        say(in_range or plan.message())
+        mi = meta.inputs[0]
+        read = detector_read_bands(meta, bands)
         stretch = None
         if mi.value_range is not None:
-            stretch = plan_stretch(img, [1, 2, 3], mi.value_range, params.rescale, str(params.image))
+            stretch = plan_stretch(img, read, mi.value_range, params.rescale, str(params.image))
         chm_ds = _open_chm(params, img, say) if params.chm else None
         if stretch is not None:
-            say(describe(str(params.image), [1, 2, 3], img.dtypes[0], stretch))
+            say(describe(str(params.image), read, img.dtypes[0], stretch))
         try:
-            runtime = make_runtime(package.path, package.meta.output_name, params.runtime, notify=say)
+            runtime = make_runtime(package.path, meta.output_name, params.runtime, notify=say)
             with atomic_outputs(final.parent) as outputs:
-                gpkg_tmp = outputs.temp_for(final)
-                crowns = detect_crowns(params, package.meta, runtime, img, chm_ds, say, progress, cancelled, stretch)
-                n = _commit_crowns(crowns, params.iou_nms, outputs, gpkg_tmp, final, img.crs)
+                crowns = detect_crowns(params, meta, runtime, img, chm_ds, say, progress, cancelled, stretch, bands)
+                n = _commit_crowns(crowns, params.iou_nms, outputs, final, tops_final, img.crs)
         finally:
             if chm_ds is not None:
                 chm_ds.close()
@@ -450,9 +533,10 @@ def _run_detector(params, package, final: Path, say, t0, progress, cancelled) ->
                 img.close()
     if progress:
         progress(1.0, "done")
-    rescaling = {mi.name: {"raster": str(params.image), "bands": [1, 2, 3], **stretch.as_dict()}} if stretch else {}
+    rescaling = {mi.name: {"raster": str(params.image), "bands": read, **stretch.as_dict()}} if stretch else {}
     seconds = round(time.perf_counter() - t0, 3)
-    return TreeCrownResult(final, "crowns", n, "detector", seconds, say.items, rescaling, runtime.device_detail)
+    return TreeCrownResult(final, "crowns", n, "detector", seconds, say.items, rescaling, runtime.device_detail,
+                           tops_final)  # fmt: skip
 
 
 def _open_image(path):

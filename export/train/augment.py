@@ -111,3 +111,10 @@ def photometric(x: torch.Tensor, g: torch.Generator, strength: float = 1.0) -> t
     if _p(g, 0.2):
         x = _jpeg(x, int(_u(g, 30, 90)))
     return x.clamp(0, 255)
+
+
+def nir_jitter(nir: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A NIR band (float 0..255) with its own gain (0.75-1.25) and gamma (0.7-1.4): other sensors' NIR DN are
+    not NAIP's, the only NIR the models train on."""
+    n = (nir * _u(g, 0.75, 1.25)).clamp(0, 255)
+    return 255.0 * (n / 255.0) ** _u(g, 0.7, 1.4)
