@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +49,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=D.data_root())
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
-    ap.add_argument("--only", choices=("all", "new-sources"), default="all", help="new-sources: NAIP and Banepa")
+    ap.add_argument("--only", choices=("all", "new-sources", "crowns"), default="all",
+                    help="new-sources: NAIP and Banepa; crowns: the tree-crown pictures")  # fmt: skip
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if a.only == "new-sources":
             new_sources(a, work)
+            return
+        if a.only == "crowns":
+            crowns(a, work)
             return
         demo = ROOT / "data/sample/urban_river_rgb.tif"
         cls = _run(demo, work, ["buildings", "trees", "river", "paved roads", "bare soil"])
@@ -76,21 +81,42 @@ def main() -> None:
                     f"held-out NEON plot {rgb_path.stem}",
                 )
 
-        # Tree crowns: `make demo-crowns` on the bundled NEON plot, and a held-out TEAK plot with its CHM.
-        demo = ROOT / "data/sample/neon_sjer_rgb.tif"
-        truth_csv = a.data / "neon_trees/2018_SJER_3_252000_4107000_image_477_truth.csv"
-        # columns xmin, xmax, ymin, ymax -> x0, y0, x1, y1
-        truth = np.loadtxt(truth_csv, delimiter=",", skiprows=1, usecols=(1, 3, 2, 4)) if truth_csv.exists() else None
-        res = run_treecrowns(TreeCrownParams(image=demo, out_dir=work / "crowns_demo"))
-        title = f"make demo-crowns: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
-        render_crowns(demo, res.crowns, a.out / "demo_treecrowns.png", 480, title, truth)
-        _site, rgb_path, xml, chm_path = next(p for p in D.neon_plots(a.data, "val") if p[1].stem == "TEAK_057")
-        res = run_treecrowns(TreeCrownParams(image=rgb_path, chm=chm_path, out_dir=work / "crowns_teak"))
-        title = f"held-out TEAK_057 with its CHM: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
-        render_crowns(rgb_path, res.crowns, a.out / "card_crowns_TEAK_057.png", 480, title, D.voc_boxes(xml))
-
+        crowns(a, work)
         new_sources(a, work)
         _kampala(a, work)
+
+
+NAIP_DEMO_CHIPS = ("claremont_2018_65", "claremont_2018_66", "claremont_2018_69")  # data/sample/SOURCE
+
+
+def crowns(a, work: Path) -> None:
+    """Tree crowns: `make demo-crowns` on the bundled NEON plot, a held-out TEAK plot with its CHM, and `make
+    demo-naip` on the bundled held-out NAIP chips with their annotated trees."""
+    demo = ROOT / "data/sample/neon_sjer_rgb.tif"
+    truth_csv = a.data / "neon_trees/2018_SJER_3_252000_4107000_image_477_truth.csv"
+    # columns xmin, xmax, ymin, ymax -> x0, y0, x1, y1
+    truth = np.loadtxt(truth_csv, delimiter=",", skiprows=1, usecols=(1, 3, 2, 4)) if truth_csv.exists() else None
+    res = run_treecrowns(TreeCrownParams(image=demo, out_dir=work / "crowns_demo"))
+    title = f"make demo-crowns: {res.n_crowns} crowns (yellow), treetops (red), annotated trees (cyan)"
+    render_crowns(demo, res.crowns, a.out / "demo_treecrowns.png", 480, title, truth, res.treetops)
+    _site, rgb_path, xml, chm_path = next(p for p in D.neon_plots(a.data, "val") if p[1].stem == "TEAK_057")
+    res = run_treecrowns(TreeCrownParams(image=rgb_path, chm=chm_path, out_dir=work / "crowns_teak"))
+    title = f"held-out TEAK_057 with its CHM: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
+    render_crowns(rgb_path, res.crowns, a.out / "card_crowns_TEAK_057.png", 480, title, D.voc_boxes(xml),
+                  res.treetops)  # fmt: skip
+    # The NAIP sample: its annotated points, moved onto the sample's grid from each chip's own.
+    sample = ROOT / "data/sample/naip_claremont_2018_rgbn.tif"
+    points = []
+    with rasterio.open(sample) as ds:
+        inv = ~ds.transform
+        for name in NAIP_DEMO_CHIPS:
+            chip = naip.Chip(a.data / "landcover/naip_california/images" / f"{name}.tif", naip.VAL_CITY, 2018, 0)
+            with rasterio.open(chip.path) as c:
+                points += [inv * (c.transform * (x, y)) for x, y in naip.tree_points(chip)]
+    res = run_treecrowns(TreeCrownParams(image=sample, out_dir=work / "crowns_naip", name="naip_trees"))
+    title = (f"make demo-naip (held-out claremont, 0.6 m, RGB + NIR): {res.n_crowns} treetops (red), crowns "
+             f"(yellow), {len(points)} annotated trees (cyan)")  # fmt: skip
+    render_crowns(sample, res.crowns, a.out / "demo_naip_trees.png", 768, title, None, res.treetops, points)
 
 
 def new_sources(a, work: Path) -> None:

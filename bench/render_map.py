@@ -54,8 +54,18 @@ def render(image: Path, classes: Path, out: Path, width: int = 640, title: str =
     return out
 
 
-def render_crowns(image: Path, crowns: Path, out: Path, width: int = 640, title: str = "", truth_px=None) -> Path:
-    """The image with the crowns' outlines (yellow) and, when given, the annotated boxes (cyan, pixel coords)."""
+def render_crowns(
+    image: Path,
+    crowns: Path,
+    out: Path,
+    width: int = 640,
+    title: str = "",
+    truth_px=None,
+    treetops: Path | None = None,
+    truth_points=None,
+) -> Path:
+    """The image with the crowns' outlines (yellow), their treetops (red dots) and, when given, the annotated
+    boxes or points (cyan, pixel coords)."""  # fmt: skip
     import fiona
     from shapely.geometry import shape
 
@@ -69,10 +79,17 @@ def render_crowns(image: Path, crowns: Path, out: Path, width: int = 640, title:
     draw = ImageDraw.Draw(canvas)
     for x0, y0, x1, y1 in truth_px if truth_px is not None else []:
         draw.rectangle([x0 * scale, y0 * scale, x1 * scale, y1 * scale], outline=(0, 255, 255), width=1)
+    for x, y in truth_points if truth_points is not None else []:
+        draw.ellipse([x * scale - 4, y * scale - 4, x * scale + 4, y * scale + 4], outline=(0, 255, 255), width=2)
     with fiona.open(crowns) as layer:
         for f in layer:
             ring = shape(f.geometry).exterior.coords
             draw.line([tuple(np.multiply(inv * xy, scale)) for xy in ring], fill=(255, 230, 0), width=2)
+    if treetops is not None:
+        with fiona.open(treetops) as layer:
+            for f in layer:
+                x, y = np.multiply(inv * f.geometry.coordinates, scale)
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 40, 40))
     if title:
         draw.text((4, h + 5), title, fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@
   python -m export sam --model-type vit_b --checkpoint sam_vit_b_01ec64.pth --out-dir models/sam_vit_b
   python -m export text-encoder            # class-prompt encoder (all-MiniLM-L6-v2, offline) -> models/text_encoder
   python -m export embed-classes --model model.onnx
-  python -m export train landcover|treecrowns [--iterations N] [--seed 0] [--resume] [--minutes M]
+  python -m export train landcover|treecrowns|change [--iterations N] [--seed 0] [--resume] [--minutes M]
   python -m export baseline --out models/rgb_index_baseline.onnx
 
 Exit codes: 0 ok, 5 export/parity/tool error (one line on stderr), 2 usage.
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--model", type=Path, required=True)
 
     tr = sub.add_parser("train", help="train a shipped model (deterministic for a seed, resumable)")
-    tr.add_argument("task", choices=("landcover", "treecrowns"))
+    tr.add_argument("task", choices=("landcover", "treecrowns", "change"))
     tr.add_argument("--data", type=Path, help="the shared data folder (default: ../shared/data)")
     tr.add_argument("--out", type=Path, help="model package (default: models/<the task's model>.onnx)")
     tr.add_argument("--work", type=Path, help="checkpoints, report (default: out/train_<task>)")
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--checkpoint", type=Path, default=Path("out/train_treecrowns/model.pt"))
     pt.add_argument("--out", type=Path, default=Path("models/treecrowns_centernet_lite0.onnx"))
 
+    pc = sub.add_parser("package-change", help="trained change model -> ONNX package (parity, metadata)")
+    pc.add_argument("--checkpoint", type=Path, default=Path("out/train_change/model.pt"))
+    pc.add_argument("--out", type=Path, default=Path("models/change_siamese_lite0.onnx"))
+
     b = sub.add_parser("baseline", help="write the physically based RGB index baseline model")
     b.add_argument("--out", type=Path, default=Path("models/rgb_index_baseline.onnx"))
     return parser
@@ -120,6 +124,13 @@ def train_params(args: argparse.Namespace):
                "naip_per_batch": args.naip_per_batch, "banepa_per_batch": args.banepa_per_batch, "nir": args.nir,
                "nir_dropout": args.nir_dropout}  # fmt: skip
     given_options = {k: v for k, v in options.items() if v is not None}
+    if args.task == "change":
+        from .train_change import ChangeTrainParams
+
+        other = [k for k in given_options if k not in ("crop", "batch")]
+        if other:  # the change recipe has none of these: refused rather than silently ignored
+            raise InputError(f"--{other[0].replace('_', '-')} does not apply to change training")
+        return ChangeTrainParams(export=not args.no_export, **common, **given_options)
     if args.task != "landcover":
         from .train_treecrowns import CrownTrainParams
 
@@ -188,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
             from .train_landcover import train
 
             train(train_params(args))
+        elif args.task == "change":
+            from .change_package import export_change
+            from .train_change import train_change
+
+            p = train_params(args)
+            report = train_change(p)
+            if p.export and "threshold" in report:
+                export_change(p.work / "model.pt", p.out)
         else:
             from .train_treecrowns import train_treecrowns
 
@@ -205,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
         from .treecrowns_package import export_treecrowns
 
         export_treecrowns(args.checkpoint, args.out)
+    elif args.command == "package-change":
+        from .change_package import export_change
+
+        export_change(args.checkpoint, args.out)
     elif args.command == "baseline":
         from .baseline import write
 
