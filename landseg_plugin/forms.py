@@ -37,6 +37,13 @@ def shared_field(task: str, opt: dict[str, Any]) -> bool:
     return sum(o["field"] == opt["field"] for o in options(task)) > 1
 
 
+def derived_output(task: str, opt: dict[str, Any]) -> bool:
+    """An output the engine places beside another one when it is left out (treetops beside the crowns): not one
+    of the paths that stand in for the output folder, so a front end may leave it empty."""
+    instead = {f for o in options(task, front_end=False) for f in o.get("instead") or ()}
+    return opt["widget"] in OUTPUT_WIDGETS and bool(instead) and opt["field"] not in instead
+
+
 def default_value(opt: dict[str, Any]) -> Any:
     """What a front end shows before the user changes it: the dataclass default, an unset number's sentinel,
     a shipped model's path on this machine."""

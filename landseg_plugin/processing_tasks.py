@@ -67,7 +67,9 @@ def make_parameter(task: str, opt: dict[str, Any]) -> QgsProcessingParameterDefi
         return QgsProcessingParameterRasterDestination(name, label)
     if widget in ("output_vector", "output_points"):
         kind = QgsProcessing.TypeVectorPoint if widget == "output_points" else QgsProcessing.TypeVectorPolygon
-        return QgsProcessingParameterVectorDestination(name, label, kind)
+        # Left empty (qgis_process, a model), the engine writes it beside the output it derives from.
+        derived = forms.derived_output(task, opt)
+        return QgsProcessingParameterVectorDestination(name, label, kind, optional=derived, createByDefault=True)
     if widget == "output_file":
         return QgsProcessingParameterFileDestination(name, label, fileFilter=opt.get("file_filter", ""))
     if widget == "output_folder":

@@ -205,15 +205,20 @@ def test_treecrowns_headless(qgis_env, tmp_path):
     assert len(feats) >= 10 and {f["properties"]["method"] for f in feats} == {"detector"}  # 15 on this scene
     assert {"score", "height_max", "area_m2", "diameter_m"} <= set(feats[0]["properties"])
     assert (tmp_path / "crowns.qml").exists()
+    with fiona.open(tmp_path / "crowns_treetops.gpkg") as tops:  # OUTPUT_TREETOPS left out: beside the crowns
+        assert len(tops) == len(feats) and tops.schema["geometry"] == "Point"
     # the score threshold is a parameter: a stricter one keeps the stronger crowns only
     proc = qgis_process(
         qgis_env, "run", "landseg:treecrowns", f"--INPUT={URBAN}", "--SCORE_THRESHOLD=0.5",
-        f"--OUTPUT={tmp_path / 'strict.gpkg'}",
+        f"--OUTPUT={tmp_path / 'strict.gpkg'}", f"--OUTPUT_TREETOPS={tmp_path / 'tops.gpkg'}", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with fiona.open(tmp_path / "strict.gpkg") as layer:
         strict = [f["properties"]["score"] for f in layer]
     assert len(strict) < len(feats) and min(strict, default=1) >= 0.5
+    with fiona.open(tmp_path / "tops.gpkg") as tops:
+        assert len(tops) == len(strict)
+    assert json.loads(proc.stdout)["results"]["OUTPUT_TREETOPS"] == str(tmp_path / "tops.gpkg")
 
 
 def test_chm_headless(qgis_env, tmp_path):
@@ -265,10 +270,10 @@ def test_accuracy_headless(qgis_env, tmp_path):
 
 
 def test_batch_headless(qgis_env, tmp_path):
-    """landseg:batch: a folder of rasters (the two bundled samples) on a 2-worker local Dask cluster."""
+    """landseg:batch: a folder of rasters (the two bundled RGB samples) on a 2-worker local Dask cluster."""
     pytest.importorskip("distributed")
     proc = qgis_process(
-        qgis_env, "run", "landseg:batch", f"--PATTERN={SJER.parent}/*.tif", "--WORKERS=2",
+        qgis_env, "run", "landseg:batch", f"--PATTERN={SJER.parent}/*_rgb.tif", "--WORKERS=2",
         f"--OUTPUT={tmp_path / 'batch'}", "--json",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

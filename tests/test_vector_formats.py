@@ -81,6 +81,9 @@ def test_crowns_as_flatgeobuf(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with fiona.open(tmp_path / "c.fgb") as layer:
         assert len(layer) >= 5 and {"score", "area_m2", "diameter_m"} <= set(layer.schema["properties"])
+        crowns = len(layer)
+    with fiona.open(tmp_path / "c_treetops.fgb") as tops:  # not asked for: beside the crowns, in their format
+        assert len(tops) == crowns and tops.schema["geometry"] == "Point"
 
 
 def test_styles_keep_class_names_with_xml_characters():

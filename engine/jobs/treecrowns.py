@@ -141,7 +141,7 @@ OPTIONS = (
     ui.resample_option("detector: read the image at its own pixel size inside the model's range (0.1-0.6 m), "
                     "else at the range's nearer end (default auto; off: as it is)"),
     ui.RESCALE,
-    ui.out_folder("crowns_path", "treetops_path"),
+    ui.out_folder("crowns_path"),  # the treetops default to beside the crowns
     ui.name_option(),
     ui.Option("crowns_path", "--out-crowns", "Tree crowns", "crowns layer path (default: OUT/NAME.gpkg)",
            widget="output_vector", name="OUTPUT", result="crowns", suffix=".gpkg"),
