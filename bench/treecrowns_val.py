@@ -1,9 +1,12 @@
 """Tree crowns on the held-out NEON plots (SJER every 4th plot id, both years; TEAK_057/061 with their CHM; SOAP,
 a site never trained on), through the engine: precision, recall and F1 at IoU 0.4 (one-to-one matching of the
 crowns' bounding boxes to the annotated boxes), per site, for the trained detector (RGB, and RGB + CHM where a CHM
-exists) and the colour-rule watershed method, side by side.
+exists) and the colour-rule watershed method, side by side. Then the held-out NAIP city (naip.VAL_CITY, every chip
+of every year at its own 0.6 m): the engine's treetops within 3 m of an annotated tree point, one-to-one, with the
+chip as it is (RGB + NIR) and with its RGB bands only.
 
 Usage: python bench/treecrowns_val.py [--data ../shared/data] [--model models/treecrowns_centernet_lite0.onnx]
+       [--only neon|naip]
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
 from engine.model_package import COLOUR_RULE_MODEL, DEFAULT_TREECROWN_MODEL  # noqa: E402
 from export.train import landcover_data as D  # noqa: E402
-from export.train_treecrowns import match, prf  # noqa: E402
+from export.train import naip  # noqa: E402
+from export.train_treecrowns import POINT_MATCH_M, match, match_points, prf  # noqa: E402
 
 
 def plot_raster(rgb_path: Path, work: Path) -> Path:
@@ -70,10 +74,50 @@ def evaluate(data: Path, methods: dict, work: Path, plots=None) -> dict:
     return res
 
 
+def treetops_px(gpkg: Path, raster: Path) -> np.ndarray:
+    """Treetops (n, 2) in the raster's pixel coordinates (column, row), pixel corners at integers as the
+    annotated points'."""
+    with rasterio.open(raster) as ds, fiona.open(gpkg) as layer:
+        inv = ~ds.transform
+        pts = [inv * tuple(f.geometry["coordinates"][:2]) for f in layer]
+    return np.asarray(pts, np.float32).reshape(-1, 2)
+
+
+def evaluate_naip(data: Path, model: Path, work: Path) -> dict:
+    """{"rgb+nir" | "rgb": {year: [hits, n_pred, n_truth]}} on every chip of the held-out NAIP city."""
+    res: dict = {}
+    for chip in naip.chips(data, "val"):
+        truth = naip.tree_points(chip)
+        with rasterio.open(chip.path) as ds:
+            profile = ds.profile | {"count": 3}
+            rgb = ds.read([1, 2, 3])
+        rgb_path = work / f"{chip.path.stem}_rgb.tif"
+        with rasterio.open(rgb_path, "w", **profile) as out:
+            out.write(rgb)
+        px = abs(profile["transform"].a)
+        for label, raster in (("rgb+nir", chip.path), ("rgb", rgb_path)):
+            r = run_treecrowns(TreeCrownParams(image=raster, out_dir=work / label / chip.path.stem, model=model))
+            tops = treetops_px(r.treetops, raster)
+            a = res.setdefault(label, {}).setdefault(chip.year, [0, 0, 0])
+            a[0] += match_points(tops, truth, POINT_MATCH_M / px)
+            a[1] += len(tops)
+            a[2] += len(truth)
+    return res
+
+
+def print_table(res: dict, title: str) -> None:
+    print(f"{'method':20} {'site':5} {'P':>6} {'R':>6} {'F1':>6}  ({title})")
+    for name, per in res.items():
+        for site, c in per.items():
+            print(f"{name:20} {site!s:5} " + " ".join(f"{v:6.3f}" for v in prf(*c)))
+        print(f"{name:20} {'all':5} " + " ".join(f"{v:6.3f}" for v in prf(*np.sum(list(per.values()), axis=0))))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=D.data_root())
     ap.add_argument("--model", type=Path, default=DEFAULT_TREECROWN_MODEL)
+    ap.add_argument("--only", choices=("neon", "naip"), help="one of the two checks")
     a = ap.parse_args()
     methods = {
         "detector RGB": (a.model, False),
@@ -82,12 +126,12 @@ def main() -> None:
         "watershed RGB+CHM": (COLOUR_RULE_MODEL, True),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        res = evaluate(a.data, methods, Path(tmp))
-    print(f"{'method':20} {'site':5} {'P':>6} {'R':>6} {'F1':>6}  (IoU >= 0.4)")
-    for name, per in res.items():
-        for site, c in per.items():
-            print(f"{name:20} {site:5} " + " ".join(f"{v:6.3f}" for v in prf(*c)))
-        print(f"{name:20} {'all':5} " + " ".join(f"{v:6.3f}" for v in prf(*np.sum(list(per.values()), axis=0))))
+        if a.only != "naip":
+            print_table(evaluate(a.data, methods, Path(tmp)), "NEON, IoU >= 0.4")
+        if a.only != "neon":
+            naip_res = evaluate_naip(a.data, a.model, Path(tmp))
+            print_table({f"detector {k}": v for k, v in naip_res.items()},
+                        f"NAIP {naip.VAL_CITY} by year, treetops within {POINT_MATCH_M:g} m")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -82,4 +82,7 @@ def test_train_export_and_run_direct(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["method"] == "direct"
+    result = json.loads(proc.stdout)
+    assert result["method"] == "direct"
+    # no --threshold: the one chosen in training, carried in the package's metadata
+    assert f"change where its probability > {report['threshold']:g} (the model's own threshold)" in result["messages"]

@@ -8,7 +8,7 @@ covers. Two methods:
   to_class, and a from x to transition matrix (m2) is written as CSV.
 - ``direct``: a bi-temporal change model (task "change"; inputs marked date "before" / "after"; classes "no change"
   and "change", e.g. a siamese network exported with `python -m export onnx`) gives a change probability; pixels
-  above ``threshold`` are change (code 1).
+  above ``threshold`` (default: the one the model's metadata declares, ``change.threshold``) are change (code 1).
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ class ChangeParams:
     name: str = "change"
     method: str = "postclass"
     modalities: dict[str, BandSource] = field(default_factory=dict)  # applied to both dates
-    threshold: float = 0.5  # direct method: change probability above which a pixel is change
+    # direct method: change probability above which a pixel is change; None: the model's own (metadata
+    # change.threshold, chosen when it was trained), else 0.5
+    threshold: float | None = None
     tile: int | None = None
     overlap: int | None = None
     batch: int = 4
@@ -87,7 +89,8 @@ OPTIONS = (
            "empty: all)", "postclass: report changes from or to these classes only, e.g. building,road",
            widget="text_list", panel=True),
     ui.Option("threshold", "--threshold", "Change probability threshold (direct)",
-           "direct method: change probability threshold (default: %(default)s)", minimum=0, maximum=1),
+           "direct method: change probability threshold (default: the model's own, metadata change.threshold, "
+           "else 0.5)", minimum=0, maximum=1),
     ui.Option("min_confidence", "--min-confidence", "Joint confidence a change needs (postclass)",
            "postclass: joint confidence (before x after) a change needs (default: %(default)s, tuned, see "
            "MODEL_CARD.md)", minimum=0, maximum=1, advanced=True),
@@ -135,6 +138,14 @@ class ChangeResult(MapReport):
         for a in names:
             lines.append(a.ljust(width) + "".join(f"{self.transitions_m2[a][b]:{width}.1f}" for b in names))
         return "\n".join(lines)
+
+
+def direct_threshold(given: float | None, meta: ModelMeta) -> float:
+    """The direct method's change-probability threshold: the one given, else the model's metadata
+    ``change.threshold`` (chosen on held-out pairs when it was trained), else 0.5."""
+    if given is not None:
+        return float(given)
+    return float(meta.extra.get("change", {}).get("threshold", 0.5))
 
 
 def _check_band_counts(before: list[Path], after: list[Path]) -> None:
@@ -328,6 +339,10 @@ def run_change(
                             say(f"{date}: {msg}")
                         rescaling.update({f"{date}:{n}": v for n, v in inp.rescaling.items()})
                     paired = PairedInputs(ib, ia)
+                    threshold = direct_threshold(params.threshold, meta)
+                    say(f"change where its probability > {threshold:g}"
+                        + ("" if params.threshold is not None else " (the model's own threshold)"))  # fmt: skip
+                    params = dataclasses.replace(params, threshold=threshold)
                     counts = write_direct(
                         paired,
                         runtime,
