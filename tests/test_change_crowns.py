@@ -83,13 +83,46 @@ def test_direct_change_with_an_exported_siamese_model(tmp_path, after_image):
         ExportParams(meta=tmp_path / "meta.json", out=tmp_path / "siamese.onnx", entry="torch_models:siamese_change"),
         log=lambda m: None,
     )
-    res = run_change(
-        ChangeParams(before=[URBAN], after=[after_image], model=model, out_dir=tmp_path / "o", method="direct")
+    bare = run_change(
+        ChangeParams(
+            before=[URBAN],
+            after=[after_image],
+            model=model,
+            out_dir=tmp_path / "o",
+            method="direct",
+            landcover_model="none",
+        )  # fmt: skip
     )
-    with rasterio.open(res.change_map) as ds:
+    with rasterio.open(bare.change_map) as ds:
         code = ds.read(1)
     assert (code[PARK] == 1).mean() > 0.9 and (code[LOT] == 1).mean() > 0.9
-    assert res.n_polygons >= 2 and res.transitions_m2["change"]["change"] > 500
+    assert bare.n_polygons >= 2 and bare.transitions_m2["change"]["change"] > 500
+    # with a land-cover model on both dates (the colour rule: the park's flat paint is its kind of green), the
+    # same change pixels are named from -> to
+    res = run_change(
+        ChangeParams(
+            before=[URBAN],
+            after=[after_image],
+            model=model,
+            out_dir=tmp_path / "n",
+            method="direct",
+            landcover_model=DEFAULT_MODEL,
+        )  # fmt: skip
+    )
+    k = len(res.classes)
+    with rasterio.open(res.change_map) as ds:
+        named = ds.read(1)
+    changed = (named > 0) & (named != 65535)
+    assert not (changed & (code != 1)).any() and np.array_equal(named == 0, code == 0)
+    assert changed.sum() >= 0.95 * (code == 1).sum()  # only pixels a date could not classify lose their change
+    assert res.changed_m2 == pytest.approx(bare.changed_m2, rel=0.05)
+    assert res.changed_m2 == pytest.approx(sum(v for row in res.transitions_m2.values() for v in row.values()))
+    park_to = np.bincount((named[PARK][changed[PARK]] - 1) % k, minlength=k).argmax()
+    assert res.classes[park_to] == "vegetation"  # painted green in the "after" image
+    with fiona.open(res.polygons) as layer:
+        props = [f["properties"] for f in layer]
+    assert props and all(p["from_class"] in res.classes and p["to_class"] in res.classes for p in props)
+    assert all(0.0 <= p["probability"] <= 1.0 for p in props)
 
 
 def test_change_bad_inputs(tmp_path):

@@ -8,7 +8,11 @@ covers. Two methods:
   to_class, and a from x to transition matrix (m2) is written as CSV.
 - ``direct``: a bi-temporal change model (task "change"; inputs marked date "before" / "after"; classes "no change"
   and "change", e.g. a siamese network exported with `python -m export onnx`) gives a change probability; pixels
-  above ``threshold`` (default: the one the model's metadata declares, ``change.threshold``) are change (code 1).
+  above ``threshold`` (default: the one the model's metadata declares, ``change.threshold``) are change. With a
+  land-cover model (``landcover_model``, the default one unless None) both dates are also classified: a change
+  pixel's code is then 1 + from * K + to as above (from == to: a change within one class, e.g. a roof rebuilt), the
+  polygons carry from_class / to_class and their mean change probability, and the matrix holds the changed area by
+  from and to class; without one, change is code 1.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..runtime import RuntimeOptions, make_runtime
 from ..styles import change_polygon_qml, change_raster_qml
 from ..tiling import TileGrid, fit_tile, requested_overlap
 from ..vector_formats import driver_for
-from .change_maps import class_filter, combine, write_direct, write_matrix
+from .change_maps import class_filter, combine, label_changes, write_direct, write_matrix
 from .common import MapReport, Messages, atomic_outputs, scratch_folder, stage
 from .landcover import GDAL_CACHE_MB
 
@@ -57,6 +61,9 @@ class ChangeParams:
     # direct method: change probability above which a pixel is change; None: the model's own (metadata
     # change.threshold, chosen when it was trained), else 0.5
     threshold: float | None = None
+    # direct method: the land-cover model run on both dates to name each change's from and to classes (None: the
+    # changes are not named, and the two extra inferences are saved)
+    landcover_model: Path | None = DEFAULT_LANDCOVER_MODEL
     tile: int | None = None
     overlap: int | None = None
     batch: int = 4
@@ -91,6 +98,9 @@ OPTIONS = (
     ui.Option("threshold", "--threshold", "Change probability threshold (direct)",
            "direct method: change probability threshold (default: the model's own, metadata change.threshold, "
            "else 0.5)", minimum=0, maximum=1),
+    ui.Option("landcover_model", "--landcover-model", "Land-cover model naming the changes' from/to classes (direct)",
+           "direct method: land-cover model run on both dates to name each change's from and to classes (default: "
+           "%(default)s; none: changes are not named)", widget="model", file_filter=ui.MODEL_FILTER, advanced=True),
     ui.Option("min_confidence", "--min-confidence", "Joint confidence a change needs (postclass)",
            "postclass: joint confidence (before x after) a change needs (default: %(default)s, tuned, see "
            "MODEL_CARD.md)", minimum=0, maximum=1, advanced=True),
@@ -204,6 +214,91 @@ def _one_scale(params: ChangeParams, probe, say) -> str:
     return "percentile"
 
 
+@dataclass
+class _ClassMapper:
+    """A land-cover model set up to map both dates over the change grid, read at its own pixel size."""
+
+    meta: ModelMeta
+    plan: object  # engine.resample.ResamplePlan
+    tiles: TileGrid  # over the model grid
+    runtime: object
+
+    @classmethod
+    def make(cls, params: ChangeParams, package, grid, tile: int | None, overlap: int | None, say, rescale_of):
+        meta = package.meta
+        tile = tile or meta.tile_size
+        overlap = requested_overlap(tile, overlap, meta.overlap)
+        plan = plan_resampling(grid, meta.pixel_size_m, params.resample)
+        mgrid = plan.model_grid
+        if plan.active:
+            mtile, moverlap = fit_tile(tile, overlap, mgrid.height, mgrid.width) if params.tile is None else (
+                tile, overlap)  # fmt: skip
+            tiles = TileGrid(mgrid.height, mgrid.width, mtile, moverlap)
+        else:
+            tiles = TileGrid(grid.height, grid.width, tile, overlap)
+
+        def calibration():  # --precision int8, first use: tiles of the "before" date
+            kw = {"grid": mgrid, "resampling": plan.read_resampling, "rescale": rescale_of()}
+            with AlignedInputs(params.before, meta, params.modalities or None, **kw) as inputs:
+                yield from calibration_feeds(tiles, inputs)
+
+        return cls(meta, plan, tiles, make_runtime(package.path, meta.output_name, params.runtime, say, calibration))
+
+    def maps(self, params, rescale, work, stride, say, rescaling, progress, cancelled) -> list[tuple[Path, Path]]:
+        """(class map, confidence) of each date on the change grid, in the scratch folder."""
+        meta, plan, classes = self.meta, self.plan, self.meta.classes
+        out = []
+        for k, (date, paths) in enumerate((("before", params.before), ("after", params.after))):
+            cls_p, conf_p = work / f"{date}_classes.tif", work / f"{date}_conf.tif"
+            m_cls, m_conf = (work / f"{date}_model_{p.name}" for p in (cls_p, conf_p))
+            if not plan.active:
+                m_cls, m_conf = cls_p, conf_p
+            kw = {"grid": plan.model_grid, "resampling": plan.read_resampling, "rescale": rescale}
+            with AlignedInputs(paths, meta, params.modalities or None, **kw) as inputs:
+                if k == 0:  # once the inputs are known to be usable
+                    say(plan.message())
+                for msg in inputs.messages:
+                    say(f"{date}: {msg}")
+                rescaling.update({f"{date}:{n}": v for n, v in inputs.rescaling.items()})
+                writer = PredictionWriter(m_cls, m_conf, plan.model_grid, classes, self.tiles.rows.stride)
+                try:
+                    for b in predict_blocks(
+                        inputs, self.runtime.run, meta, self.tiles, params.batch,
+                        stage(progress, 0.5 * k, 0.5 * k + 0.5), cancelled,
+                    ):  # fmt: skip
+                        writer.write(b.row, b.col, b.probs, b.valid)
+                finally:
+                    writer.close()
+            if not writer.counts.sum():  # "0 m2 changed" would read as a finding (issue #29 item 6)
+                raise InputError(
+                    f"the {date} raster {paths[0]} has no valid pixel where the two dates overlap (all "
+                    "nodata or masked): there is nothing to compare"
+                )
+            if plan.active:
+                warp_back(plan, m_cls, m_conf, cls_p, conf_p, classes, stride)
+            out.append((cls_p, conf_p))
+        return out
+
+
+def _transitions(classes, counts, px_area: float, direct: bool):
+    """Polygon properties per change code, the from x to areas (m2), and the styles' (code, from, to) rows."""
+    names = [c.name for c in classes]
+    k = len(classes)
+    props = {
+        1 + a * k + b: {
+            "from_class": names[a],
+            "to_class": names[b],
+            # direct: a change within one class (a roof rebuilt, a field replanted) is still a change
+            "transition": f"{names[a]} → {names[b]}" if a != b else f"{names[a]} (changed)",
+        }
+        for a in range(k)
+        for b in range(k)
+        if (a != b or direct) and counts[a, b] > 0
+    }
+    transitions = {names[a]: {names[b]: round(float(counts[a, b]) * px_area, 3) for b in range(k)} for a in range(k)}
+    return names, props, transitions, [(code, classes[(code - 1) // k], classes[(code - 1) % k]) for code in props]
+
+
 def run_change(
     params: ChangeParams,
     progress: Callable[[float, str], None] | None = None,
@@ -221,20 +316,20 @@ def run_change(
     want = "landcover" if params.method == "postclass" else "change"
     if meta.task != want:
         raise InputError(f"method '{params.method}' needs a {want} model; '{meta.name}' is a {meta.task} model")
+    direct = params.method == "direct"
+    lc_package = None
+    lc_model = params.landcover_model if str(params.landcover_model or "none").lower() != "none" else None
+    if direct and lc_model:  # names each change's from and to classes
+        lc_package = load_model_package(lc_model)
+        if lc_package.meta.task != "landcover":
+            raise InputError(f"--landcover-model {lc_model} is a {lc_package.meta.task} model, not a "
+                             "land-cover model")  # fmt: skip
     _check_band_counts(params.before, params.after)
-    wanted = class_filter(params.classes, meta.classes) if params.method == "postclass" else None
+    wanted = class_filter(params.classes, meta.classes) if not direct else None
     grid = overlap_grid(params.before[0], params.after[0])
     tile = params.tile or meta.tile_size
     overlap = requested_overlap(tile, params.overlap, meta.overlap)
     tiles = TileGrid(grid.height, grid.width, tile, overlap)
-    # Direct change models are applied as they are: their metadata rarely states a pixel size.
-    plan = plan_resampling(grid, meta.pixel_size_m, params.resample if params.method == "postclass" else "off")
-    mgrid = plan.model_grid
-    if plan.active:
-        mtile, moverlap = fit_tile(tile, overlap, mgrid.height, mgrid.width) if params.tile is None else (tile, overlap)
-        mtiles = TileGrid(mgrid.height, mgrid.width, mtile, moverlap)
-    else:
-        mtiles = tiles
     area_of = AreaCalculator(grid.crs)
     cx, cy = grid.transform * (grid.width / 2, grid.height / 2)
     px_area = area_of(shapely.box(cx, cy, cx + grid.pixel_size[0], cy + grid.pixel_size[1]))
@@ -245,91 +340,49 @@ def run_change(
             if p.suffix.lower() != suffix:
                 raise OutputError(f"output {p} must end in {suffix}")
         driver_for(finals[1], "change polygons output")
-        check_outputs_spare_inputs(list(finals), [*params.before, *params.after, params.model], name=params.name)
+        models = [params.model, *([lc_model] if lc_package else [])]
+        check_outputs_spare_inputs(list(finals), [*params.before, *params.after, *models], name=params.name)
+        rescale = "auto"
 
-        def calibration():  # --precision int8, first use: tiles of the "before" date
-            kw = {"grid": mgrid, "resampling": plan.read_resampling, "rescale": rescale}
-            with AlignedInputs(params.before, meta, params.modalities or None, **kw) as inputs:
-                yield from calibration_feeds(mtiles, inputs)
-
-        if params.method == "postclass":
-            probe = ((meta, {"grid": mgrid, "resampling": plan.read_resampling}),) * 2
+        if not direct:
+            mapper = _ClassMapper.make(params, package, grid, params.tile, params.overlap, say, lambda: rescale)
+            probe = ((meta, {"grid": mapper.plan.model_grid, "resampling": mapper.plan.read_resampling}),) * 2
+            resampling = mapper.plan.as_dict()
         else:
             probe = ((_date_meta(meta, "before"), {"grid": grid}), (_date_meta(meta, "after"), {"grid": grid}))
+            # Direct change models are applied as they are: their metadata rarely states a pixel size.
+            resampling = plan_resampling(grid, meta.pixel_size_m, "off").as_dict()
         rescale = _one_scale(params, probe, say)
-        runtime = make_runtime(package.path, meta.output_name, params.runtime, say, calibration)
         with atomic_outputs(finals[0].parent) as outputs, scratch_folder(finals[0].parent) as work:
             map_tmp, gpkg_tmp, csv_tmp = (outputs.temp_for(p) for p in finals)
             conf_tmp = work / "change_confidence.tif"
             rescaling: dict[str, dict] = {}
-            if params.method == "postclass":
+            if not direct:
+                runtime = mapper.runtime
                 classes = meta.classes
-                maps = []
-                for k, (date, paths) in enumerate((("before", params.before), ("after", params.after))):
-                    cls_p, conf_p = work / f"{date}_classes.tif", work / f"{date}_conf.tif"
-                    m_cls, m_conf = (work / f"{date}_model_{p.name}" for p in (cls_p, conf_p))
-                    if not plan.active:
-                        m_cls, m_conf = cls_p, conf_p
-                    with AlignedInputs(
-                        paths,
-                        meta,
-                        params.modalities or None,
-                        grid=mgrid,
-                        resampling=plan.read_resampling,
-                        rescale=rescale,
-                    ) as inputs:
-                        if k == 0:  # once the inputs are known to be usable
-                            say(plan.message())
-                        for msg in inputs.messages:
-                            say(f"{date}: {msg}")
-                        rescaling.update({f"{date}:{n}": v for n, v in inputs.rescaling.items()})
-                        writer = PredictionWriter(m_cls, m_conf, mgrid, classes, mtiles.rows.stride)
-                        try:
-                            for b in predict_blocks(
-                                inputs,
-                                runtime.run,
-                                meta,
-                                mtiles,
-                                params.batch,
-                                stage(progress, 0.4 * k, 0.4 * k + 0.4),
-                                cancelled,
-                            ):
-                                writer.write(b.row, b.col, b.probs, b.valid)
-                        finally:
-                            writer.close()
-                    if not writer.counts.sum():  # "0 m2 changed" would read as a finding (issue #29 item 6)
-                        raise InputError(
-                            f"the {date} raster {paths[0]} has no valid pixel where the two dates overlap (all "
-                            "nodata or masked): there is nothing to compare"
-                        )
-                    if plan.active:
-                        warp_back(plan, m_cls, m_conf, cls_p, conf_p, classes, tiles.rows.stride)
-                    maps.append((cls_p, conf_p))
+                maps = mapper.maps(params, rescale, work, tiles.rows.stride, say, rescaling,
+                                   stage(progress, 0.0, 0.8), cancelled)  # fmt: skip
                 if wanted is not None:
                     say("changes reported from or to: " + ", ".join(classes[i].name for i in sorted(wanted)))
                 counts = combine(
                     maps[0], maps[1], map_tmp, conf_tmp, grid, len(classes), tiles.rows.stride,
                     wanted, params.min_confidence,
                 )  # fmt: skip
-                names = [c.name for c in classes]
-                k = len(classes)
-                props = {
-                    1 + a * k + b: {
-                        "from_class": names[a],
-                        "to_class": names[b],
-                        "transition": f"{names[a]} → {names[b]}",
-                    }
-                    for a in range(k)
-                    for b in range(k)
-                    if a != b and counts[a, b] > 0
-                }
-                transitions = {
-                    names[a]: {names[b]: round(float(counts[a, b]) * px_area, 3) for b in range(k)} for a in range(k)
-                }
-                style_classes = [(code, classes[(code - 1) // k], classes[(code - 1) % k]) for code in props]
+                names, props, transitions, style_classes = _transitions(classes, counts, px_area, direct=False)
             else:
+
+                def calibration():  # --precision int8, first use: tiles of the "before" date
+                    with AlignedInputs(params.before, meta, params.modalities or None, grid=grid,
+                                       rescale=rescale) as inputs:  # fmt: skip
+                        yield from calibration_feeds(tiles, inputs)
+
+                runtime = make_runtime(package.path, meta.output_name, params.runtime, say, calibration)
                 before_meta, after_meta = _date_meta(meta, "before"), _date_meta(meta, "after")
                 mapping = params.modalities or None
+                threshold = direct_threshold(params.threshold, meta)
+                say(f"change where its probability > {threshold:g}"
+                    + ("" if params.threshold is not None else " (the model's own threshold)"))  # fmt: skip
+                direct_map = work / "direct_change.tif" if lc_package else map_tmp
                 with (
                     AlignedInputs(params.before, before_meta, mapping, grid=grid, rescale=rescale) as ib,
                     AlignedInputs(params.after, after_meta, mapping, grid=grid, rescale=rescale) as ia,
@@ -338,31 +391,28 @@ def run_change(
                         for msg in inp.messages:
                             say(f"{date}: {msg}")
                         rescaling.update({f"{date}:{n}": v for n, v in inp.rescaling.items()})
-                    paired = PairedInputs(ib, ia)
-                    threshold = direct_threshold(params.threshold, meta)
-                    say(f"change where its probability > {threshold:g}"
-                        + ("" if params.threshold is not None else " (the model's own threshold)"))  # fmt: skip
-                    params = dataclasses.replace(params, threshold=threshold)
                     counts = write_direct(
-                        paired,
-                        runtime,
-                        meta,
-                        tiles,
-                        params,
-                        map_tmp,
-                        conf_tmp,
-                        grid,
-                        stage(progress, 0.0, 0.8),
-                        cancelled,
-                    )
-                names = ["no change", "change"]
-                props = {1: {"from_class": "", "to_class": "", "transition": "change"}}
-                transitions = {
-                    "no change": {"no change": round(counts[0] * px_area, 3), "change": 0.0},
-                    "change": {"no change": 0.0, "change": round(counts[1] * px_area, 3)},
-                }
-                changed = ClassInfo(1, "change", "#e31a1c")
-                style_classes = [(1, changed, changed)]
+                        PairedInputs(ib, ia), runtime, meta, tiles, dataclasses.replace(params, threshold=threshold),
+                        direct_map, conf_tmp, grid, stage(progress, 0.0, 0.4 if lc_package else 0.8), cancelled,
+                    )  # fmt: skip
+                if lc_package:
+                    mapper = _ClassMapper.make(params, lc_package, grid, None, None, say, lambda: rescale)
+                    maps = mapper.maps(params, rescale, work, tiles.rows.stride, say, {},
+                                       stage(progress, 0.4, 0.8), cancelled)  # fmt: skip
+                    classes = mapper.meta.classes
+                    pairs = label_changes(direct_map, maps[0][0], maps[1][0], map_tmp, grid, len(classes),
+                                          tiles.rows.stride)  # fmt: skip
+                    say(f"from / to classes: {mapper.meta.name} on both dates")
+                    names, props, transitions, style_classes = _transitions(classes, pairs, px_area, direct=True)
+                else:
+                    names = ["no change", "change"]
+                    props = {1: {"from_class": "", "to_class": "", "transition": "change"}}
+                    transitions = {
+                        "no change": {"no change": round(counts[0] * px_area, 3), "change": 0.0},
+                        "change": {"no change": 0.0, "change": round(counts[1] * px_area, 3)},
+                    }
+                    changed = ClassInfo(1, "change", "#e31a1c")
+                    style_classes = [(1, changed, changed)]
             n_poly = polygonize_values(
                 map_tmp,
                 conf_tmp,
@@ -372,18 +422,18 @@ def run_change(
                 params.polygons,
                 stage(progress, 0.85, 1.0),
                 cancelled,
-                conf_field="confidence",
+                # direct: the mean change probability of the polygon's pixels
+                conf_field="probability" if direct else "confidence",
             )
             write_matrix(csv_tmp, names, transitions)
             to_cog(map_tmp, "NEAREST")
             outputs.temp_for(finals[0].with_suffix(".qml")).write_text(change_raster_qml(style_classes))
             outputs.temp_for(finals[1].with_suffix(".qml")).write_text(change_polygon_qml(style_classes))
             done = outputs.commit()
-    changed_m2 = (
-        sum(v for a, row in transitions.items() for b, v in row.items() if a != b)
-        if params.method == "postclass"
-        else transitions["change"]["change"]
-    )
+    if not direct or lc_package:  # postclass: the off-diagonal; direct with classes: every changed pixel
+        changed_m2 = sum(v for a, row in transitions.items() for b, v in row.items() if a != b or direct)
+    else:
+        changed_m2 = transitions["change"]["change"]
     if progress:
         progress(1.0, "done")
     return ChangeResult(
@@ -401,6 +451,6 @@ def run_change(
         precision=dict(getattr(runtime, "precision_check", {})),
         seconds=round(time.perf_counter() - t0, 3),
         messages=say.items,
-        resampling=plan.as_dict(),
+        resampling=resampling,
         rescaling=rescaling,
     )

@@ -105,6 +105,32 @@ def write_direct(paired, runtime, meta, tiles, params, map_path, conf_path, grid
     return counts
 
 
+def label_changes(direct_map: Path, before: Path, after: Path, map_path: Path, grid: Grid, k: int, block: int):
+    """The direct model's change pixels (code 1) recoded 1 + from * K + to with the two dates' class maps, strip by
+    strip; returns the k x k pixel counts of the changes (unchanged pixels are counted nowhere). A change pixel
+    that either date's class map left without a class (its nodata) becomes nodata: it cannot be named."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
+    prof["predictor"] = 2
+    with (
+        rasterio.open(direct_map) as dm,
+        rasterio.open(before) as cb,
+        rasterio.open(after) as ca,
+        rasterio.open(map_path, "w", **prof) as out,
+    ):
+        out.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
+        for r0 in range(0, grid.height, block):
+            win = Window(0, r0, grid.width, min(block, grid.height - r0))
+            d = dm.read(1, window=win)
+            a, b = cb.read(1, window=win).astype(np.int64), ca.read(1, window=win).astype(np.int64)
+            change = (d == 1) & (a < k) & (b < k)
+            code = np.where(change, 1 + a * k + b, d).astype(np.int64)
+            code[(d == 1) & ~change] = CHANGE_NODATA
+            out.write(code.astype(np.uint16), 1, window=win)
+            counts += np.bincount((a * k + b)[change], minlength=k * k).reshape(k, k)
+    return counts
+
+
 def write_matrix(path: Path, names: list[str], transitions: dict[str, dict[str, float]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
