@@ -1,6 +1,8 @@
-"""Which shipped land-cover model a run uses when none is named: the RGB + NIR model where the input has a
-near-infrared band (told by the band mapping, or by the bands' descriptions), the RGB model otherwise. A model
-given with --model always wins. GDAL 3.6 (QGIS 3.22's) has no NIR colour interpretation, so descriptions it is.
+"""Which shipped model a run uses when none is named. Land cover: the RGB + NIR model where the input has a
+near-infrared band (told by the band mapping, or by the bands' descriptions), the RGB model otherwise. Tree
+crowns: the two-scale detector for coarse pixels (NAIP-type, >= COARSE_CROWNS_FROM_M), the 0.1 m one otherwise. A
+model given with --model always wins. GDAL 3.6 (QGIS 3.22's) has no NIR colour interpretation, so descriptions it
+is.
 """
 
 from __future__ import annotations
@@ -8,8 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_package import DEFAULT_LANDCOVER_MODEL, RGBN_LANDCOVER_MODEL
-from .raster_input import BandSource, open_raster, same_band
+from .model_package import (
+    COARSE_TREECROWN_MODEL,
+    DEFAULT_LANDCOVER_MODEL,
+    DEFAULT_TREECROWN_MODEL,
+    RGBN_LANDCOVER_MODEL,
+)
+from .raster_input import BandSource, Grid, open_raster, same_band
+
+# Between the two detectors' home pixel sizes (0.1 m NEON, 0.6 m NAIP), about their geometric mean: from here on a
+# crown is nearer in pixels to what the two-scale detector learned on NAIP.
+COARSE_CROWNS_FROM_M = 0.25
 
 _RGB = ("red", "green", "blue")
 
@@ -62,4 +73,24 @@ def choose_landcover_model(inputs: list[Path], model: Path | None, modalities: d
         mapping,
         f"band {nir} of {src} is near-infrared ({names[nir - 1]!r}): model {RGBN_LANDCOVER_MODEL.name} with "
         f"rgb={mapping['rgb']} nir={mapping['nir']} (--model {DEFAULT_LANDCOVER_MODEL.name} for RGB only)",
+    )
+
+
+def choose_treecrown_model(image: Path | str, model: Path | None) -> ModelChoice:
+    """The 0.1 m detector (ahead at 0.1 m: SJER) unless the image's pixels are coarse and the two-scale detector
+    is shipped; a pixel size that cannot be told (no CRS) keeps the default."""
+    if model is not None:
+        return ModelChoice(Path(model))
+    if not COARSE_TREECROWN_MODEL.exists():
+        return ModelChoice(DEFAULT_TREECROWN_MODEL)
+    from .resample import ground_pixel_size_m
+
+    with open_raster(image, "input raster") as ds:
+        px = ground_pixel_size_m(Grid(ds.crs, ds.transform, ds.width, ds.height))
+    if px is None or px < COARSE_CROWNS_FROM_M:
+        return ModelChoice(DEFAULT_TREECROWN_MODEL)
+    return ModelChoice(
+        COARSE_TREECROWN_MODEL,
+        message=f"{px:.2g} m pixels: model {COARSE_TREECROWN_MODEL.name}, trained on NAIP trees at 0.6 m and NEON "
+        f"plots (--model {DEFAULT_TREECROWN_MODEL.name} for the 0.1 m detector)",
     )

@@ -59,6 +59,9 @@ DEFAULT_LANDCOVER_MODEL = MODELS_DIR / "landcover_unet_lite0.onnx"
 RGBN_LANDCOVER_MODEL = MODELS_DIR / "landcover_rgbn_unet_lite0.onnx"
 COLOUR_RULE_MODEL = MODELS_DIR / "rgb_index_baseline.onnx"
 DEFAULT_TREECROWN_MODEL = MODELS_DIR / "treecrowns_centernet_lite0.onnx"  # the trained crown detector
+# The two-scale detector (NEON at 0.1 m and downsampled, NAIP tree points at 0.6 m; RGB + optional CHM and NIR):
+# chosen for coarse imagery (engine.model_choice.choose_treecrown_model); at 0.1 m the one above stays ahead.
+COARSE_TREECROWN_MODEL = MODELS_DIR / "treecrowns_2scale_centernet_lite0.onnx"
 METADATA_KEY = "landseg"
 TASKS = ("landcover", "change", "treecrowns")
 MODALITIES = ("rgb", "nir", "ndsm", "dsm", "sar", "multispectral", "any")

@@ -225,3 +225,42 @@ def test_point_matching_is_one_to_one_within_the_distance():
     assert match_points(np.zeros((0, 2)), truth, 5) == 0
     # nearest-first would give (1, 0) the tree at (0, 0) and leave (-1.5, 0) with none: the assignment gets both
     assert match_points(np.array([[1, 0], [-1.5, 0]]), np.array([[0, 0], [3, 0]], float), 3.0) == 2
+
+
+def test_engine_input_equals_the_training_input():
+    """The engine's normalised detector input is the trainer's, with and without the optional CHM and NIR (an
+    absent band is 0 after normalisation, its flag 1): a raw 0 for a missing NIR would read as black NIR."""
+    from engine.jobs.crown_detector import model_input
+    from engine.model_package import Normalization
+    from export.train.crown_data import BANDS, make_input
+    from export.treecrowns_package import metadata
+
+    norm = metadata({"threshold": 0.2, "threshold_naip": 0.3})["inputs"][0]["normalization"]
+    norm = Normalization.from_dict(norm, len(BANDS), "test")
+    g = np.random.default_rng(0)
+    rgb = g.integers(0, 256, (3, 8, 8)).astype(np.float32)
+    chm, nir = g.uniform(0, 30, (8, 8)).astype(np.float32), g.integers(0, 256, (8, 8)).astype(np.float32)
+    for c, n in ((None, None), (chm, None), (None, nir), (chm, nir)):
+        want = make_input(rgb, c, n).numpy()
+        assert np.allclose(model_input(BANDS, norm, rgb, c, n), want, atol=1e-5)
+
+
+def test_the_detector_is_chosen_by_pixel_size(tmp_path):
+    """No --model: coarse pixels (the NAIP sample, 0.6 m) get the two-scale detector and say so, 0.1 m imagery
+    the 0.1 m one; --model wins."""
+    from conftest import SJER
+    from engine.model_choice import COARSE_CROWNS_FROM_M, choose_treecrown_model
+    from engine.model_package import COARSE_TREECROWN_MODEL, DEFAULT_TREECROWN_MODEL
+
+    naip_sample = ROOT / "data/sample/naip_claremont_2018_rgbn.tif"
+    coarse = choose_treecrown_model(naip_sample, None)
+    assert coarse.model == COARSE_TREECROWN_MODEL and "0.6 m pixels" in coarse.message
+    assert choose_treecrown_model(SJER, None).model == DEFAULT_TREECROWN_MODEL
+    assert choose_treecrown_model(naip_sample, DEFAULT_TREECROWN_MODEL).model == DEFAULT_TREECROWN_MODEL
+    with rasterio.open(SJER) as ds:  # just above the switch: the two-scale one
+        prof = ds.profile | {"transform": from_origin(ds.transform.c, ds.transform.f, COARSE_CROWNS_FROM_M * 1.01,
+                                                      COARSE_CROWNS_FROM_M * 1.01)}  # fmt: skip
+        data = ds.read()
+    with rasterio.open(tmp_path / "coarse.tif", "w", **prof) as out:
+        out.write(data)
+    assert choose_treecrown_model(tmp_path / "coarse.tif", None).model == COARSE_TREECROWN_MODEL

@@ -153,7 +153,7 @@ def detect_crowns(
                 data = stretch.apply(data)
             rgb, nir = data[:3], (data[3] if len(read) > 3 else None)
             chm = chm_ds.heights(w) if chm_ds is not None else None
-            x = norm.apply(_channels(model_bands, rgb, chm, nir))
+            x = model_input(model_bands, norm, rgb, chm, nir)
             h, wd = x.shape[1:]
             x = np.pad(x, ((0, 0), (0, (-h) % 32), (0, (-wd) % 32)), mode="edge")[None]
             out = predict_views(lambda v: runtime.run({meta.inputs[0].name: v})[0], x, tta)
@@ -182,6 +182,16 @@ def pixel_range(meta) -> tuple[float, float]:
     if rng:
         return float(rng[0]), float(rng[1])
     return float(meta.pixel_size_m), float(meta.pixel_size_m)
+
+
+def model_input(bands: tuple[str, ...], norm, rgb, chm, nir) -> np.ndarray:
+    """The normalised model input. An absent optional band is 0 after normalisation, as in training
+    (export.train.crown_data.make_input): its raw 0 would normalise to -0.99 for an 8-bit NIR band."""
+    x = norm.apply(_channels(bands, rgb, chm, nir))
+    for band, value in (("chm", chm), ("nir", nir)):
+        if value is None and band in bands:
+            x[bands.index(band)] = 0.0
+    return x
 
 
 def _channels(bands: tuple[str, ...], rgb: np.ndarray, chm: np.ndarray | None, nir: np.ndarray | None) -> np.ndarray:

@@ -28,8 +28,8 @@ from shapely.geometry import mapping
 from .. import task_options as ui
 from ..areas import AreaCalculator
 from ..errors import Cancelled, InputError
-from ..model_choice import rgb_bands
-from ..model_package import DEFAULT_TREECROWN_MODEL, load_model_package
+from ..model_choice import choose_treecrown_model, rgb_bands
+from ..model_package import load_model_package
 from ..outputs import geotiff_profile
 from ..predict import predict_blocks
 from ..raster_input import AlignedInputs, BandSource, Grid, open_raster, same_band
@@ -80,8 +80,8 @@ class TreeCrownParams:
     chm: Path | None = None
     chm_scale: float = 1.0  # CHM values x this = metres (0.3048: a CHM in feet)
     chm_nodata: float | None = None  # a CHM no-data value its file does not tag (e.g. -9999)
-    # A crown detector (task "treecrowns"; default: the shipped one), or a land-cover model whose vegetation mask
-    # feeds the watershed / SAM method.
+    # A crown detector (task "treecrowns"; default: the shipped one for the pixel size, engine.model_choice), or a
+    # land-cover model whose vegetation mask feeds the watershed / SAM method.
     model: Path | None = None
     vegetation_class: str | None = None  # default: the first class named like vegetation/tree/woodland
     sam: Path | None = None  # folder with sam.json, encoder.onnx, decoder.onnx
@@ -116,7 +116,8 @@ OPTIONS = (
     ui.Option("chm_nodata", "--chm-nodata", "CHM no-data value (if untagged)", "a CHM no-data value its file "
            "does not tag, e.g. -9999", advanced=True),
     ui.Option("model", "--model", "Crown detector, or a land-cover model for the watershed method (empty: the "
-           "shipped detector)", "crown detector (task treecrowns; default: the shipped one), or a land-cover model "
+           "shipped detector for the pixel size)", "crown detector (task treecrowns; default: the shipped 0.1 m one, "
+           "the two-scale one for pixels of 0.25 m or more), or a land-cover model "
            "whose vegetation mask feeds the watershed method (e.g. models/rgb_index_baseline.onnx)", widget="model",
            file_filter=ui.MODEL_FILTER),
     ui.Option("vegetation_class", "--vegetation-class", "Vegetation class of a land-cover model (empty: by name)",
@@ -319,7 +320,10 @@ def run_treecrowns(
     t0 = time.perf_counter()
     say = Messages(notify)
 
-    model_path = params.model or DEFAULT_TREECROWN_MODEL
+    choice = choose_treecrown_model(params.image, params.model)
+    if choice.message:
+        say(choice.message)
+    model_path = choice.model
     package = load_model_package(model_path)
     meta = package.meta
     final, tops_final = _output_paths(params)
