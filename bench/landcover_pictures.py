@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from render_map import render, render_crowns  # noqa: E402
+from treecrowns_val import NAIP_SAMPLE, naip_sample_truth  # noqa: E402
 
 from engine.jobs.landcover import LandcoverParams, run_landcover  # noqa: E402
 from engine.jobs.treecrowns import TreeCrownParams, run_treecrowns  # noqa: E402
@@ -86,9 +86,6 @@ def main() -> None:
         _kampala(a, work)
 
 
-NAIP_DEMO_CHIPS = ("claremont_2018_65", "claremont_2018_66", "claremont_2018_69")  # data/sample/SOURCE
-
-
 def crowns(a, work: Path) -> None:
     """Tree crowns: `make demo-crowns` on the bundled NEON plot, a held-out TEAK plot with its CHM, and `make
     demo-naip` on the bundled held-out NAIP chips with their annotated trees."""
@@ -104,15 +101,7 @@ def crowns(a, work: Path) -> None:
     title = f"held-out TEAK_057 with its CHM: {res.n_crowns} crowns (yellow), annotated trees (cyan)"
     render_crowns(rgb_path, res.crowns, a.out / "card_crowns_TEAK_057.png", 480, title, D.voc_boxes(xml),
                   res.treetops)  # fmt: skip
-    # The NAIP sample: its annotated points, moved onto the sample's grid from each chip's own.
-    sample = ROOT / "data/sample/naip_claremont_2018_rgbn.tif"
-    points = []
-    with rasterio.open(sample) as ds:
-        inv = ~ds.transform
-        for name in NAIP_DEMO_CHIPS:
-            chip = naip.Chip(a.data / "landcover/naip_california/images" / f"{name}.tif", naip.VAL_CITY, 2018, 0)
-            with rasterio.open(chip.path) as c:
-                points += [inv * (c.transform * (x, y)) for x, y in naip.tree_points(chip)]
+    sample, points = NAIP_SAMPLE, naip_sample_truth(a.data)
     res = run_treecrowns(TreeCrownParams(image=sample, out_dir=work / "crowns_naip", name="naip_trees"))
     title = (f"make demo-naip (held-out claremont, 0.6 m, RGB + NIR): {res.n_crowns} treetops (red), crowns "
              f"(yellow), {len(points)} annotated trees (cyan)")  # fmt: skip

@@ -83,6 +83,22 @@ def treetops_px(gpkg: Path, raster: Path) -> np.ndarray:
     return np.asarray(pts, np.float32).reshape(-1, 2)
 
 
+NAIP_SAMPLE = ROOT / "data/sample/naip_claremont_2018_rgbn.tif"
+NAIP_SAMPLE_CHIPS = ("claremont_2018_65", "claremont_2018_66", "claremont_2018_69")  # data/sample/SOURCE
+
+
+def naip_sample_truth(data: Path) -> np.ndarray:
+    """The bundled NAIP sample's annotated trees (n, 2), moved onto the sample's grid from each chip's own."""
+    points = []
+    with rasterio.open(NAIP_SAMPLE) as ds:
+        inv = ~ds.transform
+        for name in NAIP_SAMPLE_CHIPS:
+            chip = naip.Chip(naip.root(data) / "images" / f"{name}.tif", naip.VAL_CITY, 2018, 0)
+            with rasterio.open(chip.path) as c:
+                points += [inv * (c.transform * (x, y)) for x, y in naip.tree_points(chip)]
+    return np.asarray(points, np.float32).reshape(-1, 2)
+
+
 def evaluate_naip(data: Path, model: Path, work: Path) -> dict:
     """{"rgb+nir" | "rgb": {year: [hits, n_pred, n_truth]}} on every chip of the held-out NAIP city."""
     res: dict = {}

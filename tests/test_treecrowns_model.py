@@ -129,19 +129,14 @@ NAIP_MEASURED = {"rgb+nir": 0.622, "rgb": 0.622}
 @pytest.mark.parametrize("bands", sorted(NAIP_MEASURED))
 def test_treetops_on_the_naip_sample(tmp_path, bands):
     import rasterio
-    from treecrowns_val import treetops_px
+    from treecrowns_val import NAIP_SAMPLE as sample
+    from treecrowns_val import naip_sample_truth, treetops_px
 
-    from export.train import naip
     from export.train_treecrowns import POINT_MATCH_M, match_points
 
-    sample = ROOT / "data/sample/naip_claremont_2018_rgbn.tif"
+    truth = naip_sample_truth(SHARED)
     with rasterio.open(sample) as ds:
-        inv, px = ~ds.transform, ds.res[0]
-        truth = []
-        for name in ("claremont_2018_65", "claremont_2018_66", "claremont_2018_69"):  # data/sample/SOURCE
-            chip = naip.Chip(SHARED / "landcover/naip_california/images" / f"{name}.tif", naip.VAL_CITY, 2018, 0)
-            with rasterio.open(chip.path) as c:
-                truth += [inv * (c.transform * (x, y)) for x, y in naip.tree_points(chip)]
+        px = ds.res[0]
         image = sample
         if bands == "rgb":  # the same chips without their NIR band
             image = tmp_path / "rgb.tif"
@@ -157,6 +152,6 @@ def test_treetops_on_the_naip_sample(tmp_path, bands):
     result = json.loads(proc.stdout)
     assert any("nir=4" in m for m in result["messages"]) == (bands == "rgb+nir")
     tops = treetops_px(Path(result["treetops"]), sample)
-    f1 = prf(match_points(tops, np.asarray(truth, np.float32), POINT_MATCH_M / px), len(tops), len(truth))[2]
+    f1 = prf(match_points(tops, truth, POINT_MATCH_M / px), len(tops), len(truth))[2]
     print(bands, f"F1 {f1:.3f} ({len(tops)} treetops, {len(truth)} trees)")
     assert f1 >= NAIP_MEASURED[bands] - 0.05

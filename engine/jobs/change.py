@@ -225,13 +225,15 @@ class _ClassMapper:
 
     @classmethod
     def make(cls, params: ChangeParams, package, grid, tile: int | None, overlap: int | None, say, rescale_of):
+        """``tile``/``overlap``: the user's, for this model (None: its own, the tile fitted to a small raster)."""
         meta = package.meta
+        given_tile = tile
         tile = tile or meta.tile_size
         overlap = requested_overlap(tile, overlap, meta.overlap)
         plan = plan_resampling(grid, meta.pixel_size_m, params.resample)
         mgrid = plan.model_grid
         if plan.active:
-            mtile, moverlap = fit_tile(tile, overlap, mgrid.height, mgrid.width) if params.tile is None else (
+            mtile, moverlap = fit_tile(tile, overlap, mgrid.height, mgrid.width) if given_tile is None else (
                 tile, overlap)  # fmt: skip
             tiles = TileGrid(mgrid.height, mgrid.width, mtile, moverlap)
         else:

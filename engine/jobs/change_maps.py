@@ -18,13 +18,18 @@ from ..raster_input import Grid
 CHANGE_NODATA = 65535
 
 
-def open_change_outputs(map_path: Path, conf_path: Path, grid: Grid, block: int):
+def open_code_map(map_path: Path, grid: Grid, block: int):
+    """The change raster opened for writing: uint16 transition codes, CHANGE_NODATA outside both dates."""
     prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
     prof["predictor"] = 2
     code = rasterio.open(map_path, "w", **prof)
-    conf = rasterio.open(conf_path, "w", **geotiff_profile(grid, "float32", -1.0, block))
     code.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
-    return code, conf
+    return code
+
+
+def open_change_outputs(map_path: Path, conf_path: Path, grid: Grid, block: int):
+    code = open_code_map(map_path, grid, block)
+    return code, rasterio.open(conf_path, "w", **geotiff_profile(grid, "float32", -1.0, block))
 
 
 def class_filter(names: list[str], classes) -> set[int] | None:
@@ -110,15 +115,12 @@ def label_changes(direct_map: Path, before: Path, after: Path, map_path: Path, g
     strip; returns the k x k pixel counts of the changes (unchanged pixels are counted nowhere). A change pixel
     that either date's class map left without a class (its nodata) becomes nodata: it cannot be named."""
     counts = np.zeros((k, k), dtype=np.int64)
-    prof = geotiff_profile(grid, "uint16", CHANGE_NODATA, block)
-    prof["predictor"] = 2
     with (
         rasterio.open(direct_map) as dm,
         rasterio.open(before) as cb,
         rasterio.open(after) as ca,
-        rasterio.open(map_path, "w", **prof) as out,
+        open_code_map(map_path, grid, block) as out,
     ):
-        out.set_band_description(1, "change code: 0 no change, 1 + from*K + to")
         for r0 in range(0, grid.height, block):
             win = Window(0, r0, grid.width, min(block, grid.height - r0))
             d = dm.read(1, window=win)
